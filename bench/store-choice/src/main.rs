@@ -198,7 +198,11 @@ impl Engine for Redb {
         let lo = event_key(room, 0);
         let hi = event_key(room, u64::MAX);
         let mut n = 0;
-        for item in events.range(lo.as_slice()..=hi.as_slice())?.rev().take(PAGE) {
+        for item in events
+            .range(lo.as_slice()..=hi.as_slice())?
+            .rev()
+            .take(PAGE)
+        {
             let (_k, v) = item?;
             n += usize::from(!v.value().is_empty());
         }

@@ -1,0 +1,149 @@
+//! Key and value encodings of the embedded store (layout: see `embedded.rs`).
+
+use super::super::{Markers, NewEvent, StoreError};
+use serde_json::Value;
+
+/// Body fields the server sets itself; a body cannot override them.
+const RESERVED: [&str; 5] = ["room", "seq", "ts", "from", "msg_id"];
+
+/// Appends `s` as a u16 big-endian length followed by its bytes, so a
+/// component followed by more key bytes is unambiguous and a prefix scan on
+/// it matches exactly one id.
+fn put_lp(key: &mut Vec<u8>, s: &str) -> Result<(), StoreError> {
+    let len = u16::try_from(s.len())
+        .map_err(|_| StoreError::Conflict(format!("id longer than 65535 bytes: {}", s.len())))?;
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// `lp(id)`: the prefix of every key of one room (or of one user in `user_rooms`).
+pub(super) fn prefix(id: &str) -> Result<Vec<u8>, StoreError> {
+    let mut k = Vec::with_capacity(2 + id.len() + 8);
+    put_lp(&mut k, id)?;
+    Ok(k)
+}
+
+/// `lp(room) ++ seq (u64 BE)`.
+pub(super) fn event(room: &str, seq: u64) -> Result<Vec<u8>, StoreError> {
+    let mut k = prefix(room)?;
+    k.extend_from_slice(&seq.to_be_bytes());
+    Ok(k)
+}
+
+/// The seq of an `events` key (its last 8 bytes).
+pub(super) fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key.get(at..))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("event key shorter than 8 bytes".into()))
+}
+
+/// `lp(a) ++ b`: `members` (room, user), `user_rooms` (user, room), `markers` (room, user).
+pub(super) fn pair(a: &str, b: &str) -> Result<Vec<u8>, StoreError> {
+    let mut k = prefix(a)?;
+    k.extend_from_slice(b.as_bytes());
+    Ok(k)
+}
+
+/// `lp(room) ++ lp(from) ++ msg_id`.
+pub(super) fn idem(room: &str, from: &str, msg_id: &str) -> Result<Vec<u8>, StoreError> {
+    let mut k = prefix(room)?;
+    put_lp(&mut k, from)?;
+    k.extend_from_slice(msg_id.as_bytes());
+    Ok(k)
+}
+
+/// A u64 value (big-endian).
+pub(super) fn get_u64(v: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(v)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt(format!("expected 8 bytes, got {}", v.len())))
+}
+
+/// Markers value: `read (u64 BE) ++ delivered (u64 BE)`.
+pub(super) fn markers_value(m: Markers) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&m.read.to_be_bytes());
+    v[8..].copy_from_slice(&m.delivered.to_be_bytes());
+    v
+}
+
+pub(super) fn markers_of(v: &[u8]) -> Result<Markers, StoreError> {
+    match (v.get(..8), v.get(8..)) {
+        (Some(r), Some(d)) if v.len() == 16 => Ok(Markers {
+            read: get_u64(r)?,
+            delivered: get_u64(d)?,
+        }),
+        _ => Err(StoreError::Corrupt(format!(
+            "markers: expected 16 bytes, got {}",
+            v.len()
+        ))),
+    }
+}
+
+/// The stored event payload: `{"room","seq","ts","from","msg_id", ...body}`
+/// in that order; body fields named like the first five are dropped.
+pub(super) fn event_json(ev: &NewEvent, seq: u64) -> Result<Vec<u8>, StoreError> {
+    fn field(out: &mut Vec<u8>, k: &str, v: &Value) -> Result<(), StoreError> {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, k)
+            .and_then(|()| {
+                out.push(b':');
+                serde_json::to_writer(&mut *out, v)
+            })
+            .map_err(|e| StoreError::Corrupt(format!("encoding event: {e}")))
+    }
+    let mut out = Vec::with_capacity(96 + ev.body.len() * 32);
+    out.push(b'{');
+    field(&mut out, "room", &Value::from(ev.room.as_str()))?;
+    field(&mut out, "seq", &Value::from(seq))?;
+    field(&mut out, "ts", &Value::from(ev.ts))?;
+    field(&mut out, "from", &Value::from(ev.from.as_str()))?;
+    field(&mut out, "msg_id", &Value::from(ev.msg_id.as_str()))?;
+    for (k, v) in &ev.body {
+        if !RESERVED.contains(&k.as_str()) {
+            field(&mut out, k, v)?;
+        }
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_keys_sort_by_seq_within_a_room() -> Result<(), StoreError> {
+        assert!(event("r", 255)? < event("r", 256)?);
+        assert!(event("r", u64::MAX)? < event("rr", 0)?);
+        assert_eq!(seq_of(&event("r", 42)?)?, 42);
+        Ok(())
+    }
+
+    #[test]
+    fn json_order_and_reserved_fields() -> Result<(), StoreError> {
+        let mut body = serde_json::Map::new();
+        body.insert("type".into(), "message".into());
+        body.insert("seq".into(), 999.into());
+        let ev = NewEvent {
+            room: "r".into(),
+            from: "u".into(),
+            msg_id: "m".into(),
+            ts: 7,
+            body,
+            member: None,
+        };
+        let json = event_json(&ev, 3)?;
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap_or_default(),
+            r#"{"room":"r","seq":3,"ts":7,"from":"u","msg_id":"m","type":"message"}"#
+        );
+        Ok(())
+    }
+}
