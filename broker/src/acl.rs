@@ -1,0 +1,379 @@
+//! Authorization of every SUBSCRIBE, PUBLISH and delivery (PROTOCOL.md's table).
+//!
+//! [`Access`] is the broker's view of room membership, written by the bridge
+//! (directly in one process, through `chat/hooks/access` when split) and read on
+//! every check. A `parking_lot::RwLock` because checks are short, never await,
+//! and vastly outnumber writes.
+
+use crate::auth::Principal;
+use crate::names::valid_id;
+use parking_lot::RwLock;
+use std::collections::{HashMap, HashSet};
+
+/// Outcome of a check; `Deny` names the rule for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny(&'static str),
+}
+
+impl Decision {
+    pub fn allowed(self) -> bool {
+        self == Decision::Allow
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// room -> (open channel?, joined members)
+    rooms: HashMap<String, (bool, HashSet<String>)>,
+    /// user -> rooms joined
+    user_rooms: HashMap<String, HashSet<String>>,
+}
+
+/// Room membership as the broker knows it.
+#[derive(Default)]
+pub struct Access {
+    inner: RwLock<Inner>,
+}
+
+impl Access {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks a room as an open channel (anyone may read its events) or not.
+    pub fn set_open(&self, room: &str, open: bool) {
+        let mut g = self.inner.write();
+        g.rooms.entry(room.to_owned()).or_default().0 = open;
+    }
+
+    /// Records whether `user` is a joined member of `room`.
+    pub fn set_member(&self, room: &str, user: &str, joined: bool) {
+        let mut g = self.inner.write();
+        let entry = g.rooms.entry(room.to_owned()).or_default();
+        if joined {
+            entry.1.insert(user.to_owned());
+            g.user_rooms
+                .entry(user.to_owned())
+                .or_default()
+                .insert(room.to_owned());
+        } else {
+            entry.1.remove(user);
+            if let Some(set) = g.user_rooms.get_mut(user) {
+                set.remove(room);
+                if set.is_empty() {
+                    g.user_rooms.remove(user);
+                }
+            }
+        }
+    }
+
+    pub fn is_member(&self, room: &str, user: &str) -> bool {
+        self.inner
+            .read()
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.1.contains(user))
+    }
+
+    pub fn can_read(&self, room: &str, user: &str) -> bool {
+        self.inner
+            .read()
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.0 || r.1.contains(user))
+    }
+
+    /// True when both users are joined members of at least one common room.
+    pub fn share_room(&self, a: &str, b: &str) -> bool {
+        let g = self.inner.read();
+        match (g.user_rooms.get(a), g.user_rooms.get(b)) {
+            (Some(x), Some(y)) => {
+                let (small, big) = if x.len() <= y.len() { (x, y) } else { (y, x) };
+                small.iter().any(|r| big.contains(r))
+            }
+            _ => false,
+        }
+    }
+
+    /// Users who share a room with `user` (for presence fan-out decisions).
+    pub fn rooms_of(&self, user: &str) -> Vec<String> {
+        self.inner
+            .read()
+            .user_rooms
+            .get(user)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The rules, bound to a topic prefix.
+pub struct Authorizer {
+    prefix: String,
+    open_topics: bool,
+    access: std::sync::Arc<Access>,
+}
+
+impl Authorizer {
+    pub fn new(prefix: &str, open_topics: bool, access: std::sync::Arc<Access>) -> Self {
+        Authorizer {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            open_topics,
+            access,
+        }
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// Levels after the prefix, or `None` if the topic is outside it.
+    fn chat_levels<'a>(&self, topic: &'a str) -> Option<Vec<&'a str>> {
+        let rest = topic.strip_prefix(self.prefix.as_str())?;
+        let rest = rest.strip_prefix('/')?;
+        Some(rest.split('/').collect())
+    }
+
+    fn outside(&self, topic_or_filter: &str) -> Decision {
+        let first = topic_or_filter.split('/').next().unwrap_or("");
+        if first == self.prefix || first == "+" || first == "#" {
+            return Decision::Deny("wildcard_over_chat");
+        }
+        if first.starts_with('$') {
+            return Decision::Deny("system_topic");
+        }
+        if self.open_topics {
+            Decision::Allow
+        } else {
+            Decision::Deny("outside_prefix")
+        }
+    }
+
+    /// May `who` publish to `topic`?
+    pub fn check_publish(&self, who: &Principal, topic: &str) -> Decision {
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            return Decision::Deny("invalid_topic");
+        }
+        let me = match who {
+            Principal::Service { allow, .. } => return service(allow, topic),
+            Principal::User(me) => me.as_str(),
+        };
+        let Some(levels) = self.chat_levels(topic) else {
+            return self.outside(topic);
+        };
+        match levels.as_slice() {
+            ["rooms", room, "send", user] if valid_id(room) => {
+                if *user == me {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("send_as_other")
+                }
+            }
+            ["rooms", room, "typing", user] if valid_id(room) => {
+                if *user != me {
+                    Decision::Deny("typing_as_other")
+                } else if self.access.is_member(room, me) {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("not_member")
+                }
+            }
+            ["rpc", user, method] if !method.is_empty() => {
+                if *user == me {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("rpc_as_other")
+                }
+            }
+            _ => Decision::Deny("bridge_only_topic"),
+        }
+    }
+
+    /// May `who`, connected as `client_id`, subscribe to `filter`?
+    pub fn check_subscribe(&self, who: &Principal, client_id: &str, filter: &str) -> Decision {
+        if filter.is_empty() || !valid_filter(filter) {
+            return Decision::Deny("invalid_filter");
+        }
+        let me = match who {
+            Principal::Service { allow, .. } => return service(allow, filter),
+            Principal::User(me) => me.as_str(),
+        };
+        let Some(levels) = self.chat_levels(filter) else {
+            return self.outside(filter);
+        };
+        match levels.as_slice() {
+            ["rooms", room, "events"] if valid_id(room) => {
+                if self.access.can_read(room, me) {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("not_member")
+                }
+            }
+            ["rooms", room, "receipts"] | ["rooms", room, "typing", _] if valid_id(room) => {
+                let ok_last = match levels.get(3) {
+                    Some(l) => *l == "+" || valid_id(l),
+                    None => true,
+                };
+                if ok_last && self.access.is_member(room, me) {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("not_member")
+                }
+            }
+            ["users", user, "replies", client] => {
+                if *user == me && *client == client_id {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("other_reply_topic")
+                }
+            }
+            ["users", user, "inbox"] => {
+                if *user == me {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("other_inbox")
+                }
+            }
+            ["presence", user] if valid_id(user) => {
+                if *user == me || self.access.share_room(me, user) {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("presence_no_shared_room")
+                }
+            }
+            _ => Decision::Deny("chat_filter_not_allowed"),
+        }
+    }
+
+    /// Re-checked on every delivery of a room topic, so a user who left or
+    /// was kicked stops receiving at once even though the router still holds
+    /// the subscription.
+    pub fn may_deliver(&self, who: &Principal, topic: &str) -> bool {
+        let Principal::User(me) = who else {
+            return true;
+        };
+        match self.chat_levels(topic).as_deref() {
+            Some(["rooms", room, "events"]) => self.access.can_read(room, me),
+            Some(["rooms", room, "receipts" | "typing", ..]) => self.access.is_member(room, me),
+            Some(["presence", user]) => *user == me || self.access.share_room(me, user),
+            _ => true,
+        }
+    }
+}
+
+/// `#` only last, wildcards only as whole levels.
+fn valid_filter(filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, l)| match *l {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        l => !l.contains(['+', '#']),
+    })
+}
+
+fn service(allow: &[String], filter: &str) -> Decision {
+    if allow.iter().any(|p| covers(p, filter)) {
+        Decision::Allow
+    } else {
+        Decision::Deny("service_not_allowed")
+    }
+}
+
+/// Does pattern `p` match every topic that `f` can match?
+pub fn covers(p: &str, f: &str) -> bool {
+    let mut fl = f.split('/');
+    for pl in p.split('/') {
+        if pl == "#" {
+            return true;
+        }
+        match fl.next() {
+            None => return false,
+            Some("#") => return false,
+            Some(x) if pl == "+" || pl == x => {}
+            Some(_) => return false,
+        }
+    }
+    fl.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn authz() -> Authorizer {
+        let access = Arc::new(Access::new());
+        access.set_member("r1", "alice", true);
+        access.set_member("r1", "bob", true);
+        access.set_member("r2", "carol", true);
+        access.set_open("news", true);
+        Authorizer::new("chat", true, access)
+    }
+
+    fn alice() -> Principal {
+        Principal::User("alice".into())
+    }
+
+    #[test]
+    fn publish_rules() {
+        let a = authz();
+        let p = alice();
+        assert!(a.check_publish(&p, "chat/rooms/r1/send/alice").allowed());
+        assert!(a.check_publish(&p, "chat/rooms/r9/send/alice").allowed(), "bridge checks membership");
+        assert!(!a.check_publish(&p, "chat/rooms/r1/send/bob").allowed());
+        assert!(a.check_publish(&p, "chat/rooms/r1/typing/alice").allowed());
+        assert!(!a.check_publish(&p, "chat/rooms/r2/typing/alice").allowed());
+        assert!(a.check_publish(&p, "chat/rpc/alice/history").allowed());
+        assert!(!a.check_publish(&p, "chat/rpc/bob/history").allowed());
+        assert!(!a.check_publish(&p, "chat/rooms/r1/events").allowed());
+        assert!(!a.check_publish(&p, "chat/users/alice/inbox").allowed());
+        assert!(!a.check_publish(&p, "chat/presence/alice").allowed());
+        assert!(a.check_publish(&p, "devices/d1/temp").allowed());
+        assert!(!a.check_publish(&p, "$SYS/x").allowed());
+    }
+
+    #[test]
+    fn subscribe_rules() {
+        let a = authz();
+        let p = alice();
+        let ok = |f: &str| a.check_subscribe(&p, "phone-1", f).allowed();
+        assert!(ok("chat/rooms/r1/events"));
+        assert!(ok("chat/rooms/news/events"), "open channel");
+        assert!(ok("chat/rooms/r1/typing/+"));
+        assert!(ok("chat/rooms/r1/receipts"));
+        assert!(ok("chat/users/alice/replies/phone-1"));
+        assert!(ok("chat/users/alice/inbox"));
+        assert!(ok("chat/presence/bob"));
+        assert!(ok("devices/#"));
+        for bad in [
+            "#", "+/rooms/r1/events", "chat/#", "chat/rooms/+/events", "chat/rooms/r2/events",
+            "chat/rooms/r2/typing/+", "chat/rooms/r1/#", "chat/rooms/r1/send/+",
+            "chat/users/bob/inbox", "chat/users/alice/replies/other", "chat/users/alice/replies/+",
+            "chat/users/bob/replies/phone-1", "chat/presence/carol", "chat/presence/+",
+            "chat/rpc/alice/+", "chat/a#", "$SYS/#",
+        ] {
+            assert!(!ok(bad), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn delivery_follows_membership() {
+        let a = authz();
+        let p = alice();
+        assert!(a.may_deliver(&p, "chat/rooms/r1/events"));
+        a.access().set_member("r1", "alice", false);
+        assert!(!a.may_deliver(&p, "chat/rooms/r1/events"));
+        assert!(!a.may_deliver(&p, "chat/presence/bob"));
+    }
+
+    #[test]
+    fn service_patterns() {
+        assert!(covers("chat/#", "chat/rooms/+/send/+"));
+        assert!(covers("chat/rooms/+/send/+", "chat/rooms/+/send/+"));
+        assert!(!covers("chat/rooms/+/send/+", "chat/rooms/#"));
+        assert!(!covers("chat/hooks/#", "chat/rooms/r1/events"));
+        assert!(covers("chat/hooks/#", "chat/hooks"));
+        assert!(!covers("a/+", "a/b/c"));
+    }
+}

@@ -1,0 +1,217 @@
+//! Framing in front of rumqttd's codecs.
+//!
+//! rumqttd's `V4`/`V5` parse packets but hide a publish's QoS and packet id
+//! and panic on some packet types a client must never send. We frame each
+//! packet ourselves first: enforce the size limit, refuse packet types a
+//! client may not send, detect the protocol level of CONNECT and read the
+//! QoS and packet id of a PUBLISH straight from its bytes.
+
+use bytes::BytesMut;
+use rumqttd::protocol::{self, Packet, Protocol};
+
+/// MQTT protocol level of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V4,
+    V5,
+}
+
+/// Why a byte stream cannot be read as MQTT.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("packet of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("malformed remaining length")]
+    BadLength,
+    #[error("packet type {0} may not be sent by a client")]
+    ForbiddenType(u8),
+    #[error("unsupported protocol level {0}")]
+    UnsupportedLevel(u8),
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+}
+
+/// The fixed header of one complete packet at the front of a buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    pub byte1: u8,
+    pub header_len: usize,
+    pub remaining: usize,
+}
+
+impl Frame {
+    pub fn packet_type(&self) -> u8 {
+        self.byte1 >> 4
+    }
+    pub fn len(&self) -> usize {
+        self.header_len + self.remaining
+    }
+}
+
+/// Packet types a client may send: CONNECT 1, PUBLISH 3, PUBACK 4, PUBREC 5,
+/// PUBREL 6, PUBCOMP 7, SUBSCRIBE 8, UNSUBSCRIBE 10, PINGREQ 12, DISCONNECT 14.
+fn client_may_send(kind: u8) -> bool {
+    matches!(kind, 1 | 3..=8 | 10 | 12 | 14)
+}
+
+/// Finds one complete packet at the front of `buf`. `Ok(None)`: need more bytes.
+pub fn frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let byte1 = buf[0];
+    let mut remaining: usize = 0;
+    let mut shift = 0;
+    let mut i = 1;
+    loop {
+        if i > 4 {
+            return Err(FrameError::BadLength);
+        }
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        remaining += ((b & 0x7f) as usize) << shift;
+        shift += 7;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let frame = Frame {
+        byte1,
+        header_len: i,
+        remaining,
+    };
+    if !client_may_send(frame.packet_type()) {
+        return Err(FrameError::ForbiddenType(frame.packet_type()));
+    }
+    if frame.len() > max_len {
+        return Err(FrameError::TooLarge(frame.len()));
+    }
+    if buf.len() < frame.len() {
+        return Ok(None);
+    }
+    Ok(Some(frame))
+}
+
+/// Protocol level of a framed CONNECT packet.
+pub fn connect_version(buf: &[u8], frame: &Frame) -> Result<Version, FrameError> {
+    let body = &buf[frame.header_len..frame.len()];
+    let name_len = match body {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]) as usize,
+        _ => return Err(FrameError::Malformed("short connect".into())),
+    };
+    match body.get(2 + name_len) {
+        Some(4) => Ok(Version::V4),
+        Some(5) => Ok(Version::V5),
+        Some(&level) => Err(FrameError::UnsupportedLevel(level)),
+        None => Err(FrameError::Malformed("short connect".into())),
+    }
+}
+
+/// QoS and packet id (0 for QoS 0) of a framed PUBLISH.
+pub fn publish_qos_pkid(buf: &[u8], frame: &Frame) -> (u8, u16) {
+    let qos = (frame.byte1 >> 1) & 0b11;
+    if qos == 0 {
+        return (0, 0);
+    }
+    let body = &buf[frame.header_len..frame.len()];
+    let topic_len = match body {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]) as usize,
+        _ => return (qos, 0),
+    };
+    match (body.get(2 + topic_len), body.get(3 + topic_len)) {
+        (Some(a), Some(b)) => (qos, u16::from_be_bytes([*a, *b])),
+        _ => (qos, 0),
+    }
+}
+
+/// One packet read from the client, with the publish header fields rumqttd hides.
+#[derive(Debug)]
+pub struct Incoming {
+    pub packet: Packet,
+    pub qos: u8,
+    pub pkid: u16,
+    pub len: usize,
+}
+
+/// Reads the next complete packet from `buf`, if any.
+pub fn read(
+    version: Version,
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<Incoming>, FrameError> {
+    let Some(frame) = frame(buf, max_len)? else {
+        return Ok(None);
+    };
+    let (qos, pkid) = if frame.packet_type() == 3 {
+        publish_qos_pkid(buf, &frame)
+    } else {
+        (0, 0)
+    };
+    let mut one = buf.split_to(frame.len());
+    let parsed = match version {
+        Version::V4 => protocol::v4::V4.read_mut(&mut one, max_len),
+        Version::V5 => protocol::v5::V5.read_mut(&mut one, max_len),
+    };
+    let packet = parsed.map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Ok(Some(Incoming {
+        packet,
+        qos,
+        pkid,
+        len: frame.len(),
+    }))
+}
+
+/// Encodes one packet for the connection's protocol level.
+pub fn write(version: Version, packet: Packet, out: &mut BytesMut) -> Result<(), FrameError> {
+    let res = match version {
+        Version::V4 => protocol::v4::V4.write(packet, out),
+        Version::V5 => protocol::v5::V5.write(packet, out),
+    };
+    res.map(|_| ()).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_need_whole_packet() {
+        // PINGREQ
+        assert!(frame(&[0xC0, 0x00], 100).unwrap().is_some());
+        // PUBLISH with remaining length 3, only 2 bytes present
+        assert!(frame(&[0x30, 0x03, 0x00, 0x01], 100).unwrap().is_none());
+        assert!(frame(&[0x30], 100).unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_server_only_types_and_oversize() {
+        assert!(matches!(frame(&[0x20, 0x02, 0, 0], 100), Err(FrameError::ForbiddenType(2))));
+        assert!(matches!(frame(&[0xF0, 0x00], 100), Err(FrameError::ForbiddenType(15))));
+        assert!(matches!(frame(&[0x00, 0x00], 100), Err(FrameError::ForbiddenType(0))));
+        assert!(matches!(frame(&[0x30, 0xFF, 0x7F], 100), Err(FrameError::TooLarge(_))));
+        assert!(matches!(frame(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], usize::MAX), Err(FrameError::BadLength)));
+    }
+
+    #[test]
+    fn reads_publish_qos_and_pkid() {
+        // QoS 1 publish, topic "a/b", pkid 0x1234, payload "x"
+        let buf = [0x32, 8, 0, 3, b'a', b'/', b'b', 0x12, 0x34, b'x'];
+        let f = frame(&buf, 100).unwrap().unwrap();
+        assert_eq!(publish_qos_pkid(&buf, &f), (1, 0x1234));
+    }
+
+    #[test]
+    fn detects_connect_level() {
+        let v4 = [0x10, 10, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60];
+        let f = frame(&v4, 100).unwrap().unwrap();
+        assert_eq!(connect_version(&v4, &f).unwrap(), Version::V4);
+        let mut v5 = v4;
+        v5[8] = 5;
+        assert_eq!(connect_version(&v5, &f).unwrap(), Version::V5);
+        let mut v3 = v4;
+        v3[8] = 3;
+        assert!(connect_version(&v3, &f).is_err());
+    }
+}

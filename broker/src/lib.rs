@@ -1,0 +1,27 @@
+//! # The broker: the MQTT front of the chat server
+//!
+//! rumqttd 0.20's router does pub/sub, sessions and QoS; everything between
+//! the socket and the router is ours (see ARCHITECTURE.md for why).
+//!
+//! # Layout
+//! - [`config`]: settings of the `[broker]` section.
+//! - [`server`]: starts the router and the listeners; [`server::Shared`] is the per-process state.
+//! - [`transport`]: TCP, TLS and WebSocket byte streams, handshakes with a timeout.
+//! - [`connection`]: one task per client: CONNECT, auth, the socket <-> router loop.
+//! - [`codec`]: framing in front of rumqttd's v4/v5 codecs.
+//! - [`auth`]: static users, service accounts, JWT.
+//! - [`acl`]: the topic rules and the membership view they read.
+//! - [`registry`]: client id -> user binding, per-user counts, session takeover.
+//! - [`names`]: id syntax.
+
+pub mod acl;
+pub mod auth;
+pub mod codec;
+pub mod config;
+mod connection;
+pub mod names;
+pub mod registry;
+pub mod server;
+pub mod transport;
+
+pub use server::{Broker, Listeners};

@@ -1,0 +1,271 @@
+//! Starting the broker: the rumqttd router, our listeners, and the handle
+//! shared by every connection task.
+
+use crate::acl::{Access, Authorizer};
+use crate::auth::{AuthError, Authenticator};
+use crate::config::BrokerConfig;
+use crate::registry::Registry;
+use crate::transport::Kind;
+use parking_lot::Mutex;
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::{LastWill, Packet, Publish};
+use rumqttd::{Notification, RouterConfig, SegmentConfig};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Errors starting the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("auth: {0}")]
+    Auth(#[from] AuthError),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("router: {0}")]
+    Router(String),
+}
+
+type LinkFn = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
+
+/// Builds router links. rumqttd's `LinkBuilder::build` blocks until the
+/// router answers, so it runs on the blocking pool with a timeout.
+#[derive(Clone)]
+pub struct RouterHandle {
+    build: Arc<LinkFn>,
+}
+
+impl RouterHandle {
+    /// Returns the link and whether a previous session was resumed.
+    pub async fn link(&self, client_id: &str, clean: bool) -> Result<(LinkTx, LinkRx, bool), String> {
+        let build = self.build.clone();
+        let id = client_id.to_owned();
+        let task = tokio::task::spawn_blocking(move || build(&id, clean));
+        let (tx, rx, ack) = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .map_err(|_| "router did not answer".to_string())?
+            .map_err(|e| e.to_string())??;
+        let present = match ack {
+            Notification::DeviceAck(a) => match Packet::from(a) {
+                Packet::ConnAck(c, _) => c.session_present,
+                _ => false,
+            },
+            _ => false,
+        };
+        Ok((tx, rx, present))
+    }
+}
+
+/// State shared by all connection tasks.
+pub struct Shared {
+    pub config: BrokerConfig,
+    pub auth: Authenticator,
+    pub authz: Authorizer,
+    pub registry: Registry,
+    pub router: RouterHandle,
+    pub tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
+    pub shutdown: watch::Receiver<bool>,
+    /// The broker's own link, for presence and wills. A std mutex: held only
+    /// to push one packet, never across an await.
+    internal: Mutex<LinkTx>,
+    connect_rate: Mutex<HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+impl Shared {
+    /// Publishes the retained presence of a user who came online or went offline.
+    pub fn presence(&self, user: &str, online: bool) {
+        let topic = format!("{}/presence/{user}", self.config.prefix);
+        let payload = serde_json::json!({ "online": online, "ts": now_ms() }).to_string();
+        self.internal_publish(Publish::new(topic.into_bytes(), payload.into_bytes(), true));
+    }
+
+    pub fn publish_will(&self, will: LastWill) {
+        self.internal_publish(Publish::new(will.topic, will.message, will.retain));
+    }
+
+    fn internal_publish(&self, publish: Publish) {
+        let mut tx = self.internal.lock();
+        let mut buf = tx.buffer();
+        buf.push_back(Packet::Publish(publish, None));
+        drop(buf);
+        // An empty-filter unsubscribe is a cheap way to wake the router for our buffer.
+        if let Err(e) = tx.try_unsubscribe("$internal/wake") {
+            warn!(error = %e, "internal publish not delivered");
+        }
+    }
+
+    /// Per-source connection rate (token bucket, burst 2x).
+    fn admit(&self, ip: std::net::IpAddr) -> bool {
+        let rate = self.config.limits.connects_per_sec_per_ip.max(1) as f64;
+        let now = std::time::Instant::now();
+        let mut g = self.connect_rate.lock();
+        if g.len() > 100_000 {
+            g.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 10);
+        }
+        let (tokens, last) = g.entry(ip).or_insert((rate * 2.0, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate * 2.0);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Listeners, already bound (port 0 in tests).
+#[derive(Default)]
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub tls: Option<TcpListener>,
+    pub ws: Option<TcpListener>,
+    pub wss: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every address the config names.
+    pub async fn bind(cfg: &BrokerConfig) -> Result<Listeners, StartError> {
+        async fn b(a: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
+            match a {
+                Some(a) => TcpListener::bind(a).await.map(Some).map_err(|e| StartError::Bind(a, e)),
+                None => Ok(None),
+            }
+        }
+        Ok(Listeners { tcp: b(cfg.tcp).await?, tls: b(cfg.tls_listen).await?, ws: b(cfg.ws).await?, wss: b(cfg.wss).await? })
+    }
+}
+
+/// A running broker.
+pub struct Broker {
+    pub shared: Arc<Shared>,
+    /// Bound addresses by listener name ("tcp", "tls", "ws", "wss").
+    pub addrs: HashMap<&'static str, SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Starts the router and the accept loops. `access` is the membership
+    /// view the bridge keeps up to date; `shutdown` flips to true to stop.
+    pub async fn start(
+        config: BrokerConfig,
+        auth: Authenticator,
+        access: Arc<Access>,
+        listeners: Listeners,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Broker, StartError> {
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(crate::transport::tls_acceptor(&files.cert, &files.key).map_err(StartError::Tls)?)),
+            None if listeners.tls.is_some() || listeners.wss.is_some() => {
+                return Err(StartError::Tls("a TLS listener needs broker.tls.cert and broker.tls.key".into()))
+            }
+            None => None,
+        };
+        let router_tx = rumqttd::Router::new(0, router_config(&config)).spawn();
+        let alerts = rumqttd::alerts::AlertsLink::new(router_tx.clone()).map_err(|e| StartError::Router(e.to_string()))?;
+        tokio::spawn(async move {
+            while let Ok(batch) = alerts.next().await {
+                for alert in batch {
+                    // A cursor jump means a subscriber lost messages: loud on purpose.
+                    error!(alert = ?alert, "rumqttd alert (a cursor jump is message loss)");
+                }
+            }
+        });
+        let build: Arc<LinkFn> = Arc::new(move |id: &str, clean: bool| {
+            LinkBuilder::new(id, router_tx.clone()).clean_session(clean).build().map_err(|e| e.to_string())
+        });
+        let router = RouterHandle { build };
+        let (internal_tx, mut internal_rx, _) = router.link("$chat-broker-internal", true).await.map_err(StartError::Router)?;
+        tokio::spawn(async move { while let Ok(Some(_)) | Ok(None) = internal_rx.next().await {} });
+
+        let authz = Authorizer::new(&config.prefix, config.open_topics, access);
+        let shared = Arc::new(Shared {
+            config,
+            auth,
+            authz,
+            registry: Registry::default(),
+            router,
+            tls,
+            shutdown,
+            internal: Mutex::new(internal_tx),
+            connect_rate: Mutex::new(HashMap::new()),
+        });
+        let mut addrs = HashMap::new();
+        let mut tasks = Vec::new();
+        for (kind, l) in [(Kind::Tcp, listeners.tcp), (Kind::Tls, listeners.tls), (Kind::Ws, listeners.ws), (Kind::Wss, listeners.wss)] {
+            let Some(l) = l else { continue };
+            let addr = l.local_addr().map_err(|e| StartError::Router(e.to_string()))?;
+            info!(listener = kind.name(), %addr, "listening");
+            addrs.insert(kind.name(), addr);
+            tasks.push(tokio::spawn(accept_loop(shared.clone(), kind, l)));
+        }
+        Ok(Broker { shared, addrs, tasks })
+    }
+
+    /// Stops accepting; connections see the shutdown signal themselves.
+    pub fn stop_accepting(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, kind: Kind, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                if !shared.admit(peer.ip()) {
+                    info!(%peer, "connection rate exceeded");
+                    continue;
+                }
+                tokio::spawn(crate::connection::serve(shared.clone(), kind, tcp, peer));
+            }
+            Err(e) => {
+                // e.g. out of file descriptors: back off instead of spinning
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn router_config(cfg: &BrokerConfig) -> RouterConfig {
+    let r = &cfg.router;
+    let bridge = SegmentConfig { max_segment_size: r.bridge_segment_bytes, max_segment_count: r.bridge_segments };
+    let mut custom = HashMap::new();
+    for f in ["rooms/+/send/+", "rpc/+/+"] {
+        custom.insert(format!("{}/{f}", cfg.prefix), bridge.clone());
+    }
+    RouterConfig {
+        // above our own limit, so the router never silently refuses a link
+        max_connections: cfg.limits.max_connections + 64,
+        max_outgoing_packet_count: r.max_outgoing_packets,
+        max_segment_size: r.segment_bytes,
+        max_segment_count: r.segments,
+        custom_segment: Some(custom),
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    }
+}

@@ -1,0 +1,237 @@
+//! Durable storage of room streams, rooms, memberships and markers.
+//!
+//! # The contract every implementation keeps
+//!
+//! * **The append is the allocation.** [`Store::append`] gives the event the
+//!   room's next `seq` (head + 1) and makes it durable in one step; when it
+//!   returns `Ok`, the event survives a process crash (subject to the
+//!   configured fsync policy) and no other call can get the same `seq`.
+//!   Within one room, appends are applied in the order they were called, so
+//!   a caller that awaits appends in call order sees increasing `seq`s.
+//! * **Idempotency.** An append whose `(room, from, msg_id)` was already
+//!   stored returns the original event with `duplicate = true` and stores
+//!   nothing.
+//! * **Membership changes ride on events.** An event with a
+//!   [`MemberChange`] updates the membership tables in the same durable write
+//!   as the event, so the stream and the tables never disagree after a crash.
+//! * **Markers only move forward.** [`Store::set_marker`] ignores a `seq`
+//!   lower than or equal to the stored one.
+//!
+//! Implementations: [`embedded`] (the default, on local disk). A ScyllaDB
+//! store implements the same trait; [`conformance`] is the test suite every
+//! implementation must pass.
+
+pub mod conformance;
+pub mod embedded;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Most events one history page may return.
+pub const PAGE_MAX: usize = 1000;
+
+/// Errors of a store. Internal details are logged, never sent to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot serve now (I/O error, closed, timeout); retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The request breaks a precondition (e.g. room already exists with another kind).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+/// The kind of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    /// Exactly two members; the id is derived from the two user ids.
+    Direct,
+    /// Members only; joins by invitation.
+    Group,
+    /// Anyone may join and read.
+    Channel,
+}
+
+/// A room's durable description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub id: String,
+    pub kind: RoomKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub created_by: String,
+    pub created_ts: u64,
+}
+
+/// A member's role in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+/// Where a user stands with a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Invited, not yet joined: may join, may not read or send.
+    Invited,
+    /// A member: reads and sends.
+    Joined,
+    /// Left or kicked: no access; may be invited again.
+    Left,
+    /// Banned: no access until unbanned.
+    Banned,
+}
+
+/// One row of the membership table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub room: String,
+    pub user: String,
+    pub role: Role,
+    pub state: MemberState,
+    /// Muted members read but may not send.
+    #[serde(default)]
+    pub muted: bool,
+    /// seq of the event that last changed this row.
+    pub since: u64,
+}
+
+/// A membership update applied atomically with the event that carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChange {
+    pub user: String,
+    pub role: Role,
+    pub state: MemberState,
+    #[serde(default)]
+    pub muted: bool,
+}
+
+/// An event before it has a `seq`: what the bridge asks the store to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub room: String,
+    /// The sender (user id); part of the idempotency key.
+    pub from: String,
+    /// The client's idempotency key.
+    pub msg_id: String,
+    /// Server time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The event's JSON body *without* `room`, `seq`, `ts`, `from`, `msg_id`
+    /// (the store adds them); e.g. `{"type":"message","body":"hi"}`.
+    pub body: serde_json::Map<String, serde_json::Value>,
+    /// Membership update to apply in the same write, if any.
+    pub member: Option<MemberChange>,
+}
+
+/// A stored event. `json` is the exact payload published on the room's
+/// `events` topic: an object with `room`, `seq`, `ts`, `from`, `msg_id` and
+/// the [`NewEvent::body`] fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub json: bytes::Bytes,
+}
+
+/// Result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub event: StoredEvent,
+    /// True when `(room, from, msg_id)` was already stored: nothing new was written.
+    pub duplicate: bool,
+}
+
+/// Which part of a room's stream to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// The newest `limit` events.
+    Latest,
+    /// Events with `seq < before`, the newest `limit` of them.
+    Before(u64),
+    /// Events with `seq > after`, the oldest `limit` of them.
+    After(u64),
+}
+
+/// A page of a room's stream, ascending by `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    /// The room's latest seq (0 for an empty room).
+    pub head: u64,
+    /// More events exist beyond this page in the direction read
+    /// (older for `Latest`/`Before`, newer for `After`).
+    pub has_more: bool,
+}
+
+/// A user's read and delivered markers in a room (0 = none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Markers {
+    pub read: u64,
+    pub delivered: u64,
+}
+
+/// Which marker to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarkerKind {
+    Read,
+    Delivered,
+}
+
+/// Durable storage behind the bridge. Shared as `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Appends an event at the room's head + 1, durably, idempotently (see module doc).
+    /// The room need not exist in the rooms table (the bridge checks that).
+    async fn append(&self, event: NewEvent) -> Result<Appended, StoreError>;
+
+    /// The room's latest seq, 0 if it has no events.
+    async fn head(&self, room: &str) -> Result<u64, StoreError>;
+
+    /// Reads a page of at most `limit` events (`limit` is clamped to 1..=[`PAGE_MAX`]).
+    async fn read(&self, room: &str, range: Range, limit: usize) -> Result<Page, StoreError>;
+
+    /// Creates a room; returns false (and changes nothing) if the id exists.
+    async fn create_room(&self, room: RoomInfo) -> Result<bool, StoreError>;
+
+    /// A room's description, if it exists.
+    async fn room(&self, room: &str) -> Result<Option<RoomInfo>, StoreError>;
+
+    /// One membership row, if any.
+    async fn member(&self, room: &str, user: &str) -> Result<Option<Member>, StoreError>;
+
+    /// A room's membership rows in any state, ordered by user id, those with
+    /// user id > `after`, at most `limit`.
+    async fn members(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError>;
+
+    /// The user's membership rows in every room (any state), ordered by room id.
+    async fn user_rooms(&self, user: &str) -> Result<Vec<Member>, StoreError>;
+
+    /// Moves a marker forward; returns the markers after the call and whether it moved.
+    async fn set_marker(
+        &self,
+        room: &str,
+        user: &str,
+        kind: MarkerKind,
+        seq: u64,
+    ) -> Result<(Markers, bool), StoreError>;
+
+    /// The user's markers in a room.
+    async fn markers(&self, room: &str, user: &str) -> Result<Markers, StoreError>;
+
+    /// Makes everything appended so far durable regardless of the fsync policy
+    /// (used on shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
+}
