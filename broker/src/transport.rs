@@ -150,7 +150,7 @@ impl Io {
                 let _ = s.shutdown().await;
             }
             Io::Ws(ws) => {
-                let _ = ws.close(None).await;
+                let _ = SinkExt::close(ws).await;
             }
         }
     }

@@ -1,0 +1,155 @@
+//! The bridge's MQTT side: a persistent-session MQTT 5 client of the broker
+//! (embedded or external) with manual acks. A send is acked to the broker only
+//! after it is durable (or refused) and its event published, so a crash in
+//! between makes the broker redeliver it; the store's idempotency key turns
+//! the redelivery into the same `seq`.
+
+use crate::chat::Chat;
+
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// `[bridge]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Broker address `host:port` (MODE=bridge; in one process the embedded broker's).
+    pub broker: String,
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    /// Most messages handled in one batch (one group commit across rooms).
+    pub batch: usize,
+    /// Sends per user per room per second, and the burst.
+    pub sends_per_sec: f64,
+    pub sends_burst: f64,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            broker: "127.0.0.1:1883".into(),
+            client_id: "chat-bridge".into(),
+            username: "chat-bridge".into(),
+            password: String::new(),
+            batch: 512,
+            sends_per_sec: 10.0,
+            sends_burst: 30.0,
+        }
+    }
+}
+
+/// Runs the bridge until `shutdown` flips. `ready` is set once subscribed.
+pub async fn run(cfg: BridgeConfig, prefix: String, chat: Arc<Chat>, mut shutdown: watch::Receiver<bool>, ready: watch::Sender<bool>) -> Result<(), String> {
+    let (host, port) = cfg.broker.rsplit_once(':').ok_or("bridge.broker must be host:port")?;
+    let port: u16 = port.parse().map_err(|_| "bridge.broker port is not a number")?;
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
+    opts.set_credentials(cfg.username.clone(), cfg.password.clone());
+    opts.set_clean_start(false);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(Some(1 << 20));
+    opts.set_request_channel_capacity(4096);
+    opts.set_outgoing_inflight_upper_limit(1000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+
+    let (tx, rx) = mpsc::channel::<Publish>(cfg.batch * 2);
+    let worker = tokio::spawn(process(client.clone(), chat, rx, cfg.batch));
+    let filters = [format!("{prefix}/rooms/+/send/+"), format!("{prefix}/rpc/+/+")];
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.changed() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                info!(session_present = ack.session_present, "bridge connected to broker");
+                for f in &filters {
+                    if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
+                        warn!(error = %e, "subscribe failed");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                let _ = ready.send(true);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(p).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = ready.send(false);
+                warn!(error = %e, "bridge connection lost; reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    drop(tx);
+    // drain: what was taken in is stored and published before we go
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    let _ = client.disconnect().await;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// Takes what is pending, groups it by room (sends) or user (requests), and
+/// handles the groups concurrently, each in arrival order.
+async fn process(client: AsyncClient, chat: Arc<Chat>, mut rx: mpsc::Receiver<Publish>, batch: usize) {
+    let mut buf = Vec::with_capacity(batch);
+    while rx.recv_many(&mut buf, batch).await > 0 {
+        let mut groups: HashMap<String, Vec<Publish>> = HashMap::new();
+        for p in buf.drain(..) {
+            let topic = String::from_utf8_lossy(&p.topic).into_owned();
+            groups.entry(chat.order_key(&topic)).or_default().push(p);
+        }
+        let tasks = groups.into_values().map(|ps| {
+            let client = client.clone();
+            let chat = chat.clone();
+            async move {
+                for p in ps {
+                    handle_one(&client, &chat, p).await;
+                }
+            }
+        });
+        futures_util::future::join_all(tasks).await;
+    }
+}
+
+async fn handle_one(client: &AsyncClient, chat: &Chat, p: Publish) {
+    let topic = String::from_utf8_lossy(&p.topic);
+    let (rt, corr) = match &p.properties {
+        Some(props) => (props.response_topic.clone(), props.correlation_data.clone()),
+        None => (None, None),
+    };
+    let outs = chat.handle(&topic, &p.payload, rt, corr).await;
+    for o in outs {
+        let res = match o.corr {
+            Some(c) => {
+                let props = PublishProperties { correlation_data: Some(c), ..Default::default() };
+                client.publish_with_properties(o.topic, QoS::AtLeastOnce, false, o.payload, props).await
+            }
+            None => client.publish(o.topic, QoS::AtLeastOnce, false, o.payload).await,
+        };
+        if let Err(e) = res {
+            warn!(error = %e, "publish to broker failed");
+        }
+    }
+    if let Err(e) = client.ack(&p).await {
+        warn!(error = %e, "ack failed");
+    }
+}
+
