@@ -9,6 +9,9 @@ use crate::auth::Principal;
 use crate::names::valid_id;
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 /// Outcome of a check; `Deny` names the rule for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +26,18 @@ impl Decision {
     }
 }
 
+/// Loads a room's access (open channel?, joined members) from the store, for
+/// rooms the broker has not heard of since it started.
+pub type Loader = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<(bool, Vec<String>)>> + Send>>
+        + Send
+        + Sync,
+>;
+
 #[derive(Default)]
 struct Inner {
+    /// rooms whose state came from the loader or whose creation we saw
+    loaded: HashSet<String>,
     /// room -> (open channel?, joined members)
     rooms: HashMap<String, (bool, HashSet<String>)>,
     /// user -> rooms joined
@@ -35,11 +48,39 @@ struct Inner {
 #[derive(Default)]
 pub struct Access {
     inner: RwLock<Inner>,
+    loader: RwLock<Option<Loader>>,
 }
 
 impl Access {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Installs the loader used by [`Access::ensure`].
+    pub fn set_loader(&self, loader: Loader) {
+        *self.loader.write() = Some(loader);
+    }
+
+    /// Makes sure the room's access is known (after a restart the broker
+    /// starts empty and learns rooms on first use).
+    pub async fn ensure(&self, room: &str) {
+        if self.inner.read().loaded.contains(room) {
+            return;
+        }
+        let Some(loader) = self.loader.read().clone() else {
+            return;
+        };
+        if let Some((open, members)) = loader(room.to_owned()).await {
+            let mut g = self.inner.write();
+            if g.loaded.insert(room.to_owned()) {
+                let entry = g.rooms.entry(room.to_owned()).or_default();
+                entry.0 |= open;
+                entry.1.extend(members.iter().cloned());
+                for m in members {
+                    g.user_rooms.entry(m).or_default().insert(room.to_owned());
+                }
+            }
+        }
     }
 
     /// Marks a room as an open channel (anyone may read its events) or not.
@@ -112,11 +153,11 @@ impl Access {
 pub struct Authorizer {
     prefix: String,
     open_topics: bool,
-    access: std::sync::Arc<Access>,
+    access: Arc<Access>,
 }
 
 impl Authorizer {
-    pub fn new(prefix: &str, open_topics: bool, access: std::sync::Arc<Access>) -> Self {
+    pub fn new(prefix: &str, open_topics: bool, access: Arc<Access>) -> Self {
         Authorizer {
             prefix: prefix.trim_end_matches('/').to_owned(),
             open_topics,
@@ -126,6 +167,14 @@ impl Authorizer {
 
     pub fn access(&self) -> &Access {
         &self.access
+    }
+
+    /// The room a chat topic or filter names, if any.
+    pub fn room_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        match self.chat_levels(topic)?.as_slice() {
+            ["rooms", room, ..] if valid_id(room) => Some(room),
+            _ => None,
+        }
     }
 
     /// Levels after the prefix, or `None` if the topic is outside it.

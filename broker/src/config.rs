@@ -28,6 +28,9 @@ pub struct BrokerConfig {
     pub open_topics: bool,
     /// Sizes of rumqttd's in-memory logs.
     pub router: RouterSizing,
+    /// Learn room membership from the bridge's `{prefix}/hooks/access`
+    /// messages (a broker running apart from its bridge). Set by `chatmq broker`.
+    pub access_from_hooks: bool,
 }
 
 impl Default for BrokerConfig {
@@ -43,6 +46,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             open_topics: true,
             router: RouterSizing::default(),
+            access_from_hooks: false,
         }
     }
 }

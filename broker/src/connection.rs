@@ -410,6 +410,9 @@ impl Session {
                     return Err(DisconnectReasonCode::TopicAliasInvalid);
                 }
                 let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                if let Some(room) = self.shared.authz.room_of(topic) {
+                    self.shared.authz.access().ensure(room).await;
+                }
                 let decision = self.shared.authz.check_publish(&self.principal, topic);
                 if let Decision::Deny(rule) = decision {
                     info!(rule, topic = %topic.escape_debug(), "publish refused");
@@ -433,6 +436,9 @@ impl Session {
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut allowed = Vec::new();
                 for f in sub.filters {
+                    if let Some(room) = self.shared.authz.room_of(&f.path) {
+                        self.shared.authz.access().ensure(room).await;
+                    }
                     match self.shared.authz.check_subscribe(&self.principal, &self.client_id, &f.path) {
                         Decision::Allow => {
                             codes.push(None);

@@ -186,8 +186,19 @@ impl Broker {
             LinkBuilder::new(id, router_tx.clone()).clean_session(clean).build().map_err(|e| e.to_string())
         });
         let router = RouterHandle { build };
-        let (internal_tx, mut internal_rx, _) = router.link("$chat-broker-internal", true).await.map_err(StartError::Router)?;
-        tokio::spawn(async move { while let Ok(Some(_)) | Ok(None) = internal_rx.next().await {} });
+        let (mut internal_tx, mut internal_rx, _) = router.link("chat-broker-internal", true).await.map_err(StartError::Router)?;
+        if config.access_from_hooks {
+            let filter = format!("{}/hooks/access", config.prefix);
+            internal_tx.subscribe(filter).map_err(|e| StartError::Router(e.to_string()))?;
+        }
+        let hooks_access = access.clone();
+        tokio::spawn(async move {
+            while let Ok(n) = internal_rx.next().await {
+                if let Some(Notification::Forward(f)) = n {
+                    apply_access_hook(&hooks_access, &f.publish.payload);
+                }
+            }
+        });
 
         let authz = Authorizer::new(&config.prefix, config.open_topics, access);
         let shared = Arc::new(Shared {
@@ -248,6 +259,22 @@ async fn accept_loop(shared: Arc<Shared>, kind: Kind, listener: TcpListener) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// `{"room":..,"user":..,"joined":bool}` or `{"room":..,"open":bool}` from the bridge.
+fn apply_access_hook(access: &Access, payload: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return;
+    };
+    let Some(room) = v.get("room").and_then(|r| r.as_str()) else {
+        return;
+    };
+    if let Some(open) = v.get("open").and_then(|o| o.as_bool()) {
+        access.set_open(room, open);
+    }
+    if let (Some(user), Some(joined)) = (v.get("user").and_then(|u| u.as_str()), v.get("joined").and_then(|j| j.as_bool())) {
+        access.set_member(room, user, joined);
     }
 }
 

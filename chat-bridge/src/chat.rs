@@ -457,6 +457,7 @@ impl Chat {
         }
         if kind == RoomKind::Channel {
             self.sink.open(&id, true);
+            out.push(Out { topic: format!("{}/hooks/access", self.prefix), payload: json!({"room": id, "open": true}).to_string().into(), corr: None });
         }
         let owner = MemberChange { user: user.into(), role: Role::Owner, state: MemberState::Joined, muted: false };
         self.member_event(&id, user, user, "join", owner, out).await?;
