@@ -252,4 +252,38 @@ mod tests {
         let svc = encode(&Header::default(), &C { sub: "bridge", exp: now() + 60 }, &key).expect("enc");
         assert!(a.authenticate("", &svc).is_err(), "a token may not impersonate a service");
     }
+
+    #[test]
+    fn rs256_tokens() {
+        let dir = std::env::temp_dir().join(format!("chatmq-rs256-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let key = dir.join("k.pem");
+        let public = dir.join("p.pem");
+        let gen = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .arg(&key)
+            .status();
+        if !gen.is_ok_and(|s| s.success()) {
+            eprintln!("SKIPPED rs256_tokens: the openssl command is not available to make a key");
+            return;
+        }
+        let ok = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "openssl pkey -pubout failed");
+        let mut cfg = AuthConfig::default();
+        cfg.jwt = Some(JwtConfig { rs256_public_key: Some(public), ..Default::default() });
+        let a = Authenticator::new(&cfg).expect("config");
+        let pem = std::fs::read(&key).expect("key");
+        let enc = EncodingKey::from_rsa_pem(&pem).expect("rsa key");
+        let good = encode(&Header::new(Algorithm::RS256), &C { sub: "dana", exp: now() + 60 }, &enc).expect("enc");
+        assert_eq!(a.authenticate("", &good), Ok(Principal::User("dana".into())));
+        let expired = encode(&Header::new(Algorithm::RS256), &C { sub: "dana", exp: now() - 600 }, &enc).expect("enc");
+        assert!(a.authenticate("", &expired).is_err());
+        // an HS256 token is refused when only RS256 is configured
+        let hs = encode(&Header::default(), &C { sub: "dana", exp: now() + 60 }, &EncodingKey::from_secret(b"x")).expect("enc");
+        assert!(a.authenticate("", &hs).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
