@@ -1,0 +1,180 @@
+//! Access control: what a user may subscribe and publish to, client ids.
+
+use anyhow::Result;
+use serde_json::json;
+use tests::{client_v4, client_v5, group_room, pw, seq_of, TestServer, QUIET};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_subscriptions() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+    group_room(&mut bob, "secret", &mut []).await?;
+    group_room(&mut alice, "mine", &mut []).await?;
+
+    for filter in [
+        "#",
+        "chat/#",
+        "chat/rooms/+/events",
+        "chat/rooms/#",
+        "chat/rooms/secret/events",
+        "chat/rooms/secret/receipts",
+        "chat/rooms/secret/typing/+",
+        "chat/users/bob/replies/bob-1",
+        "chat/users/bob/replies/+",
+        "chat/users/bob/inbox",
+        "chat/users/+/inbox",
+        "chat/rooms/mine/send/bob",
+        "chat/rpc/alice/history",
+    ] {
+        let granted = alice.subscribe(filter).await?;
+        assert!(!granted, "alice's SUBSCRIBE {filter:?} must be refused in the SubAck");
+    }
+    // and the connection still works
+    alice.subscribe_ok("chat/rooms/mine/events").await?;
+    let r = alice.rpc("rooms.list", json!({})).await?;
+    assert!(r["rooms"].is_array(), "{r}");
+
+    // same with MQTT 5
+    let mut a5 = srv.user_v5("alice", "alice-v5").await?;
+    for filter in ["#", "chat/rooms/+/events", "chat/rooms/secret/events", "chat/users/bob/inbox"] {
+        assert!(!a5.subscribe(filter).await?, "v5 SUBSCRIBE {filter:?} must be refused");
+    }
+    a5.subscribe_ok("chat/rooms/mine/events").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cannot_send_as_another_user() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+    group_room(&mut alice, "r1", &mut [&mut bob]).await?;
+    bob.subscribe_ok("chat/rooms/r1/events").await?;
+    let head = bob.head("r1").await?;
+
+    // alice publishes to bob's send topic
+    let _ = alice
+        .publish_json("chat/rooms/r1/send/bob", &json!({"msg_id": "forged", "body": "I am bob"}))
+        .await;
+    bob.expect_none("event from a forged send", QUIET, |m| {
+        m.topic == "chat/rooms/r1/events" && m.json()["msg_id"] == "forged"
+    })
+    .await?;
+    // a legitimate send (new connection, in case the broker dropped alice's) gets head+1
+    let alice2 = srv.user_v4("alice", "alice-2").await?;
+    alice2.send("r1", "real", "hello").await?;
+    let e = bob.recv_msg("r1", "alice", "real").await?;
+    assert_eq!(seq_of(&e), head + 1, "the forged send stored nothing: {e}");
+
+    // rpc as another user: no reply, no effect
+    let _ = alice2
+        .publish_json(
+            "chat/rpc/bob/rooms.leave",
+            &json!({"room": "r1", "reply": "chat/users/alice/replies/alice-2", "corr": "x"}),
+        )
+        .await;
+    let members = bob.rpc("rooms.members", json!({"room": "r1"})).await?;
+    let bob_state = members["members"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["user"] == "bob"))
+        .map(|m| m["state"].clone());
+    assert_eq!(bob_state, Some(json!("joined")), "forged rooms.leave had no effect: {members}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reply_topic_outside_own_namespace_gets_nothing() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+    group_room(&mut alice, "r1", &mut []).await?;
+    bob.subscribe_ok("devices/victim").await?;
+
+    for reply in ["chat/users/bob/replies/bob-1", "chat/users/bob/inbox", "devices/victim"] {
+        alice
+            .publish_json("chat/rpc/alice/history", &json!({"room": "r1", "reply": reply, "corr": "steal"}))
+            .await?;
+        alice
+            .publish_json("chat/rpc/alice/rooms.list", &json!({"reply": reply, "corr": "steal"}))
+            .await?;
+    }
+    // MQTT 5 response topic pointing at bob
+    let a5 = srv.user_v5("alice", "alice-v5").await?;
+    a5.publish_v5(
+        "chat/rpc/alice/rooms.list",
+        serde_json::to_vec(&json!({}))?,
+        rumqttc::v5::mqttbytes::v5::PublishProperties {
+            response_topic: Some("chat/users/bob/replies/bob-1".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"steal5")),
+            ..Default::default()
+        },
+    )
+    .await?;
+    // bob is in no room: nothing at all may arrive on his topics
+    bob.expect_none("a reply to alice's request on bob's topics", QUIET, |_| true).await?;
+    // alice herself still gets replies on her own topic
+    let r = alice.rpc("rooms.list", json!({})).await?;
+    assert!(r["rooms"].is_array());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_id_in_use_by_other_user_is_refused() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "shared-1").await?;
+    let res = client_v4(srv.tcp_port(), "bob", &pw("bob"), "shared-1").await;
+    assert!(res.is_err(), "bob connecting with alice's client id must be refused at CONNECT");
+    let res = client_v5(srv.tcp_port(), "bob", &pw("bob"), "shared-1").await;
+    assert!(res.is_err(), "bob (MQTT 5) connecting with alice's client id must be refused");
+    // alice is still connected and served
+    assert_eq!(alice.is_closed(), None, "alice's connection survived the takeover attempt");
+    let r = alice.rpc("rooms.list", json!({})).await?;
+    assert!(r["rooms"].is_array());
+    assert_eq!(alice.is_closed(), None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_credentials_and_client_ids_refused() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let port = srv.tcp_port();
+    assert!(client_v4(port, "alice", "wrong", "alice-x").await.is_err(), "wrong password refused");
+    assert!(client_v4(port, "nobody", "pw-nobody", "nobody-x").await.is_err(), "unknown user refused");
+    for cid in ["a/b", "a+b", "a#b", "$sys", "a b", "chat/users/bob/replies/x", "a/b#"] {
+        let r = client_v4(port, "alice", &pw("alice"), cid).await;
+        assert!(r.is_err(), "client id {cid:?} must be refused (v4)");
+        let r = client_v5(port, "alice", &pw("alice"), cid).await;
+        assert!(r.is_err(), "client id {cid:?} must be refused (v5)");
+    }
+    let long = "x".repeat(129);
+    assert!(client_v4(port, "alice", &pw("alice"), &long).await.is_err(), "129-char client id refused");
+    // the server keeps serving
+    let mut alice = srv.user_v4("alice", "alice.ok:1-_").await?;
+    let r = alice.rpc("rooms.create", json!({"room": "after", "kind": "group", "members": []})).await?;
+    assert_eq!(r["room"]["id"], "after");
+    alice.subscribe_ok("chat/rooms/after/events").await?;
+    alice.send("after", "m1", "still here").await?;
+    alice.recv_msg("after", "alice", "m1").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kicked_member_loses_access() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+    let mut carol = srv.user_v4("carol", "carol-1").await?;
+    group_room(&mut alice, "r1", &mut [&mut bob]).await?;
+    // carol is not a member: no events, no history
+    assert!(!carol.subscribe("chat/rooms/r1/events").await?, "non-member subscribe refused");
+    let code = carol.rpc_err("history", json!({"room": "r1"})).await?;
+    assert!(code == "not_member" || code == "forbidden", "history by non-member: {code}");
+    // bob leaves, then may no longer subscribe or send
+    bob.rpc("rooms.leave", json!({"room": "r1"})).await?;
+    assert!(!bob.subscribe("chat/rooms/r1/events").await?, "subscribe after leaving refused");
+    bob.send("r1", "late", "hi").await?;
+    let err = bob.recv_inbox("not_member error for a send after leaving", |v| v["type"] == "error").await?;
+    assert_eq!(err["code"], "not_member", "{err}");
+    Ok(())
+}
