@@ -272,8 +272,10 @@ mod tests {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "openssl pkey -pubout failed");
-        let mut cfg = AuthConfig::default();
-        cfg.jwt = Some(JwtConfig { rs256_public_key: Some(public), ..Default::default() });
+        let cfg = AuthConfig {
+            jwt: Some(JwtConfig { rs256_public_key: Some(public), ..Default::default() }),
+            ..Default::default()
+        };
         let a = Authenticator::new(&cfg).expect("config");
         let pem = std::fs::read(&key).expect("key");
         let enc = EncodingKey::from_rsa_pem(&pem).expect("rsa key");

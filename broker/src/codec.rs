@@ -43,6 +43,7 @@ impl Frame {
     pub fn packet_type(&self) -> u8 {
         self.byte1 >> 4
     }
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.header_len + self.remaining
     }

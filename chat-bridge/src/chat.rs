@@ -154,7 +154,7 @@ impl Chat {
         to.topic.as_ref().map(|t| Out { topic: t.clone(), payload: body.into(), corr: to.corr_prop.clone() })
     }
 
-    fn parse<'a>(payload: &'a [u8]) -> Result<Map<String, Value>, Refusal> {
+    fn parse(payload: &[u8]) -> Result<Map<String, Value>, Refusal> {
         if payload.len() > wire::PAYLOAD_MAX {
             return Err(Refusal::new(Code::TooLarge, format!("payload exceeds {} bytes", wire::PAYLOAD_MAX)));
         }

@@ -129,7 +129,7 @@ async fn shutdown_signal() {
 
 fn open_store(cli: &Cli, cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("data dir {}", cli.data_dir.display()))?;
-    let store = EmbeddedStore::open(EmbeddedConfig { path: cli.data_dir.join("store"), fsync: cfg.store.fsync.clone() })
+    let store = EmbeddedStore::open(EmbeddedConfig { path: cli.data_dir.join("store"), fsync: cfg.store.fsync })
         .map_err(|e| anyhow::anyhow!("store: {e}"))?;
     Ok(Arc::new(store))
 }
