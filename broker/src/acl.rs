@@ -369,7 +369,10 @@ mod tests {
         let a = authz();
         let p = alice();
         assert!(a.check_publish(&p, "chat/rooms/r1/send/alice").allowed());
-        assert!(a.check_publish(&p, "chat/rooms/r9/send/alice").allowed(), "bridge checks membership");
+        assert!(
+            a.check_publish(&p, "chat/rooms/r9/send/alice").allowed(),
+            "bridge checks membership"
+        );
         assert!(!a.check_publish(&p, "chat/rooms/r1/send/bob").allowed());
         assert!(a.check_publish(&p, "chat/rooms/r1/typing/alice").allowed());
         assert!(!a.check_publish(&p, "chat/rooms/r2/typing/alice").allowed());
@@ -396,11 +399,23 @@ mod tests {
         assert!(ok("chat/presence/bob"));
         assert!(ok("devices/#"));
         for bad in [
-            "#", "+/rooms/r1/events", "chat/#", "chat/rooms/+/events", "chat/rooms/r2/events",
-            "chat/rooms/r2/typing/+", "chat/rooms/r1/#", "chat/rooms/r1/send/+",
-            "chat/users/bob/inbox", "chat/users/alice/replies/other", "chat/users/alice/replies/+",
-            "chat/users/bob/replies/phone-1", "chat/presence/carol", "chat/presence/+",
-            "chat/rpc/alice/+", "chat/a#", "$SYS/#",
+            "#",
+            "+/rooms/r1/events",
+            "chat/#",
+            "chat/rooms/+/events",
+            "chat/rooms/r2/events",
+            "chat/rooms/r2/typing/+",
+            "chat/rooms/r1/#",
+            "chat/rooms/r1/send/+",
+            "chat/users/bob/inbox",
+            "chat/users/alice/replies/other",
+            "chat/users/alice/replies/+",
+            "chat/users/bob/replies/phone-1",
+            "chat/presence/carol",
+            "chat/presence/+",
+            "chat/rpc/alice/+",
+            "chat/a#",
+            "$SYS/#",
         ] {
             assert!(!ok(bad), "{bad} must be refused");
         }

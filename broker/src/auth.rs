@@ -80,7 +80,8 @@ impl Authenticator {
 
     /// Adds a service account at run time (the in-process bridge's).
     pub fn add_service(&mut self, id: &str, password: &str, allow: Vec<String>) {
-        self.services.insert(id.to_owned(), (password.to_owned(), allow));
+        self.services
+            .insert(id.to_owned(), (password.to_owned(), allow));
     }
 
     pub fn authenticate(&self, username: &str, password: &str) -> Result<Principal, AuthError> {
@@ -172,7 +173,11 @@ impl Jwt {
         let (key, validation) = match header.alg {
             Algorithm::HS256 => (self.hs.as_ref(), &self.validation_hs),
             Algorithm::RS256 => (self.rs.as_ref(), &self.validation_rs),
-            other => return Err(AuthError::BadToken(format!("algorithm {other:?} not accepted"))),
+            other => {
+                return Err(AuthError::BadToken(format!(
+                    "algorithm {other:?} not accepted"
+                )))
+            }
         };
         let key = key.ok_or_else(|| AuthError::BadToken("algorithm not configured".into()))?;
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
@@ -219,38 +224,105 @@ mod tests {
         cfg.users.insert("alice".into(), "pw-a".into());
         cfg.services.insert(
             "bridge".into(),
-            ServiceAccount { password: "pw-b".into(), allow: vec!["chat/#".into()] },
+            ServiceAccount {
+                password: "pw-b".into(),
+                allow: vec!["chat/#".into()],
+            },
         );
-        cfg.jwt = Some(JwtConfig { hs256_secret: Some("s3cret".into()), ..Default::default() });
+        cfg.jwt = Some(JwtConfig {
+            hs256_secret: Some("s3cret".into()),
+            ..Default::default()
+        });
         Authenticator::new(&cfg).expect("config")
     }
 
     #[test]
     fn static_users_and_services() {
         let a = auth();
-        assert_eq!(a.authenticate("alice", "pw-a"), Ok(Principal::User("alice".into())));
-        assert_eq!(a.authenticate("alice", "nope"), Err(AuthError::BadCredentials));
+        assert_eq!(
+            a.authenticate("alice", "pw-a"),
+            Ok(Principal::User("alice".into()))
+        );
+        assert_eq!(
+            a.authenticate("alice", "nope"),
+            Err(AuthError::BadCredentials)
+        );
         assert_eq!(a.authenticate("alice", ""), Err(AuthError::Missing));
-        assert!(matches!(a.authenticate("bridge", "pw-b"), Ok(Principal::Service { .. })));
-        assert_eq!(a.authenticate("bridge", "pw-a"), Err(AuthError::BadCredentials));
+        assert!(matches!(
+            a.authenticate("bridge", "pw-b"),
+            Ok(Principal::Service { .. })
+        ));
+        assert_eq!(
+            a.authenticate("bridge", "pw-a"),
+            Err(AuthError::BadCredentials)
+        );
     }
 
     #[test]
     fn hs256_tokens() {
         let a = auth();
         let key = EncodingKey::from_secret(b"s3cret");
-        let good = encode(&Header::default(), &C { sub: "bob", exp: now() + 60 }, &key).expect("enc");
+        let good = encode(
+            &Header::default(),
+            &C {
+                sub: "bob",
+                exp: now() + 60,
+            },
+            &key,
+        )
+        .expect("enc");
         assert_eq!(a.authenticate("", &good), Ok(Principal::User("bob".into())));
-        assert_eq!(a.authenticate("bob", &good), Ok(Principal::User("bob".into())));
-        assert!(a.authenticate("carol", &good).is_err(), "username must match sub");
-        let expired = encode(&Header::default(), &C { sub: "bob", exp: now() - 600 }, &key).expect("enc");
+        assert_eq!(
+            a.authenticate("bob", &good),
+            Ok(Principal::User("bob".into()))
+        );
+        assert!(
+            a.authenticate("carol", &good).is_err(),
+            "username must match sub"
+        );
+        let expired = encode(
+            &Header::default(),
+            &C {
+                sub: "bob",
+                exp: now() - 600,
+            },
+            &key,
+        )
+        .expect("enc");
         assert!(a.authenticate("", &expired).is_err());
-        let wrong = encode(&Header::default(), &C { sub: "bob", exp: now() + 60 }, &EncodingKey::from_secret(b"x")).expect("enc");
+        let wrong = encode(
+            &Header::default(),
+            &C {
+                sub: "bob",
+                exp: now() + 60,
+            },
+            &EncodingKey::from_secret(b"x"),
+        )
+        .expect("enc");
         assert!(a.authenticate("", &wrong).is_err());
-        let bad_sub = encode(&Header::default(), &C { sub: "a/b", exp: now() + 60 }, &key).expect("enc");
+        let bad_sub = encode(
+            &Header::default(),
+            &C {
+                sub: "a/b",
+                exp: now() + 60,
+            },
+            &key,
+        )
+        .expect("enc");
         assert!(a.authenticate("", &bad_sub).is_err());
-        let svc = encode(&Header::default(), &C { sub: "bridge", exp: now() + 60 }, &key).expect("enc");
-        assert!(a.authenticate("", &svc).is_err(), "a token may not impersonate a service");
+        let svc = encode(
+            &Header::default(),
+            &C {
+                sub: "bridge",
+                exp: now() + 60,
+            },
+            &key,
+        )
+        .expect("enc");
+        assert!(
+            a.authenticate("", &svc).is_err(),
+            "a token may not impersonate a service"
+        );
     }
 
     #[test]
@@ -260,7 +332,14 @@ mod tests {
         let key = dir.join("k.pem");
         let public = dir.join("p.pem");
         let gen = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
             .arg(&key)
             .status();
         if !gen.is_ok_and(|s| s.success()) {
@@ -268,23 +347,56 @@ mod tests {
             return;
         }
         let ok = std::process::Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public)
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public)
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "openssl pkey -pubout failed");
         let cfg = AuthConfig {
-            jwt: Some(JwtConfig { rs256_public_key: Some(public), ..Default::default() }),
+            jwt: Some(JwtConfig {
+                rs256_public_key: Some(public),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let a = Authenticator::new(&cfg).expect("config");
         let pem = std::fs::read(&key).expect("key");
         let enc = EncodingKey::from_rsa_pem(&pem).expect("rsa key");
-        let good = encode(&Header::new(Algorithm::RS256), &C { sub: "dana", exp: now() + 60 }, &enc).expect("enc");
-        assert_eq!(a.authenticate("", &good), Ok(Principal::User("dana".into())));
-        let expired = encode(&Header::new(Algorithm::RS256), &C { sub: "dana", exp: now() - 600 }, &enc).expect("enc");
+        let good = encode(
+            &Header::new(Algorithm::RS256),
+            &C {
+                sub: "dana",
+                exp: now() + 60,
+            },
+            &enc,
+        )
+        .expect("enc");
+        assert_eq!(
+            a.authenticate("", &good),
+            Ok(Principal::User("dana".into()))
+        );
+        let expired = encode(
+            &Header::new(Algorithm::RS256),
+            &C {
+                sub: "dana",
+                exp: now() - 600,
+            },
+            &enc,
+        )
+        .expect("enc");
         assert!(a.authenticate("", &expired).is_err());
         // an HS256 token is refused when only RS256 is configured
-        let hs = encode(&Header::default(), &C { sub: "dana", exp: now() + 60 }, &EncodingKey::from_secret(b"x")).expect("enc");
+        let hs = encode(
+            &Header::default(),
+            &C {
+                sub: "dana",
+                exp: now() + 60,
+            },
+            &EncodingKey::from_secret(b"x"),
+        )
+        .expect("enc");
         assert!(a.authenticate("", &hs).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

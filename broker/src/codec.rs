@@ -170,7 +170,8 @@ pub fn write(version: Version, packet: Packet, out: &mut BytesMut) -> Result<(),
         Version::V4 => protocol::v4::V4.write(packet, out),
         Version::V5 => protocol::v5::V5.write(packet, out),
     };
-    res.map(|_| ()).map_err(|e| FrameError::Malformed(e.to_string()))
+    res.map(|_| ())
+        .map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -188,11 +189,26 @@ mod tests {
 
     #[test]
     fn refuses_server_only_types_and_oversize() {
-        assert!(matches!(frame(&[0x20, 0x02, 0, 0], 100), Err(FrameError::ForbiddenType(2))));
-        assert!(matches!(frame(&[0xF0, 0x00], 100), Err(FrameError::ForbiddenType(15))));
-        assert!(matches!(frame(&[0x00, 0x00], 100), Err(FrameError::ForbiddenType(0))));
-        assert!(matches!(frame(&[0x30, 0xFF, 0x7F], 100), Err(FrameError::TooLarge(_))));
-        assert!(matches!(frame(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], usize::MAX), Err(FrameError::BadLength)));
+        assert!(matches!(
+            frame(&[0x20, 0x02, 0, 0], 100),
+            Err(FrameError::ForbiddenType(2))
+        ));
+        assert!(matches!(
+            frame(&[0xF0, 0x00], 100),
+            Err(FrameError::ForbiddenType(15))
+        ));
+        assert!(matches!(
+            frame(&[0x00, 0x00], 100),
+            Err(FrameError::ForbiddenType(0))
+        ));
+        assert!(matches!(
+            frame(&[0x30, 0xFF, 0x7F], 100),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(matches!(
+            frame(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], usize::MAX),
+            Err(FrameError::BadLength)
+        ));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Packet, PubAck, PubAckReason, Publish, SubAck, Subscribe, SubscribeReasonCode,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
+    PubAck, PubAckReason, Publish, SubAck, Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use std::collections::HashMap;
@@ -38,7 +38,12 @@ enum End {
 }
 
 /// Serves one accepted socket to the end.
-pub(crate) async fn serve(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    kind: Kind,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
     let span = tracing::info_span!("conn", %peer, listener = kind.name(), client_id = tracing::field::Empty, user = tracing::field::Empty);
     async move {
         if let Err(e) = run(shared, kind, tcp).await {
@@ -53,11 +58,19 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     let limits = &shared.config.limits;
     let max_len = limits.max_packet_bytes;
     let deadline = Instant::now() + Duration::from_millis(limits.connect_timeout_ms);
-    let io = timeout_at(deadline, transport::handshake(kind, tcp, shared.tls.as_ref(), max_len))
-        .await
-        .map_err(|_| "handshake timeout".to_string())?
-        .map_err(|e| format!("handshake: {e}"))?;
-    let mut conn = Conn { io, rbuf: BytesMut::with_capacity(4096), wbuf: BytesMut::with_capacity(4096), version: Version::V4 };
+    let io = timeout_at(
+        deadline,
+        transport::handshake(kind, tcp, shared.tls.as_ref(), max_len),
+    )
+    .await
+    .map_err(|_| "handshake timeout".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    let mut conn = Conn {
+        io,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        version: Version::V4,
+    };
     let packet = timeout_at(deadline, conn.read_connect(max_len))
         .await
         .map_err(|_| "connect timeout".to_string())??;
@@ -85,7 +98,8 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
         if !connect.clean_session && conn.version == Version::V4 {
-            conn.refuse(ConnectReturnCode::ClientIdentifierNotValid).await;
+            conn.refuse(ConnectReturnCode::ClientIdentifierNotValid)
+                .await;
             return Ok(());
         }
         let id = format!("auto-{:016x}", rand_u64());
@@ -96,7 +110,8 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     };
     if !valid_client_id(&client_id) {
         info!(client_id = %client_id.escape_debug(), "client id refused");
-        conn.refuse(ConnectReturnCode::ClientIdentifierNotValid).await;
+        conn.refuse(ConnectReturnCode::ClientIdentifierNotValid)
+            .await;
         return Ok(());
     }
     tracing::Span::current().record("client_id", client_id.as_str());
@@ -108,7 +123,16 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         }
     }
 
-    let claim = match shared.registry.claim(&client_id, principal.id(), limits.connections_per_user, limits.max_connections).await {
+    let claim = match shared
+        .registry
+        .claim(
+            &client_id,
+            principal.id(),
+            limits.connections_per_user,
+            limits.max_connections,
+        )
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             info!(reason = ?e, "connection refused");
@@ -122,16 +146,20 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         }
     };
 
-    let (mut link_tx, mut link_rx, session_present) = match shared.router.link(&client_id, connect.clean_session).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(error = %e, "router link failed");
-            conn.refuse(ConnectReturnCode::ServerUnavailable).await;
-            return Ok(());
-        }
-    };
+    let (mut link_tx, mut link_rx, session_present) =
+        match shared.router.link(&client_id, connect.clean_session).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "router link failed");
+                conn.refuse(ConnectReturnCode::ServerUnavailable).await;
+                return Ok(());
+            }
+        };
 
-    let client_max = props.as_ref().and_then(|p| p.max_packet_size).map(|m| m as usize);
+    let client_max = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .map(|m| m as usize);
     let ack_props = (conn.version == Version::V5).then(|| ConnAckProperties {
         assigned_client_identifier: assigned,
         max_packet_size: Some(max_len as u32),
@@ -141,7 +169,13 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         shared_subscription_available: Some(0),
         ..Default::default()
     });
-    conn.push(Packet::ConnAck(ConnAck { session_present, code: ConnectReturnCode::Success }, ack_props));
+    conn.push(Packet::ConnAck(
+        ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+        },
+        ack_props,
+    ));
     conn.flush().await.map_err(|e| e.to_string())?;
     if claim.first_of_user {
         if let Principal::User(user) = &principal {
@@ -159,18 +193,36 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         tokens: shared.config.limits.publishes_per_sec as f64 * 2.0,
         refilled: Instant::now(),
     };
-    let end = session.pump(&mut conn, &mut link_tx, &mut link_rx, connect.keep_alive, &claim.stop).await;
+    let end = session
+        .pump(
+            &mut conn,
+            &mut link_tx,
+            &mut link_rx,
+            connect.keep_alive,
+            &claim.stop,
+        )
+        .await;
     debug!(?end, "disconnected");
 
     if let End::Stopped(reason) = end {
         if conn.version == Version::V5 {
-            conn.push(Packet::Disconnect(Disconnect { reason_code: reason }, None));
+            conn.push(Packet::Disconnect(
+                Disconnect {
+                    reason_code: reason,
+                },
+                None,
+            ));
             let _ = conn.flush().await;
         }
     }
     if end != End::RouterGone {
         // Tell the router, so it saves a persistent session or drops a clean one.
-        let bye = Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection }, None);
+        let bye = Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        );
         let _ = link_tx.send(bye).await;
     }
     if end != End::Clean {
@@ -191,7 +243,12 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -211,7 +268,8 @@ impl Conn {
                     if frame.packet_type() != 1 {
                         return Err("first packet is not CONNECT".into());
                     }
-                    self.version = codec::connect_version(&self.rbuf, &frame).map_err(|e| e.to_string())?;
+                    self.version =
+                        codec::connect_version(&self.rbuf, &frame).map_err(|e| e.to_string())?;
                     return match codec::read(self.version, &mut self.rbuf, max_len) {
                         Ok(Some(inc)) => Ok(inc.packet),
                         Ok(None) => Err("incomplete connect".into()),
@@ -221,7 +279,13 @@ impl Conn {
                 Ok(None) => {}
                 Err(e) => return Err(e.to_string()),
             }
-            if self.io.read(&mut self.rbuf).await.map_err(|e| e.to_string())? == 0 {
+            if self
+                .io
+                .read(&mut self.rbuf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
                 return Err("closed before CONNECT".into());
             }
         }
@@ -248,10 +312,21 @@ impl Conn {
 
     async fn refuse(&mut self, code: ConnectReturnCode) {
         let code = match (self.version, code) {
-            (Version::V4, ConnectReturnCode::QuotaExceeded | ConnectReturnCode::ServerBusy | ConnectReturnCode::ServerUnavailable) => ConnectReturnCode::ServiceUnavailable,
+            (
+                Version::V4,
+                ConnectReturnCode::QuotaExceeded
+                | ConnectReturnCode::ServerBusy
+                | ConnectReturnCode::ServerUnavailable,
+            ) => ConnectReturnCode::ServiceUnavailable,
             (_, c) => c,
         };
-        self.push(Packet::ConnAck(ConnAck { session_present: false, code }, None));
+        self.push(Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code,
+            },
+            None,
+        ));
         let _ = self.flush().await;
         self.io.close().await;
     }
@@ -262,17 +337,33 @@ impl Conn {
 fn for_v4(packet: Packet) -> Packet {
     match packet {
         Packet::Publish(p, _) => Packet::Publish(p, None),
-        Packet::PubAck(p, _) => Packet::PubAck(PubAck { pkid: p.pkid, reason: PubAckReason::Success }, None),
+        Packet::PubAck(p, _) => Packet::PubAck(
+            PubAck {
+                pkid: p.pkid,
+                reason: PubAckReason::Success,
+            },
+            None,
+        ),
         Packet::SubAck(s, _) => Packet::SubAck(
             SubAck {
                 pkid: s.pkid,
-                return_codes: s.return_codes.into_iter().map(|c| match c {
-                    SubscribeReasonCode::Success(q) => SubscribeReasonCode::Success(q),
-                    SubscribeReasonCode::QoS0 => SubscribeReasonCode::Success(rumqttd::protocol::QoS::AtMostOnce),
-                    SubscribeReasonCode::QoS1 => SubscribeReasonCode::Success(rumqttd::protocol::QoS::AtLeastOnce),
-                    SubscribeReasonCode::QoS2 => SubscribeReasonCode::Success(rumqttd::protocol::QoS::ExactlyOnce),
-                    _ => SubscribeReasonCode::Failure,
-                }).collect(),
+                return_codes: s
+                    .return_codes
+                    .into_iter()
+                    .map(|c| match c {
+                        SubscribeReasonCode::Success(q) => SubscribeReasonCode::Success(q),
+                        SubscribeReasonCode::QoS0 => {
+                            SubscribeReasonCode::Success(rumqttd::protocol::QoS::AtMostOnce)
+                        }
+                        SubscribeReasonCode::QoS1 => {
+                            SubscribeReasonCode::Success(rumqttd::protocol::QoS::AtLeastOnce)
+                        }
+                        SubscribeReasonCode::QoS2 => {
+                            SubscribeReasonCode::Success(rumqttd::protocol::QoS::ExactlyOnce)
+                        }
+                        _ => SubscribeReasonCode::Failure,
+                    })
+                    .collect(),
             },
             None,
         ),
@@ -403,7 +494,12 @@ impl Session {
     }
 
     /// Handles one client packet. `Ok(false)`: the client disconnected cleanly.
-    async fn incoming(&mut self, conn: &mut Conn, inc: codec::Incoming, to_router: &mut Vec<Packet>) -> Result<bool, DisconnectReasonCode> {
+    async fn incoming(
+        &mut self,
+        conn: &mut Conn,
+        inc: codec::Incoming,
+        to_router: &mut Vec<Packet>,
+    ) -> Result<bool, DisconnectReasonCode> {
         match inc.packet {
             Packet::Publish(publish, props) => {
                 if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
@@ -425,7 +521,13 @@ impl Session {
                             Version::V4 => PubAckReason::Success,
                             Version::V5 => PubAckReason::NotAuthorized,
                         };
-                        conn.push(Packet::PubAck(PubAck { pkid: inc.pkid, reason }, None));
+                        conn.push(Packet::PubAck(
+                            PubAck {
+                                pkid: inc.pkid,
+                                reason,
+                            },
+                            None,
+                        ));
                     }
                     return Ok(true);
                 }
@@ -439,7 +541,11 @@ impl Session {
                     if let Some(room) = self.shared.authz.room_of(&f.path) {
                         self.shared.authz.access().ensure(room).await;
                     }
-                    match self.shared.authz.check_subscribe(&self.principal, &self.client_id, &f.path) {
+                    match self.shared.authz.check_subscribe(
+                        &self.principal,
+                        &self.client_id,
+                        &f.path,
+                    ) {
                         Decision::Allow => {
                             codes.push(None);
                             allowed.push(f);
@@ -452,12 +558,24 @@ impl Session {
                 }
                 if allowed.is_empty() {
                     let return_codes = codes.into_iter().flatten().collect();
-                    conn.push(Packet::SubAck(SubAck { pkid: sub.pkid, return_codes }, None));
+                    conn.push(Packet::SubAck(
+                        SubAck {
+                            pkid: sub.pkid,
+                            return_codes,
+                        },
+                        None,
+                    ));
                 } else {
                     if codes.iter().any(Option::is_some) {
                         self.pending_subs.insert(sub.pkid, codes);
                     }
-                    to_router.push(Packet::Subscribe(Subscribe { pkid: sub.pkid, filters: allowed }, props));
+                    to_router.push(Packet::Subscribe(
+                        Subscribe {
+                            pkid: sub.pkid,
+                            filters: allowed,
+                        },
+                        props,
+                    ));
                 }
             }
             Packet::PingReq(_) => conn.push(Packet::PingResp(rumqttd::protocol::PingResp)),
@@ -469,7 +587,12 @@ impl Session {
     }
 
     /// Handles one router notification.
-    fn outgoing(&mut self, conn: &mut Conn, n: Notification, to_router: &mut Vec<Packet>) -> Outcome {
+    fn outgoing(
+        &mut self,
+        conn: &mut Conn,
+        n: Notification,
+        to_router: &mut Vec<Packet>,
+    ) -> Outcome {
         match n {
             Notification::Forward(f) => {
                 let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
@@ -477,7 +600,13 @@ impl Session {
                 if too_big || !self.shared.authz.may_deliver(&self.principal, topic) {
                     // Not delivered: acknowledge it to the router ourselves.
                     if let Some(pkid) = forward_pkid(&f.publish) {
-                        to_router.push(Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None));
+                        to_router.push(Packet::PubAck(
+                            PubAck {
+                                pkid,
+                                reason: PubAckReason::Success,
+                            },
+                            None,
+                        ));
                     }
                     return Outcome::Continue;
                 }
@@ -488,7 +617,13 @@ impl Session {
                 if let Packet::SubAck(s, _) = &mut packet {
                     if let Some(codes) = self.pending_subs.remove(&s.pkid) {
                         let mut theirs = s.return_codes.drain(..);
-                        let merged: Vec<_> = codes.into_iter().map(|c| c.or_else(|| theirs.next()).unwrap_or(SubscribeReasonCode::Unspecified)).collect();
+                        let merged: Vec<_> = codes
+                            .into_iter()
+                            .map(|c| {
+                                c.or_else(|| theirs.next())
+                                    .unwrap_or(SubscribeReasonCode::Unspecified)
+                            })
+                            .collect();
                         drop(theirs);
                         s.return_codes = merged;
                     }
@@ -512,7 +647,8 @@ impl Session {
         }
         let rate = self.shared.config.limits.publishes_per_sec.max(1) as f64;
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate * 2.0);
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate * 2.0);
         self.refilled = now;
         if self.tokens < 1.0 {
             let wait = Duration::from_secs_f64((1.0 - self.tokens) / rate);

@@ -42,7 +42,11 @@ pub struct RouterHandle {
 
 impl RouterHandle {
     /// Returns the link and whether a previous session was resumed.
-    pub async fn link(&self, client_id: &str, clean: bool) -> Result<(LinkTx, LinkRx, bool), String> {
+    pub async fn link(
+        &self,
+        client_id: &str,
+        clean: bool,
+    ) -> Result<(LinkTx, LinkRx, bool), String> {
         let build = self.build.clone();
         let id = client_id.to_owned();
         let task = tokio::task::spawn_blocking(move || build(&id, clean));
@@ -139,11 +143,19 @@ impl Listeners {
     pub async fn bind(cfg: &BrokerConfig) -> Result<Listeners, StartError> {
         async fn b(a: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
             match a {
-                Some(a) => TcpListener::bind(a).await.map(Some).map_err(|e| StartError::Bind(a, e)),
+                Some(a) => TcpListener::bind(a)
+                    .await
+                    .map(Some)
+                    .map_err(|e| StartError::Bind(a, e)),
                 None => Ok(None),
             }
         }
-        Ok(Listeners { tcp: b(cfg.tcp).await?, tls: b(cfg.tls_listen).await?, ws: b(cfg.ws).await?, wss: b(cfg.wss).await? })
+        Ok(Listeners {
+            tcp: b(cfg.tcp).await?,
+            tls: b(cfg.tls_listen).await?,
+            ws: b(cfg.ws).await?,
+            wss: b(cfg.wss).await?,
+        })
     }
 }
 
@@ -166,14 +178,19 @@ impl Broker {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Broker, StartError> {
         let tls = match &config.tls {
-            Some(files) => Some(Arc::new(crate::transport::tls_acceptor(&files.cert, &files.key).map_err(StartError::Tls)?)),
+            Some(files) => Some(Arc::new(
+                crate::transport::tls_acceptor(&files.cert, &files.key).map_err(StartError::Tls)?,
+            )),
             None if listeners.tls.is_some() || listeners.wss.is_some() => {
-                return Err(StartError::Tls("a TLS listener needs broker.tls.cert and broker.tls.key".into()))
+                return Err(StartError::Tls(
+                    "a TLS listener needs broker.tls.cert and broker.tls.key".into(),
+                ))
             }
             None => None,
         };
         let router_tx = rumqttd::Router::new(0, router_config(&config)).spawn();
-        let alerts = rumqttd::alerts::AlertsLink::new(router_tx.clone()).map_err(|e| StartError::Router(e.to_string()))?;
+        let alerts = rumqttd::alerts::AlertsLink::new(router_tx.clone())
+            .map_err(|e| StartError::Router(e.to_string()))?;
         tokio::spawn(async move {
             while let Ok(batch) = alerts.next().await {
                 for alert in batch {
@@ -183,13 +200,21 @@ impl Broker {
             }
         });
         let build: Arc<LinkFn> = Arc::new(move |id: &str, clean: bool| {
-            LinkBuilder::new(id, router_tx.clone()).clean_session(clean).build().map_err(|e| e.to_string())
+            LinkBuilder::new(id, router_tx.clone())
+                .clean_session(clean)
+                .build()
+                .map_err(|e| e.to_string())
         });
         let router = RouterHandle { build };
-        let (mut internal_tx, mut internal_rx, _) = router.link("chat-broker-internal", true).await.map_err(StartError::Router)?;
+        let (mut internal_tx, mut internal_rx, _) = router
+            .link("chat-broker-internal", true)
+            .await
+            .map_err(StartError::Router)?;
         if config.access_from_hooks {
             let filter = format!("{}/hooks/access", config.prefix);
-            internal_tx.subscribe(filter).map_err(|e| StartError::Router(e.to_string()))?;
+            internal_tx
+                .subscribe(filter)
+                .map_err(|e| StartError::Router(e.to_string()))?;
         }
         let hooks_access = access.clone();
         tokio::spawn(async move {
@@ -214,14 +239,25 @@ impl Broker {
         });
         let mut addrs = HashMap::new();
         let mut tasks = Vec::new();
-        for (kind, l) in [(Kind::Tcp, listeners.tcp), (Kind::Tls, listeners.tls), (Kind::Ws, listeners.ws), (Kind::Wss, listeners.wss)] {
+        for (kind, l) in [
+            (Kind::Tcp, listeners.tcp),
+            (Kind::Tls, listeners.tls),
+            (Kind::Ws, listeners.ws),
+            (Kind::Wss, listeners.wss),
+        ] {
             let Some(l) = l else { continue };
-            let addr = l.local_addr().map_err(|e| StartError::Router(e.to_string()))?;
+            let addr = l
+                .local_addr()
+                .map_err(|e| StartError::Router(e.to_string()))?;
             info!(listener = kind.name(), %addr, "listening");
             addrs.insert(kind.name(), addr);
             tasks.push(tokio::spawn(accept_loop(shared.clone(), kind, l)));
         }
-        Ok(Broker { shared, addrs, tasks })
+        Ok(Broker {
+            shared,
+            addrs,
+            tasks,
+        })
     }
 
     /// Stops accepting; connections see the shutdown signal themselves.
@@ -273,14 +309,20 @@ fn apply_access_hook(access: &Access, payload: &[u8]) {
     if let Some(open) = v.get("open").and_then(|o| o.as_bool()) {
         access.set_open(room, open);
     }
-    if let (Some(user), Some(joined)) = (v.get("user").and_then(|u| u.as_str()), v.get("joined").and_then(|j| j.as_bool())) {
+    if let (Some(user), Some(joined)) = (
+        v.get("user").and_then(|u| u.as_str()),
+        v.get("joined").and_then(|j| j.as_bool()),
+    ) {
         access.set_member(room, user, joined);
     }
 }
 
 fn router_config(cfg: &BrokerConfig) -> RouterConfig {
     let r = &cfg.router;
-    let bridge = SegmentConfig { max_segment_size: r.bridge_segment_bytes, max_segment_count: r.bridge_segments };
+    let bridge = SegmentConfig {
+        max_segment_size: r.bridge_segment_bytes,
+        max_segment_count: r.bridge_segments,
+    };
     let mut custom = HashMap::new();
     for f in ["rooms/+/send/+", "rpc/+/+"] {
         custom.insert(format!("{}/{f}", cfg.prefix), bridge.clone());

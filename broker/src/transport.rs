@@ -66,9 +66,10 @@ pub async fn handshake(
             let mut cfg = WebSocketConfig::default();
             cfg.max_message_size = Some(max_frame);
             cfg.max_frame_size = Some(max_frame);
-            let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check_upgrade, Some(cfg))
-                .await
-                .map_err(io::Error::other)?;
+            let ws =
+                tokio_tungstenite::accept_hdr_async_with_config(stream, check_upgrade, Some(cfg))
+                    .await
+                    .map_err(io::Error::other)?;
             Ok(Io::Ws(Box::new(ws)))
         }
     }

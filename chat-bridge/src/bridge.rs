@@ -47,9 +47,20 @@ impl Default for BridgeConfig {
 }
 
 /// Runs the bridge until `shutdown` flips. `ready` is set once subscribed.
-pub async fn run(cfg: BridgeConfig, prefix: String, chat: Arc<Chat>, mut shutdown: watch::Receiver<bool>, ready: watch::Sender<bool>) -> Result<(), String> {
-    let (host, port) = cfg.broker.rsplit_once(':').ok_or("bridge.broker must be host:port")?;
-    let port: u16 = port.parse().map_err(|_| "bridge.broker port is not a number")?;
+pub async fn run(
+    cfg: BridgeConfig,
+    prefix: String,
+    chat: Arc<Chat>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: watch::Sender<bool>,
+) -> Result<(), String> {
+    let (host, port) = cfg
+        .broker
+        .rsplit_once(':')
+        .ok_or("bridge.broker must be host:port")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| "bridge.broker port is not a number")?;
     let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
     opts.set_credentials(cfg.username.clone(), cfg.password.clone());
     opts.set_clean_start(false);
@@ -62,7 +73,10 @@ pub async fn run(cfg: BridgeConfig, prefix: String, chat: Arc<Chat>, mut shutdow
 
     let (tx, rx) = mpsc::channel::<Publish>(cfg.batch * 2);
     let worker = tokio::spawn(process(client.clone(), chat, rx, cfg.batch));
-    let filters = [format!("{prefix}/rooms/+/send/+"), format!("{prefix}/rpc/+/+")];
+    let filters = [
+        format!("{prefix}/rooms/+/send/+"),
+        format!("{prefix}/rpc/+/+"),
+    ];
     loop {
         let ev = tokio::select! {
             _ = shutdown.changed() => break,
@@ -70,7 +84,10 @@ pub async fn run(cfg: BridgeConfig, prefix: String, chat: Arc<Chat>, mut shutdow
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                info!(session_present = ack.session_present, "bridge connected to broker");
+                info!(
+                    session_present = ack.session_present,
+                    "bridge connected to broker"
+                );
                 for f in &filters {
                     if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
                         warn!(error = %e, "subscribe failed");
@@ -108,7 +125,12 @@ pub async fn run(cfg: BridgeConfig, prefix: String, chat: Arc<Chat>, mut shutdow
 
 /// Takes what is pending, groups it by room (sends) or user (requests), and
 /// handles the groups concurrently, each in arrival order.
-async fn process(client: AsyncClient, chat: Arc<Chat>, mut rx: mpsc::Receiver<Publish>, batch: usize) {
+async fn process(
+    client: AsyncClient,
+    chat: Arc<Chat>,
+    mut rx: mpsc::Receiver<Publish>,
+    batch: usize,
+) {
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
         let mut groups: HashMap<String, Vec<Publish>> = HashMap::new();
@@ -139,10 +161,19 @@ async fn handle_one(client: &AsyncClient, chat: &Chat, p: Publish) {
     for o in outs {
         let res = match o.corr {
             Some(c) => {
-                let props = PublishProperties { correlation_data: Some(c), ..Default::default() };
-                client.publish_with_properties(o.topic, QoS::AtLeastOnce, false, o.payload, props).await
+                let props = PublishProperties {
+                    correlation_data: Some(c),
+                    ..Default::default()
+                };
+                client
+                    .publish_with_properties(o.topic, QoS::AtLeastOnce, false, o.payload, props)
+                    .await
             }
-            None => client.publish(o.topic, QoS::AtLeastOnce, false, o.payload).await,
+            None => {
+                client
+                    .publish(o.topic, QoS::AtLeastOnce, false, o.payload)
+                    .await
+            }
         };
         if let Err(e) = res {
             warn!(error = %e, "publish to broker failed");
@@ -152,4 +183,3 @@ async fn handle_one(client: &AsyncClient, chat: &Chat, p: Publish) {
         warn!(error = %e, "ack failed");
     }
 }
-

@@ -56,7 +56,10 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Refusal { code, message: message.into() }
+        Refusal {
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad(message: impl Into<String>) -> Self {
         Refusal::new(Code::BadRequest, message)
@@ -89,7 +92,10 @@ pub fn err_reply(corr: Option<&Value>, r: &Refusal) -> Vec<u8> {
         m.insert("corr".into(), c.clone());
     }
     m.insert("ok".into(), Value::Bool(false));
-    m.insert("error".into(), json!({"code": r.code.as_str(), "message": r.message}));
+    m.insert(
+        "error".into(),
+        json!({"code": r.code.as_str(), "message": r.message}),
+    );
     Value::Object(m).to_string().into_bytes()
 }
 
@@ -106,7 +112,10 @@ pub fn opt_str<'a>(o: &'a Map<String, Value>, k: &str) -> Result<Option<&'a str>
 pub fn opt_u64(o: &Map<String, Value>, k: &str) -> Result<Option<u64>, Refusal> {
     match o.get(k) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| Refusal::bad(format!("{k} must be an unsigned integer"))),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| Refusal::bad(format!("{k} must be an unsigned integer"))),
     }
 }
 

@@ -44,11 +44,19 @@ pub fn workspace_root() -> PathBuf {
 fn target_dir() -> PathBuf {
     if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
         let p = PathBuf::from(d);
-        return if p.is_absolute() { p } else { workspace_root().join(p) };
+        return if p.is_absolute() {
+            p
+        } else {
+            workspace_root().join(p)
+        };
     }
     // The test executable lives in <target>/<profile>/deps/.
     if let Ok(exe) = std::env::current_exe() {
-        if let Some(target) = exe.parent().and_then(|d| d.parent()).and_then(|d| d.parent()) {
+        if let Some(target) = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .and_then(|d| d.parent())
+        {
             if target.join("debug").is_dir() {
                 return target.to_path_buf();
             }
@@ -200,7 +208,9 @@ impl TestServer {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join(format!("server-{}.log", self.generation))
+        self.dir
+            .path()
+            .join(format!("server-{}.log", self.generation))
     }
 
     /// The last lines of the server's stderr (for failure messages).
@@ -253,7 +263,9 @@ impl TestServer {
                 );
             }
             let rx_ref = &rx;
-            let got = tokio::task::block_in_place(|| rx_ref.recv_timeout(left.min(Duration::from_millis(500))));
+            let got = tokio::task::block_in_place(|| {
+                rx_ref.recv_timeout(left.min(Duration::from_millis(500)))
+            });
             match got {
                 Ok(line) => {
                     seen.push(line.clone());
@@ -280,7 +292,11 @@ impl TestServer {
                     }
                 }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    if let Some(status) = self
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten())
+                    {
                         self.child = None;
                         bail!(
                             "chatmq exited with {status} before `ready`; stdout: {seen:?}\nstderr tail:\n{}",
@@ -304,11 +320,15 @@ impl TestServer {
 
     /// MQTT TCP port.
     pub fn tcp_port(&self) -> u16 {
-        self.ports.tcp.expect("server printed no `listening tcp` line")
+        self.ports
+            .tcp
+            .expect("server printed no `listening tcp` line")
     }
     /// MQTT-over-WebSocket port (path `/mqtt`).
     pub fn ws_port(&self) -> u16 {
-        self.ports.ws.expect("server printed no `listening ws` line")
+        self.ports
+            .ws
+            .expect("server printed no `listening ws` line")
     }
     /// All ports.
     pub fn ports(&self) -> &Ports {
@@ -540,11 +560,15 @@ async fn finish_connect(
         }
         Ok(other) => {
             task.abort();
-            Err(anyhow!("CONNECT of {user}/{client_id:?}: unexpected {other:?}"))
+            Err(anyhow!(
+                "CONNECT of {user}/{client_id:?}: unexpected {other:?}"
+            ))
         }
         Err(_) => {
             task.abort();
-            Err(anyhow!("CONNECT of {user}/{client_id:?}: no ConnAck within {TIMEOUT:?}"))
+            Err(anyhow!(
+                "CONNECT of {user}/{client_id:?}: no ConnAck within {TIMEOUT:?}"
+            ))
         }
     }
 }
@@ -573,7 +597,10 @@ impl Client {
     pub async fn subscribe(&mut self, filter: &str) -> Result<bool> {
         match &self.handle {
             Handle::V4(c) => c.subscribe(filter, rumqttc::QoS::AtLeastOnce).await?,
-            Handle::V5(c) => c.subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await?,
+            Handle::V5(c) => {
+                c.subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                    .await?
+            }
         }
         loop {
             match tokio::time::timeout(TIMEOUT, self.ctl.recv()).await {
@@ -581,10 +608,19 @@ impl Client {
                 Ok(Some(Ctl::ConnAck)) => continue,
                 Ok(Some(Ctl::Closed(e))) => {
                     self.closed = Some(e.clone());
-                    bail!("connection of {} closed while subscribing to {filter:?}: {e}", self.client_id)
+                    bail!(
+                        "connection of {} closed while subscribing to {filter:?}: {e}",
+                        self.client_id
+                    )
                 }
-                Ok(None) => bail!("connection task of {} ended while subscribing to {filter:?}", self.client_id),
-                Err(_) => bail!("no SubAck for {filter:?} within {TIMEOUT:?} ({})", self.client_id),
+                Ok(None) => bail!(
+                    "connection task of {} ended while subscribing to {filter:?}",
+                    self.client_id
+                ),
+                Err(_) => bail!(
+                    "no SubAck for {filter:?} within {TIMEOUT:?} ({})",
+                    self.client_id
+                ),
             }
         }
     }
@@ -614,10 +650,18 @@ impl Client {
     pub async fn publish_raw(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
         let payload: Vec<u8> = payload.into();
         match &self.handle {
-            Handle::V4(c) => c.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await?,
-            Handle::V5(c) => {
-                c.publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, payload)
+            Handle::V4(c) => {
+                c.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
                     .await?
+            }
+            Handle::V5(c) => {
+                c.publish(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await?
             }
         }
         Ok(())
@@ -655,7 +699,8 @@ impl Client {
     /// Sends a chat message `{"msg_id","body"}` to `room` as this user.
     pub async fn send(&self, room: &str, msg_id: &str, body: &str) -> Result<()> {
         let topic = format!("chat/rooms/{room}/send/{}", self.user);
-        self.publish_json(&topic, &json!({"msg_id": msg_id, "body": body})).await
+        self.publish_json(&topic, &json!({"msg_id": msg_id, "body": body}))
+            .await
     }
 
     /// Waits for a publish matching `pred`; non-matching ones are kept for later calls.
@@ -724,7 +769,11 @@ impl Client {
                 format!("[{} {}]", m.topic, p)
             })
             .collect();
-        format!("{} buffered, newest first: {}", self.pending.len(), v.join(" "))
+        format!(
+            "{} buffered, newest first: {}",
+            self.pending.len(),
+            v.join(" ")
+        )
     }
 
     /// Drops everything buffered so far.
@@ -734,10 +783,16 @@ impl Client {
     }
 
     /// Waits for an event on `chat/rooms/{room}/events` matching `pred`.
-    pub async fn recv_event(&mut self, room: &str, mut pred: impl FnMut(&Value) -> bool) -> Result<Value> {
+    pub async fn recv_event(
+        &mut self,
+        room: &str,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
         let topic = format!("chat/rooms/{room}/events");
         let m = self
-            .recv_until(&format!("event on {topic}"), TIMEOUT, |m| m.topic == topic && pred(&m.json()))
+            .recv_until(&format!("event on {topic}"), TIMEOUT, |m| {
+                m.topic == topic && pred(&m.json())
+            })
             .await?;
         Ok(m.json())
     }
@@ -746,16 +801,24 @@ impl Client {
     pub async fn recv_msg(&mut self, room: &str, from: &str, msg_id: &str) -> Result<Value> {
         let topic = format!("chat/rooms/{room}/events");
         let m = self
-            .recv_until(&format!("echo of {from}/{msg_id} on {topic}"), TIMEOUT, |m| {
-                let v = m.json();
-                m.topic == topic && v["msg_id"] == msg_id && v["from"] == from
-            })
+            .recv_until(
+                &format!("echo of {from}/{msg_id} on {topic}"),
+                TIMEOUT,
+                |m| {
+                    let v = m.json();
+                    m.topic == topic && v["msg_id"] == msg_id && v["from"] == from
+                },
+            )
             .await?;
         Ok(m.json())
     }
 
     /// Waits for an inbox message matching `pred`.
-    pub async fn recv_inbox(&mut self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Result<Value> {
+    pub async fn recv_inbox(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
         let topic = self.inbox_topic();
         let m = self
             .recv_until(what, TIMEOUT, |m| m.topic == topic && pred(&m.json()))
@@ -778,9 +841,11 @@ impl Client {
         let topic = format!("chat/rpc/{}/{method}", self.user);
         self.publish_json(&topic, &Value::Object(req)).await?;
         let m = self
-            .recv_until(&format!("reply to {method} (corr {corr}) on {reply}"), TIMEOUT, |m| {
-                m.topic == reply && m.json()["corr"] == corr.as_str()
-            })
+            .recv_until(
+                &format!("reply to {method} (corr {corr}) on {reply}"),
+                TIMEOUT,
+                |m| m.topic == reply && m.json()["corr"] == corr.as_str(),
+            )
             .await?;
         Ok(m.json())
     }
@@ -798,7 +863,10 @@ impl Client {
     pub async fn rpc_err(&mut self, method: &str, params: Value) -> Result<String> {
         let r = self.rpc_raw(method, params.clone()).await?;
         if r["ok"] != false {
-            bail!("{method} {params} by {} should have failed, got {r}", self.user);
+            bail!(
+                "{method} {params} by {} should have failed, got {r}",
+                self.user
+            );
         }
         r["error"]["code"]
             .as_str()
@@ -819,16 +887,22 @@ impl Client {
         let topic = format!("chat/rpc/{}/{method}", self.user);
         self.publish_v5(&topic, payload, props).await?;
         let want = Bytes::from(corr.clone().into_bytes());
-        self.recv_until(&format!("v5 reply to {method} (correlation {corr}) on {reply}"), TIMEOUT, |m| {
-            m.topic == reply && m.correlation.as_ref() == Some(&want)
-        })
+        self.recv_until(
+            &format!("v5 reply to {method} (correlation {corr}) on {reply}"),
+            TIMEOUT,
+            |m| m.topic == reply && m.correlation.as_ref() == Some(&want),
+        )
         .await
     }
 
     /// Head seq of a room via `history`.
     pub async fn head(&mut self, room: &str) -> Result<u64> {
-        let r = self.rpc("history", json!({"room": room, "limit": 1})).await?;
-        r["head"].as_u64().ok_or_else(|| anyhow!("history without numeric head: {r}"))
+        let r = self
+            .rpc("history", json!({"room": room, "limit": 1}))
+            .await?;
+        r["head"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("history without numeric head: {r}"))
     }
 
     /// Disconnects cleanly.
@@ -842,15 +916,24 @@ impl Client {
 
 /// `seq` of an event as u64 (panics with the event if absent).
 pub fn seq_of(v: &Value) -> u64 {
-    v["seq"].as_u64().unwrap_or_else(|| panic!("event without numeric seq: {v}"))
+    v["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("event without numeric seq: {v}"))
 }
 
 /// Creates a group room `room` by `owner` with `members` invited, and has
 /// each member join. The clients must be connected users.
-pub async fn group_room(owner: &mut Client, room: &str, members: &mut [&mut Client]) -> Result<Value> {
+pub async fn group_room(
+    owner: &mut Client,
+    room: &str,
+    members: &mut [&mut Client],
+) -> Result<Value> {
     let names: Vec<String> = members.iter().map(|c| c.user.clone()).collect();
     let r = owner
-        .rpc("rooms.create", json!({"room": room, "kind": "group", "members": names, "title": room}))
+        .rpc(
+            "rooms.create",
+            json!({"room": room, "kind": "group", "members": names, "title": room}),
+        )
         .await?;
     for m in members.iter_mut() {
         m.rpc("rooms.join", json!({"room": room})).await?;
@@ -881,7 +964,11 @@ pub fn on_path(prog: &str) -> bool {
 }
 
 /// Runs `python3 -c script args...` with a timeout; returns (status ok, stdout, stderr).
-pub async fn python(script: &str, args: &[String], timeout: Duration) -> Result<(bool, String, String)> {
+pub async fn python(
+    script: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<(bool, String, String)> {
     let child = tokio::process::Command::new("python3")
         .arg("-c")
         .arg(script)

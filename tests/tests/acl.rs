@@ -28,7 +28,10 @@ async fn refused_subscriptions() -> Result<()> {
         "chat/rpc/alice/history",
     ] {
         let granted = alice.subscribe(filter).await?;
-        assert!(!granted, "alice's SUBSCRIBE {filter:?} must be refused in the SubAck");
+        assert!(
+            !granted,
+            "alice's SUBSCRIBE {filter:?} must be refused in the SubAck"
+        );
     }
     // and the connection still works
     alice.subscribe_ok("chat/rooms/mine/events").await?;
@@ -37,8 +40,16 @@ async fn refused_subscriptions() -> Result<()> {
 
     // same with MQTT 5
     let mut a5 = srv.user_v5("alice", "alice-v5").await?;
-    for filter in ["#", "chat/rooms/+/events", "chat/rooms/secret/events", "chat/users/bob/inbox"] {
-        assert!(!a5.subscribe(filter).await?, "v5 SUBSCRIBE {filter:?} must be refused");
+    for filter in [
+        "#",
+        "chat/rooms/+/events",
+        "chat/rooms/secret/events",
+        "chat/users/bob/inbox",
+    ] {
+        assert!(
+            !a5.subscribe(filter).await?,
+            "v5 SUBSCRIBE {filter:?} must be refused"
+        );
     }
     a5.subscribe_ok("chat/rooms/mine/events").await?;
     Ok(())
@@ -55,7 +66,10 @@ async fn cannot_send_as_another_user() -> Result<()> {
 
     // alice publishes to bob's send topic
     let _ = alice
-        .publish_json("chat/rooms/r1/send/bob", &json!({"msg_id": "forged", "body": "I am bob"}))
+        .publish_json(
+            "chat/rooms/r1/send/bob",
+            &json!({"msg_id": "forged", "body": "I am bob"}),
+        )
         .await;
     bob.expect_none("event from a forged send", QUIET, |m| {
         m.topic == "chat/rooms/r1/events" && m.json()["msg_id"] == "forged"
@@ -79,7 +93,11 @@ async fn cannot_send_as_another_user() -> Result<()> {
         .as_array()
         .and_then(|a| a.iter().find(|m| m["user"] == "bob"))
         .map(|m| m["state"].clone());
-    assert_eq!(bob_state, Some(json!("joined")), "forged rooms.leave had no effect: {members}");
+    assert_eq!(
+        bob_state,
+        Some(json!("joined")),
+        "forged rooms.leave had no effect: {members}"
+    );
     Ok(())
 }
 
@@ -91,12 +109,22 @@ async fn reply_topic_outside_own_namespace_gets_nothing() -> Result<()> {
     group_room(&mut alice, "r1", &mut []).await?;
     bob.subscribe_ok("devices/victim").await?;
 
-    for reply in ["chat/users/bob/replies/bob-1", "chat/users/bob/inbox", "devices/victim"] {
+    for reply in [
+        "chat/users/bob/replies/bob-1",
+        "chat/users/bob/inbox",
+        "devices/victim",
+    ] {
         alice
-            .publish_json("chat/rpc/alice/history", &json!({"room": "r1", "reply": reply, "corr": "steal"}))
+            .publish_json(
+                "chat/rpc/alice/history",
+                &json!({"room": "r1", "reply": reply, "corr": "steal"}),
+            )
             .await?;
         alice
-            .publish_json("chat/rpc/alice/rooms.list", &json!({"reply": reply, "corr": "steal"}))
+            .publish_json(
+                "chat/rpc/alice/rooms.list",
+                &json!({"reply": reply, "corr": "steal"}),
+            )
             .await?;
     }
     // MQTT 5 response topic pointing at bob
@@ -112,7 +140,10 @@ async fn reply_topic_outside_own_namespace_gets_nothing() -> Result<()> {
     )
     .await?;
     // bob is in no room: nothing at all may arrive on his topics
-    bob.expect_none("a reply to alice's request on bob's topics", QUIET, |_| true).await?;
+    bob.expect_none("a reply to alice's request on bob's topics", QUIET, |_| {
+        true
+    })
+    .await?;
     // alice herself still gets replies on her own topic
     let r = alice.rpc("rooms.list", json!({})).await?;
     assert!(r["rooms"].is_array());
@@ -124,11 +155,21 @@ async fn client_id_in_use_by_other_user_is_refused() -> Result<()> {
     let srv = TestServer::start().await?;
     let mut alice = srv.user_v4("alice", "shared-1").await?;
     let res = client_v4(srv.tcp_port(), "bob", &pw("bob"), "shared-1").await;
-    assert!(res.is_err(), "bob connecting with alice's client id must be refused at CONNECT");
+    assert!(
+        res.is_err(),
+        "bob connecting with alice's client id must be refused at CONNECT"
+    );
     let res = client_v5(srv.tcp_port(), "bob", &pw("bob"), "shared-1").await;
-    assert!(res.is_err(), "bob (MQTT 5) connecting with alice's client id must be refused");
+    assert!(
+        res.is_err(),
+        "bob (MQTT 5) connecting with alice's client id must be refused"
+    );
     // alice is still connected and served
-    assert_eq!(alice.is_closed(), None, "alice's connection survived the takeover attempt");
+    assert_eq!(
+        alice.is_closed(),
+        None,
+        "alice's connection survived the takeover attempt"
+    );
     let r = alice.rpc("rooms.list", json!({})).await?;
     assert!(r["rooms"].is_array());
     assert_eq!(alice.is_closed(), None);
@@ -139,19 +180,43 @@ async fn client_id_in_use_by_other_user_is_refused() -> Result<()> {
 async fn bad_credentials_and_client_ids_refused() -> Result<()> {
     let srv = TestServer::start().await?;
     let port = srv.tcp_port();
-    assert!(client_v4(port, "alice", "wrong", "alice-x").await.is_err(), "wrong password refused");
-    assert!(client_v4(port, "nobody", "pw-nobody", "nobody-x").await.is_err(), "unknown user refused");
-    for cid in ["a/b", "a+b", "a#b", "$sys", "a b", "chat/users/bob/replies/x", "a/b#"] {
+    assert!(
+        client_v4(port, "alice", "wrong", "alice-x").await.is_err(),
+        "wrong password refused"
+    );
+    assert!(
+        client_v4(port, "nobody", "pw-nobody", "nobody-x")
+            .await
+            .is_err(),
+        "unknown user refused"
+    );
+    for cid in [
+        "a/b",
+        "a+b",
+        "a#b",
+        "$sys",
+        "a b",
+        "chat/users/bob/replies/x",
+        "a/b#",
+    ] {
         let r = client_v4(port, "alice", &pw("alice"), cid).await;
         assert!(r.is_err(), "client id {cid:?} must be refused (v4)");
         let r = client_v5(port, "alice", &pw("alice"), cid).await;
         assert!(r.is_err(), "client id {cid:?} must be refused (v5)");
     }
     let long = "x".repeat(129);
-    assert!(client_v4(port, "alice", &pw("alice"), &long).await.is_err(), "129-char client id refused");
+    assert!(
+        client_v4(port, "alice", &pw("alice"), &long).await.is_err(),
+        "129-char client id refused"
+    );
     // the server keeps serving
     let mut alice = srv.user_v4("alice", "alice.ok:1-_").await?;
-    let r = alice.rpc("rooms.create", json!({"room": "after", "kind": "group", "members": []})).await?;
+    let r = alice
+        .rpc(
+            "rooms.create",
+            json!({"room": "after", "kind": "group", "members": []}),
+        )
+        .await?;
     assert_eq!(r["room"]["id"], "after");
     alice.subscribe_ok("chat/rooms/after/events").await?;
     alice.send("after", "m1", "still here").await?;
@@ -167,14 +232,27 @@ async fn kicked_member_loses_access() -> Result<()> {
     let mut carol = srv.user_v4("carol", "carol-1").await?;
     group_room(&mut alice, "r1", &mut [&mut bob]).await?;
     // carol is not a member: no events, no history
-    assert!(!carol.subscribe("chat/rooms/r1/events").await?, "non-member subscribe refused");
+    assert!(
+        !carol.subscribe("chat/rooms/r1/events").await?,
+        "non-member subscribe refused"
+    );
     let code = carol.rpc_err("history", json!({"room": "r1"})).await?;
-    assert!(code == "not_member" || code == "forbidden", "history by non-member: {code}");
+    assert!(
+        code == "not_member" || code == "forbidden",
+        "history by non-member: {code}"
+    );
     // bob leaves, then may no longer subscribe or send
     bob.rpc("rooms.leave", json!({"room": "r1"})).await?;
-    assert!(!bob.subscribe("chat/rooms/r1/events").await?, "subscribe after leaving refused");
+    assert!(
+        !bob.subscribe("chat/rooms/r1/events").await?,
+        "subscribe after leaving refused"
+    );
     bob.send("r1", "late", "hi").await?;
-    let err = bob.recv_inbox("not_member error for a send after leaving", |v| v["type"] == "error").await?;
+    let err = bob
+        .recv_inbox("not_member error for a send after leaving", |v| {
+            v["type"] == "error"
+        })
+        .await?;
     assert_eq!(err["code"], "not_member", "{err}");
     Ok(())
 }

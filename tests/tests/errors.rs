@@ -16,7 +16,10 @@ async fn malformed_requests_get_bad_request() -> Result<()> {
         let m = a5.rpc_v5("history", payload.to_vec()).await?;
         let v = m.json();
         assert_eq!(v["ok"], false, "payload {payload:?}: {v}");
-        assert_eq!(v["error"]["code"], "bad_request", "payload {payload:?}: {v}");
+        assert_eq!(
+            v["error"]["code"], "bad_request",
+            "payload {payload:?}: {v}"
+        );
     }
     // wrong types
     for (method, params) in [
@@ -30,7 +33,10 @@ async fn malformed_requests_get_bad_request() -> Result<()> {
         ("sync", json!({"rooms": {"r1": "x"}})),
         ("rooms.create", json!({"kind": "bogus", "members": []})),
         ("rooms.create", json!({"kind": "group", "members": "bob"})),
-        ("rooms.create", json!({"room": "bad/id", "kind": "group", "members": []})),
+        (
+            "rooms.create",
+            json!({"room": "bad/id", "kind": "group", "members": []}),
+        ),
         ("rooms.join", json!({})),
         ("read", json!({"room": "r1", "seq": "1"})),
     ] {
@@ -45,12 +51,20 @@ async fn malformed_requests_get_bad_request() -> Result<()> {
     let m = a5.rpc_v5("does.not.exist", b"{}".to_vec()).await?;
     assert_eq!(m.json()["error"]["code"], "bad_request", "{}", m.json());
     // not_found
-    let code = alice.rpc_err("rooms.join", json!({"room": "no-such-room"})).await?;
-    assert!(code == "not_found" || code == "forbidden", "join of a missing room: {code}");
+    let code = alice
+        .rpc_err("rooms.join", json!({"room": "no-such-room"}))
+        .await?;
+    assert!(
+        code == "not_found" || code == "forbidden",
+        "join of a missing room: {code}"
+    );
     // error messages carry no internals
     let r = alice.rpc_raw("history", json!({"room": 5})).await?;
     let msg = r["error"]["message"].as_str().unwrap_or("");
-    assert!(!msg.contains("src/") && !msg.contains("panicked"), "message leaks internals: {msg}");
+    assert!(
+        !msg.contains("src/") && !msg.contains("panicked"),
+        "message leaks internals: {msg}"
+    );
 
     // still serving
     alice.subscribe_ok("chat/rooms/r1/events").await?;
@@ -70,22 +84,41 @@ async fn bad_sends_go_to_inbox() -> Result<()> {
 
     // not a member
     bob.send("r1", "b1", "let me in").await?;
-    let e = bob.recv_inbox("not_member error", |v| v["type"] == "error" && v["msg_id"] == "b1").await?;
+    let e = bob
+        .recv_inbox("not_member error", |v| {
+            v["type"] == "error" && v["msg_id"] == "b1"
+        })
+        .await?;
     assert_eq!(e["code"], "not_member", "{e}");
     assert_eq!(e["room"], "r1", "{e}");
     assert!(e["message"].is_string(), "{e}");
     // malformed send payloads
-    for (i, payload) in [&b"{oops"[..], b"{\"body\": 5, \"msg_id\": \"x1\"}", b"{\"body\": \"no id\"}"].iter().enumerate() {
-        alice.publish_raw("chat/rooms/r1/send/alice", payload.to_vec()).await?;
+    for (i, payload) in [
+        &b"{oops"[..],
+        b"{\"body\": 5, \"msg_id\": \"x1\"}",
+        b"{\"body\": \"no id\"}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        alice
+            .publish_raw("chat/rooms/r1/send/alice", payload.to_vec())
+            .await?;
         let e = alice
-            .recv_inbox(&format!("bad_request for malformed send #{i}"), |v| v["type"] == "error")
+            .recv_inbox(&format!("bad_request for malformed send #{i}"), |v| {
+                v["type"] == "error"
+            })
             .await?;
         assert_eq!(e["code"], "bad_request", "malformed send {payload:?}: {e}");
     }
     // body over 16 KiB
     let big = "x".repeat(17 * 1024);
     alice.send("r1", "big", &big).await?;
-    let e = alice.recv_inbox("too_large for a 17 KiB body", |v| v["type"] == "error" && v["msg_id"] == "big").await?;
+    let e = alice
+        .recv_inbox("too_large for a 17 KiB body", |v| {
+            v["type"] == "error" && v["msg_id"] == "big"
+        })
+        .await?;
     assert_eq!(e["code"], "too_large", "{e}");
     // nothing of that was stored
     alice.send("r1", "good", "ok").await?;
@@ -108,22 +141,37 @@ async fn oversize_payload_does_not_hurt_others() -> Result<()> {
     let pad = "p".repeat(100 * 1024);
     let reply = alice.reply_topic();
     alice
-        .publish_json("chat/rpc/alice/history", &json!({"room": "r1", "reply": reply, "corr": "huge", "pad": pad}))
+        .publish_json(
+            "chat/rpc/alice/history",
+            &json!({"room": "r1", "reply": reply, "corr": "huge", "pad": pad}),
+        )
         .await?;
-    match alice.recv_until("too_large reply", tests::TIMEOUT, |m| m.topic == reply).await {
+    match alice
+        .recv_until("too_large reply", tests::TIMEOUT, |m| m.topic == reply)
+        .await
+    {
         Ok(m) => assert_eq!(m.json()["error"]["code"], "too_large", "{}", m.json()),
-        Err(e) => assert!(alice.is_closed().is_some(), "neither a too_large reply nor a closed connection: {e:#}"),
+        Err(e) => assert!(
+            alice.is_closed().is_some(),
+            "neither a too_large reply nor a closed connection: {e:#}"
+        ),
     }
     // 100 KiB send
     let alice2 = srv.user_v4("alice", "alice-2").await?;
     alice2.send("r1", "huge", &"y".repeat(100 * 1024)).await?;
-    bob.expect_none("event for the oversize send", QUIET, |m| m.json()["msg_id"] == "huge").await?;
+    bob.expect_none("event for the oversize send", QUIET, |m| {
+        m.json()["msg_id"] == "huge"
+    })
+    .await?;
 
     // bob unaffected, data intact
     assert_eq!(bob.is_closed(), None, "bob stays connected");
     let h = bob.rpc("history", json!({"room": "r1"})).await?;
     let events = h["events"].as_array().cloned().unwrap_or_default();
-    assert!(events.contains(&before), "earlier message still stored: {h}");
+    assert!(
+        events.contains(&before),
+        "earlier message still stored: {h}"
+    );
     bob.send("r1", "after", "still works").await?;
     let e = bob.recv_msg("r1", "bob", "after").await?;
     assert_eq!(seq_of(&e), seq_of(&before) + 1, "{e}");
@@ -140,13 +188,30 @@ async fn send_rate_limit_refuses_with_rate_limited() -> Result<()> {
     for i in 0..100 {
         alice.send("r1", &format!("f{i}"), "flood").await?;
     }
-    let e = alice.recv_inbox("rate_limited error", |v| v["type"] == "error").await?;
+    let e = alice
+        .recv_inbox("rate_limited error", |v| v["type"] == "error")
+        .await?;
     assert_eq!(e["code"], "rate_limited", "{e}");
     // what was accepted is gap-free
     tokio::time::sleep(QUIET).await;
-    let h = alice.rpc("history", json!({"room": "r1", "after": head, "limit": 1000})).await?;
-    let seqs: Vec<u64> = h["events"].as_array().map(|a| a.iter().map(seq_of).collect()).unwrap_or_default();
-    assert!(!seqs.is_empty() && seqs.len() < 100, "some but not all stored: {}", seqs.len());
-    assert_eq!(seqs, ((head + 1)..=(head + seqs.len() as u64)).collect::<Vec<_>>());
+    let h = alice
+        .rpc(
+            "history",
+            json!({"room": "r1", "after": head, "limit": 1000}),
+        )
+        .await?;
+    let seqs: Vec<u64> = h["events"]
+        .as_array()
+        .map(|a| a.iter().map(seq_of).collect())
+        .unwrap_or_default();
+    assert!(
+        !seqs.is_empty() && seqs.len() < 100,
+        "some but not all stored: {}",
+        seqs.len()
+    );
+    assert_eq!(
+        seqs,
+        ((head + 1)..=(head + seqs.len() as u64)).collect::<Vec<_>>()
+    );
     Ok(())
 }

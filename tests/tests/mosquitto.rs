@@ -17,7 +17,15 @@ fn skip() -> bool {
 }
 
 /// Starts `mosquitto_sub -d ... -C 1` and waits until it has its SUBACK.
-async fn sub_one(port: u16, user: &str, cid: &str, topic: &str) -> Result<(Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>)> {
+async fn sub_one(
+    port: u16,
+    user: &str,
+    cid: &str,
+    topic: &str,
+) -> Result<(
+    Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+)> {
     // mosquitto_sub block-buffers stdout into a pipe: line-buffer it so the
     // `-d` SUBACK line arrives when it happens.
     let mut cmd = if on_path("stdbuf") {
@@ -28,8 +36,31 @@ async fn sub_one(port: u16, user: &str, cid: &str, topic: &str) -> Result<(Child
         Command::new("mosquitto_sub")
     };
     let mut child = cmd
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311", "-q", "1", "-d"])
-        .args(["-u", user, "-P", &pw(user), "-i", cid, "-t", topic, "-C", "1", "-W", "20"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv311",
+            "-q",
+            "1",
+            "-d",
+        ])
+        .args([
+            "-u",
+            user,
+            "-P",
+            &pw(user),
+            "-i",
+            cid,
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -53,7 +84,10 @@ async fn sub_one(port: u16, user: &str, cid: &str, topic: &str) -> Result<(Child
 }
 
 /// Reads mosquitto_sub output until a JSON line arrives.
-async fn next_json(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, what: &str) -> Result<Value> {
+async fn next_json(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    what: &str,
+) -> Result<Value> {
     let mut seen = Vec::new();
     tokio::time::timeout(TIMEOUT, async {
         while let Some(l) = lines.next_line().await? {
@@ -72,8 +106,28 @@ async fn mosquitto_pub(port: u16, user: &str, cid: &str, topic: &str, payload: &
     let out = tokio::time::timeout(
         TIMEOUT,
         Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311", "-q", "1"])
-            .args(["-u", user, "-P", &pw(user), "-i", cid, "-t", topic, "-m", payload])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-V",
+                "mqttv311",
+                "-q",
+                "1",
+            ])
+            .args([
+                "-u",
+                user,
+                "-P",
+                &pw(user),
+                "-i",
+                cid,
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),
@@ -81,7 +135,11 @@ async fn mosquitto_pub(port: u16, user: &str, cid: &str, topic: &str, payload: &
     .await
     .map_err(|_| anyhow!("mosquitto_pub did not finish within {TIMEOUT:?}"))??;
     if !out.status.success() {
-        bail!("mosquitto_pub failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "mosquitto_pub failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -100,7 +158,14 @@ async fn send_echo_and_history_with_mosquitto_clients() -> Result<()> {
 
     // bob listens with mosquitto_sub, alice sends with mosquitto_pub
     let (mut sub, mut lines) = sub_one(port, "bob", "bob-sub", "chat/rooms/mq/events").await?;
-    mosquitto_pub(port, "alice", "alice-pub", "chat/rooms/mq/send/alice", r#"{"msg_id":"mq1","body":"hi from mosquitto"}"#).await?;
+    mosquitto_pub(
+        port,
+        "alice",
+        "alice-pub",
+        "chat/rooms/mq/send/alice",
+        r#"{"msg_id":"mq1","body":"hi from mosquitto"}"#,
+    )
+    .await?;
     let ev = next_json(&mut lines, "the echo of mq1").await?;
     assert_eq!(ev["msg_id"], "mq1", "{ev}");
     assert_eq!(ev["from"], "alice", "{ev}");
@@ -116,7 +181,11 @@ async fn send_echo_and_history_with_mosquitto_clients() -> Result<()> {
     let r = next_json(&mut lines, "the history reply").await?;
     assert_eq!(r["corr"], "h-1", "{r}");
     assert_eq!(r["ok"], true, "{r}");
-    let last = r["result"]["events"].as_array().and_then(|a| a.last()).cloned().unwrap_or_default();
+    let last = r["result"]["events"]
+        .as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(last, ev, "history ends with the echoed event: {r}");
     assert_eq!(r["result"]["head"].as_u64(), Some(head + 1), "{r}");
     let _ = tokio::time::timeout(Duration::from_secs(5), sub.wait()).await;

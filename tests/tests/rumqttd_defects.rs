@@ -4,7 +4,9 @@
 use anyhow::Result;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tests::{client_v4, group_room, paho_available, pw, python, TestServer, PAHO_WS_SCRIPT, TIMEOUT};
+use tests::{
+    client_v4, group_room, paho_available, pw, python, TestServer, PAHO_WS_SCRIPT, TIMEOUT,
+};
 
 /// (a) v5 properties on a publish must not break a 3.1.1 subscriber or the server.
 #[tokio::test(flavor = "multi_thread")]
@@ -32,13 +34,22 @@ async fn v5_properties_reach_v4_subscriber() -> Result<()> {
         .await?;
         let want = format!("reading-{i}");
         let m = sub4
-            .recv_until(&format!("{want} at the 3.1.1 subscriber"), TIMEOUT, |m| m.topic == "devices/d1" && m.payload == want.as_bytes())
+            .recv_until(&format!("{want} at the 3.1.1 subscriber"), TIMEOUT, |m| {
+                m.topic == "devices/d1" && m.payload == want.as_bytes()
+            })
             .await?;
         assert_eq!(m.payload, want.as_bytes());
         let m = sub5
-            .recv_until(&format!("{want} at the v5 subscriber"), TIMEOUT, |m| m.topic == "devices/d1" && m.payload == want.as_bytes())
+            .recv_until(&format!("{want} at the v5 subscriber"), TIMEOUT, |m| {
+                m.topic == "devices/d1" && m.payload == want.as_bytes()
+            })
             .await?;
-        assert!(m.user_properties.contains(&("unit".to_string(), "C".to_string())), "v5 subscriber keeps user properties: {:?}", m.user_properties);
+        assert!(
+            m.user_properties
+                .contains(&("unit".to_string(), "C".to_string())),
+            "v5 subscriber keeps user properties: {:?}",
+            m.user_properties
+        );
     }
     assert_eq!(sub4.is_closed(), None, "3.1.1 subscriber still connected");
     // the server keeps serving chat
@@ -59,9 +70,15 @@ async fn odd_client_id_refused_twice_server_survives() -> Result<()> {
     let port = srv.tcp_port();
     for attempt in 1..=2 {
         let r = client_v4(port, "alice", &pw("alice"), "a/b#").await;
-        assert!(r.is_err(), "attempt {attempt}: client id \"a/b#\" must be refused");
+        assert!(
+            r.is_err(),
+            "attempt {attempt}: client id \"a/b#\" must be refused"
+        );
         let r = tests::client_v5(port, "alice", &pw("alice"), "a/b#").await;
-        assert!(r.is_err(), "attempt {attempt} (v5): client id \"a/b#\" must be refused");
+        assert!(
+            r.is_err(),
+            "attempt {attempt} (v5): client id \"a/b#\" must be refused"
+        );
     }
     let mut bob = srv.user_v4("bob", "bob-1").await?;
     let r = bob.rpc("rooms.list", json!({})).await?;

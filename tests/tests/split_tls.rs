@@ -20,7 +20,12 @@ async fn broker_and_bridge_run_apart() -> Result<()> {
 
     let mut alice = broker.user_v4("alice", "alice-split").await?;
     let mut bob = broker.user_v4("bob", "bob-split").await?;
-    let created = alice.rpc("rooms.create", json!({"room": "sr", "kind": "group", "members": ["bob"]})).await?;
+    let created = alice
+        .rpc(
+            "rooms.create",
+            json!({"room": "sr", "kind": "group", "members": ["bob"]}),
+        )
+        .await?;
     assert_eq!(created["room"]["id"], "sr", "{created}");
     bob.rpc("rooms.join", json!({"room": "sr"})).await?;
     // the broker learns membership from the bridge's hooks: allow it a moment
@@ -32,22 +37,36 @@ async fn broker_and_bridge_run_apart() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(subscribed, "bob may subscribe to the room once the split broker learned he joined");
+    assert!(
+        subscribed,
+        "bob may subscribe to the room once the split broker learned he joined"
+    );
     alice.subscribe_ok("chat/rooms/sr/events").await?;
     alice.send("sr", "s1", "over a split deployment").await?;
     let ea = alice.recv_msg("sr", "alice", "s1").await?;
     let eb = bob.recv_msg("sr", "alice", "s1").await?;
     assert_eq!(ea, eb);
-    assert_eq!(seq_of(&ea), 4, "join(1) invite(2) bob joins(3) then the message: {ea}");
+    assert_eq!(
+        seq_of(&ea),
+        4,
+        "join(1) invite(2) bob joins(3) then the message: {ea}"
+    );
     // a stranger is still refused
     let mut carol = broker.user_v4("carol", "carol-split").await?;
-    assert!(!carol.subscribe("chat/rooms/sr/events").await?, "carol is not a member");
+    assert!(
+        !carol.subscribe("chat/rooms/sr/events").await?,
+        "carol is not a member"
+    );
     drop(bridge);
     Ok(())
 }
 
 fn have(cmd: &str) -> bool {
-    std::process::Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,38 +79,109 @@ async fn tls_listener_with_mosquitto_clients() -> Result<()> {
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let ok = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()?;
     if !ok.status.success() {
-        bail!("openssl req failed: {}", String::from_utf8_lossy(&ok.stderr));
+        bail!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
     }
     let srv = TestServer::builder()
-        .broker_toml(&format!("tls_listen = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}", cert.display().to_string(), key.display().to_string()))
+        .broker_toml(&format!(
+            "tls_listen = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}",
+            cert.display().to_string(),
+            key.display().to_string()
+        ))
         .start()
         .await?;
-    let Some(tls) = srv.ports().tls else { bail!("no tls listener printed; log:\n{}", srv.log_tail()) };
+    let Some(tls) = srv.ports().tls else {
+        bail!("no tls listener printed; log:\n{}", srv.log_tail())
+    };
     let mut alice = srv.user_v4("alice", "alice-tls").await?;
-    alice.rpc("rooms.create", json!({"room": "tr", "kind": "group"})).await?;
+    alice
+        .rpc("rooms.create", json!({"room": "tr", "kind": "group"}))
+        .await?;
 
     let tls = tls.to_string();
     let cafile = cert.display().to_string();
     let sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &tls, "--cafile", &cafile, "-u", "alice", "-P", "pw-alice", "-i", "alice-tls-sub", "-t", "chat/rooms/tr/events", "-C", "1", "-W", "10"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls,
+            "--cafile",
+            &cafile,
+            "-u",
+            "alice",
+            "-P",
+            "pw-alice",
+            "-i",
+            "alice-tls-sub",
+            "-t",
+            "chat/rooms/tr/events",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
         .kill_on_drop(true)
         .output();
     let sub = tokio::spawn(sub);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let publ = tokio::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &tls, "--cafile", &cafile, "-u", "alice", "-P", "pw-alice", "-i", "alice-tls-pub", "-q", "1", "-t", "chat/rooms/tr/send/alice", "-m", r#"{"msg_id":"t1","body":"over tls"}"#])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls,
+            "--cafile",
+            &cafile,
+            "-u",
+            "alice",
+            "-P",
+            "pw-alice",
+            "-i",
+            "alice-tls-pub",
+            "-q",
+            "1",
+            "-t",
+            "chat/rooms/tr/send/alice",
+            "-m",
+            r#"{"msg_id":"t1","body":"over tls"}"#,
+        ])
         .output()
         .await?;
-    assert!(publ.status.success(), "mosquitto_pub over TLS: {}", String::from_utf8_lossy(&publ.stderr));
+    assert!(
+        publ.status.success(),
+        "mosquitto_pub over TLS: {}",
+        String::from_utf8_lossy(&publ.stderr)
+    );
     let out = sub.await??;
     let line = String::from_utf8_lossy(&out.stdout);
-    let ev: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| anyhow::anyhow!("event over TLS {line:?}: {e}; stderr {}", String::from_utf8_lossy(&out.stderr)))?;
+    let ev: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "event over TLS {line:?}: {e}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     assert_eq!(ev["body"], "over tls");
     assert_eq!(ev["msg_id"], "t1");
     assert_eq!(seq_of(&ev), 2, "{ev}");

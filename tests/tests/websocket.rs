@@ -31,7 +31,10 @@ async fn paho_websocket_send_and_echo() -> Result<()> {
     ]
     .to_vec();
     let (ok, out, err) = python(PAHO_WS_SCRIPT, &args, Duration::from_secs(30)).await?;
-    assert!(ok, "paho over WebSocket got no echo; stdout: {out}; stderr: {err}");
+    assert!(
+        ok,
+        "paho over WebSocket got no echo; stdout: {out}; stderr: {err}"
+    );
     let res: Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))?;
     let ev: Value = serde_json::from_str(res["msg"]["payload"].as_str().unwrap_or(""))?;
     assert_eq!(ev["msg_id"], "w1", "{res}");

@@ -55,11 +55,19 @@ struct StoreConfig {
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
-    let mut b = config::Config::builder().add_source(config::File::from_str(DEFAULT_CONFIG, config::FileFormat::Toml));
+    let mut b = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_CONFIG,
+        config::FileFormat::Toml,
+    ));
     if let Some(p) = &cli.config {
         b = b.add_source(config::File::from(p.as_path()).format(config::FileFormat::Toml));
     }
-    b = b.add_source(config::Environment::with_prefix("CHAT").prefix_separator("__").separator("__").try_parsing(true));
+    b = b.add_source(
+        config::Environment::with_prefix("CHAT")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true),
+    );
     let c = b.build().map_err(|e| e.to_string())?;
     c.try_deserialize().map_err(|e| e.to_string())
 }
@@ -96,10 +104,16 @@ fn main() {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG")
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start runtime: {e}");
@@ -115,7 +129,8 @@ fn main() {
 async fn shutdown_signal() {
     let term = async {
         #[cfg(unix)]
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
             return;
         }
@@ -128,9 +143,13 @@ async fn shutdown_signal() {
 }
 
 fn open_store(cli: &Cli, cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("data dir {}", cli.data_dir.display()))?;
-    let store = EmbeddedStore::open(EmbeddedConfig { path: cli.data_dir.join("store"), fsync: cfg.store.fsync })
-        .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+    std::fs::create_dir_all(&cli.data_dir)
+        .with_context(|| format!("data dir {}", cli.data_dir.display()))?;
+    let store = EmbeddedStore::open(EmbeddedConfig {
+        path: cli.data_dir.join("store"),
+        fsync: cfg.store.fsync,
+    })
+    .map_err(|e| anyhow::anyhow!("store: {e}"))?;
     Ok(Arc::new(store))
 }
 
@@ -145,7 +164,11 @@ fn loader(store: Arc<dyn Store>) -> broker::acl::Loader {
                 let page = store.members(&room, after.as_deref(), 1000).await.ok()?;
                 let n = page.len();
                 after = page.last().map(|m| m.user.clone());
-                joined.extend(page.into_iter().filter(|m| m.state == MemberState::Joined).map(|m| m.user));
+                joined.extend(
+                    page.into_iter()
+                        .filter(|m| m.state == MemberState::Joined)
+                        .map(|m| m.user),
+                );
                 if n < 1000 {
                     break;
                 }
@@ -161,25 +184,46 @@ async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
     let mut broker = None;
     if matches!(cli.mode, Mode::All | Mode::Broker) {
         cfg.broker.access_from_hooks = cli.mode == Mode::Broker;
-        let mut auth = Authenticator::new(&cfg.broker.auth).map_err(|e| anyhow::anyhow!("broker.auth: {e}"))?;
-        if cfg.broker.auth.users.get("alice").is_some_and(|p| p == "alice-pw") {
+        let mut auth = Authenticator::new(&cfg.broker.auth)
+            .map_err(|e| anyhow::anyhow!("broker.auth: {e}"))?;
+        if cfg
+            .broker
+            .auth
+            .users
+            .get("alice")
+            .is_some_and(|p| p == "alice-pw")
+        {
             tracing::warn!("demo users from the default config are enabled; configure broker.auth.users for production");
         }
         if cli.mode == Mode::All {
             // the in-process bridge logs in with a fresh random password
             cfg.bridge.password = format!("{:032x}", random_u128());
             let prefix = cfg.broker.prefix.clone();
-            auth.add_service(&cfg.bridge.username, &cfg.bridge.password, vec![format!("{prefix}/#")]);
+            auth.add_service(
+                &cfg.bridge.username,
+                &cfg.bridge.password,
+                vec![format!("{prefix}/#")],
+            );
         }
         let listeners = Listeners::bind(&cfg.broker).await?;
-        let b = Broker::start(cfg.broker.clone(), auth, access.clone(), listeners, stop_rx.clone()).await?;
+        let b = Broker::start(
+            cfg.broker.clone(),
+            auth,
+            access.clone(),
+            listeners,
+            stop_rx.clone(),
+        )
+        .await?;
         let mut names: Vec<_> = b.addrs.iter().collect();
         names.sort();
         for (name, addr) in names {
             println!("listening {name} {addr}");
         }
         if cli.mode == Mode::All {
-            let tcp = b.addrs.get("tcp").context("the all-in-one mode needs broker.tcp for its bridge")?;
+            let tcp = b
+                .addrs
+                .get("tcp")
+                .context("the all-in-one mode needs broker.tcp for its bridge")?;
             cfg.bridge.broker = format!("127.0.0.1:{}", tcp.port());
         }
         broker = Some(b);
@@ -194,13 +238,18 @@ async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
         } else {
             Arc::new(NoSink)
         };
-        let limits = SendLimits { per_sec: cfg.bridge.sends_per_sec, burst: cfg.bridge.sends_burst };
+        let limits = SendLimits {
+            per_sec: cfg.bridge.sends_per_sec,
+            burst: cfg.bridge.sends_burst,
+        };
         let chat = Arc::new(Chat::new(store.clone(), &cfg.broker.prefix, sink, limits));
         let (ready_tx, mut ready_rx) = watch::channel(false);
         let prefix = cfg.broker.prefix.clone();
         let bcfg = cfg.bridge.clone();
         let stop = stop_rx.clone();
-        bridge_task = Some(tokio::spawn(async move { chat_bridge::bridge::run(bcfg, prefix, chat, stop, ready_tx).await }));
+        bridge_task = Some(tokio::spawn(async move {
+            chat_bridge::bridge::run(bcfg, prefix, chat, stop, ready_tx).await
+        }));
         tokio::select! {
             r = ready_rx.wait_for(|r| *r) => { r.map_err(|_| anyhow::anyhow!("bridge stopped"))?; }
             _ = shutdown_signal() => { let _ = stop_tx.send(true); return Ok(()); }
@@ -229,7 +278,12 @@ fn random_u128() -> u128 {
     for i in 0..2 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(i);
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
         out = (out << 64) | h.finish() as u128;
     }
     out
