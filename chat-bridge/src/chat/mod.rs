@@ -1,0 +1,280 @@
+//! The chat service proper, independent of MQTT: a request (topic, payload,
+//! reply routing) in, messages to publish out.
+//!
+//! Ordering rule: within one room, messages are handled one after another
+//! (the bridge groups them by room), so the store's "next seq, then persist"
+//! runs in arrival order and events are published in `seq` order.
+
+use crate::store::{MarkerKind, Member, MemberState, RoomInfo, RoomKind, Store, StoredEvent};
+use crate::wire::{self, Code, Refusal};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+mod read;
+mod rooms;
+mod send;
+
+/// Told about every membership change, before any reply is published, so the
+/// broker's authorizer is up to date when the client acts on the reply.
+pub trait AccessSink: Send + Sync {
+    fn member(&self, room: &str, user: &str, joined: bool);
+    fn open(&self, room: &str, open: bool);
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub topic: String,
+    pub payload: Bytes,
+    /// MQTT 5 correlation data to echo, for replies to v5 requests.
+    pub corr: Option<Bytes>,
+}
+
+/// Where the reply to a request goes.
+struct ReplyTo {
+    topic: Option<String>,
+    corr_prop: Option<Bytes>,
+    corr_field: Option<Value>,
+}
+
+/// Per-user, per-room send rate limits.
+#[derive(Debug, Clone)]
+pub struct SendLimits {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+impl Default for SendLimits {
+    fn default() -> Self {
+        SendLimits {
+            per_sec: 10.0,
+            burst: 30.0,
+        }
+    }
+}
+
+/// The service. Cheap to share behind an `Arc`.
+pub struct Chat {
+    store: Arc<dyn Store>,
+    prefix: String,
+    sink: Arc<dyn AccessSink>,
+    limits: SendLimits,
+    /// (user, room) -> token bucket. A std mutex: never held across an await.
+    buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The id of the direct room between two users: the same whoever asks.
+pub fn direct_room_id(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    let plain = format!("dm.{x}.{y}");
+    if plain.len() <= 64 {
+        return plain;
+    }
+    // FNV-1a, two seeds: stable across versions and platforms
+    let fnv = |seed: u64| {
+        let mut h = seed;
+        for b in x.bytes().chain([0u8]).chain(y.bytes()) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h
+    };
+    format!(
+        "dm-{:016x}{:016x}",
+        fnv(0xcbf29ce484222325),
+        fnv(0x84222325cbf29ce4)
+    )
+}
+
+fn can_read(m: Option<&Member>, room: &RoomInfo) -> bool {
+    room.kind == RoomKind::Channel || m.is_some_and(|m| m.state == MemberState::Joined)
+}
+
+impl Chat {
+    pub fn new(
+        store: Arc<dyn Store>,
+        prefix: &str,
+        sink: Arc<dyn AccessSink>,
+        limits: SendLimits,
+    ) -> Self {
+        Chat {
+            store,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            sink,
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+            counter: Default::default(),
+        }
+    }
+
+    /// The grouping key that serializes handling: the room for sends, the user for requests.
+    pub fn order_key(&self, topic: &str) -> String {
+        let rest = topic.strip_prefix(&self.prefix).unwrap_or(topic);
+        let levels: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+        match levels.as_slice() {
+            ["rooms", room, "send", _] => format!("r:{room}"),
+            ["rpc", user, ..] => format!("u:{user}"),
+            _ => String::new(),
+        }
+    }
+
+    /// Handles one publish the bridge received.
+    pub async fn handle(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        response_topic: Option<String>,
+        corr: Option<Bytes>,
+    ) -> Vec<Out> {
+        let rest = topic.strip_prefix(&self.prefix).unwrap_or("");
+        let levels: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+        match levels.as_slice() {
+            ["rooms", room, "send", user] if crate::valid_id(room) && crate::valid_id(user) => {
+                self.on_send(room, user, payload, response_topic, corr)
+                    .await
+            }
+            ["rpc", user, method] if crate::valid_id(user) => {
+                self.on_rpc(user, method, payload, response_topic, corr)
+                    .await
+            }
+            _ => {
+                tracing::debug!(%topic, "ignored publish on unexpected topic");
+                Vec::new()
+            }
+        }
+    }
+
+    fn reply_to(
+        &self,
+        user: &str,
+        obj: Option<&Map<String, Value>>,
+        response_topic: Option<String>,
+        corr: Option<Bytes>,
+    ) -> ReplyTo {
+        let field_topic = obj
+            .and_then(|o| o.get("reply"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let topic = response_topic
+            .or(field_topic)
+            .filter(|t| self.own_reply_topic(user, t));
+        ReplyTo {
+            topic,
+            corr_prop: corr,
+            corr_field: obj.and_then(|o| o.get("corr")).cloned(),
+        }
+    }
+
+    /// A reply topic must be one of the user's own reply topics.
+    fn own_reply_topic(&self, user: &str, t: &str) -> bool {
+        let want = format!("{}/users/{user}/replies/", self.prefix);
+        t.strip_prefix(&want).is_some_and(broker_client_id)
+    }
+
+    fn inbox(&self, user: &str) -> String {
+        format!("{}/users/{user}/inbox", self.prefix)
+    }
+
+    fn events_topic(&self, room: &str) -> String {
+        format!("{}/rooms/{room}/events", self.prefix)
+    }
+
+    fn reply(&self, to: &ReplyTo, body: Vec<u8>) -> Option<Out> {
+        to.topic.as_ref().map(|t| Out {
+            topic: t.clone(),
+            payload: body.into(),
+            corr: to.corr_prop.clone(),
+        })
+    }
+
+    fn parse(payload: &[u8]) -> Result<Map<String, Value>, Refusal> {
+        if payload.len() > wire::PAYLOAD_MAX {
+            return Err(Refusal::new(
+                Code::TooLarge,
+                format!("payload exceeds {} bytes", wire::PAYLOAD_MAX),
+            ));
+        }
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(Value::Object(o)) => Ok(o),
+            Ok(_) => Err(Refusal::bad("payload must be a JSON object")),
+            Err(_) => Err(Refusal::bad("payload is not valid JSON")),
+        }
+    }
+
+    async fn on_rpc(
+        &self,
+        user: &str,
+        method: &str,
+        payload: &[u8],
+        rt: Option<String>,
+        corr: Option<Bytes>,
+    ) -> Vec<Out> {
+        let parsed = Self::parse(payload);
+        let to = self.reply_to(user, parsed.as_ref().ok(), rt, corr);
+        let mut extra = Vec::new();
+        let result = match parsed {
+            Ok(o) => self.rpc(user, method, &o, &mut extra).await,
+            Err(e) => Err(e),
+        };
+        let body = match &result {
+            Ok(v) => wire::ok_reply(to.corr_field.as_ref(), v.clone()),
+            Err(r) => wire::err_reply(to.corr_field.as_ref(), r),
+        };
+        if to.topic.is_none() {
+            tracing::debug!(user, method, "request without a valid reply topic");
+        }
+        // events first, so a client that sees the reply can already see the event
+        extra.extend(self.reply(&to, body));
+        extra
+    }
+
+    async fn rpc(
+        &self,
+        user: &str,
+        method: &str,
+        o: &Map<String, Value>,
+        out: &mut Vec<Out>,
+    ) -> Result<Value, Refusal> {
+        match method {
+            "history" => self.history(user, o).await,
+            "sync" => self.sync(user, o).await,
+            "rooms.create" => self.create(user, o, out).await,
+            "rooms.join" => self.join(user, o, out).await,
+            "rooms.leave" => self.leave(user, o, out).await,
+            "rooms.invite" => self.invite(user, o, out).await,
+            "rooms.list" => self.list(user).await,
+            "rooms.members" => self.members(user, o).await,
+            "read" => self.marker(user, o, MarkerKind::Read, out).await,
+            "delivered" => self.marker(user, o, MarkerKind::Delivered, out).await,
+            _ => Err(Refusal::bad(format!(
+                "unknown method {:?}",
+                method.chars().take(64).collect::<String>()
+            ))),
+        }
+    }
+}
+
+fn events_json(events: &[StoredEvent]) -> Vec<Value> {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_slice(&e.json).ok())
+        .collect()
+}
+
+fn broker_client_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}

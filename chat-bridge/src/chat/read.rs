@@ -1,0 +1,149 @@
+//! Reading: `history`, `sync`, and read/delivered markers.
+
+use super::{can_read, events_json, now_ms, Chat, Out};
+use crate::store::{MarkerKind, Member, MemberState, Range, RoomInfo};
+use crate::wire::{self, opt_u64, room_field, Code, Refusal};
+use serde_json::{json, Map, Value};
+
+impl Chat {
+    pub(super) async fn readable_room(
+        &self,
+        user: &str,
+        room: &str,
+    ) -> Result<(RoomInfo, Option<Member>), Refusal> {
+        let not_member =
+            || Refusal::new(Code::NotMember, format!("you are not a member of {room}"));
+        let info = self.store.room(room).await?.ok_or_else(not_member)?;
+        let m = self.store.member(room, user).await?;
+        if m.as_ref().is_some_and(|m| m.state == MemberState::Banned) {
+            return Err(Refusal::new(
+                Code::Banned,
+                format!("you are banned from {room}"),
+            ));
+        }
+        if !can_read(m.as_ref(), &info) {
+            return Err(not_member());
+        }
+        Ok((info, m))
+    }
+
+    pub(super) async fn history(
+        &self,
+        user: &str,
+        o: &Map<String, Value>,
+    ) -> Result<Value, Refusal> {
+        let room = room_field(o)?;
+        let limit = match opt_u64(o, "limit")? {
+            None => wire::LIMIT_DEFAULT,
+            Some(l) if (1..=wire::LIMIT_MAX as u64).contains(&l) => l as usize,
+            Some(_) => {
+                return Err(Refusal::bad(format!(
+                    "limit must be 1..{}",
+                    wire::LIMIT_MAX
+                )))
+            }
+        };
+        let range = match (opt_u64(o, "before")?, opt_u64(o, "after")?) {
+            (Some(_), Some(_)) => return Err(Refusal::bad("give before or after, not both")),
+            (Some(b), None) => Range::Before(b),
+            (None, Some(a)) => Range::After(a),
+            (None, None) => Range::Latest,
+        };
+        self.readable_room(user, &room).await?;
+        let page = self.store.read(&room, range, limit).await?;
+        Ok(
+            json!({"room": room, "events": events_json(&page.events), "head": page.head, "has_more": page.has_more}),
+        )
+    }
+
+    pub(super) async fn sync(&self, user: &str, o: &Map<String, Value>) -> Result<Value, Refusal> {
+        let cursors = match o.get("rooms") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                return Err(Refusal::bad(
+                    "rooms must be an object {room: last_seen_seq}",
+                ))
+            }
+        };
+        if cursors.len() > 1000 {
+            return Err(Refusal::bad("at most 1000 rooms per sync"));
+        }
+        let limit = match opt_u64(o, "limit_per_room")? {
+            None => wire::LIMIT_DEFAULT,
+            Some(l) if (1..=wire::LIMIT_MAX as u64).contains(&l) => l as usize,
+            Some(_) => {
+                return Err(Refusal::bad(format!(
+                    "limit_per_room must be 1..{}",
+                    wire::LIMIT_MAX
+                )))
+            }
+        };
+        let mut rooms = Map::new();
+        for (room, cursor) in &cursors {
+            let cursor = cursor
+                .as_u64()
+                .ok_or_else(|| Refusal::bad("each cursor must be an unsigned integer"))?;
+            if !crate::valid_id(room) {
+                return Err(Refusal::bad("invalid room id in rooms"));
+            }
+            let entry = match self.readable_room(user, room).await {
+                Ok((_, m)) => {
+                    let page = self.store.read(room, Range::After(cursor), limit).await?;
+                    let read = match m {
+                        Some(_) => self.store.markers(room, user).await?.read,
+                        None => 0,
+                    };
+                    json!({"events": events_json(&page.events), "head": page.head, "has_more": page.has_more, "unread": page.head.saturating_sub(read.max(cursor))})
+                }
+                Err(r) if r.code == Code::Unavailable => return Err(r),
+                Err(r) => {
+                    json!({"left": true, "error": {"code": r.code.as_str(), "message": r.message}})
+                }
+            };
+            rooms.insert(room.clone(), entry);
+        }
+        let mut joined = Vec::new();
+        for m in self.store.user_rooms(user).await? {
+            if !cursors.contains_key(&m.room)
+                && matches!(m.state, MemberState::Joined | MemberState::Invited)
+            {
+                let head = self.store.head(&m.room).await?;
+                joined.push(json!({"room": m.room, "state": m.state, "head": head}));
+            }
+        }
+        Ok(json!({"rooms": rooms, "joined": joined}))
+    }
+
+    /// Appends a membership event and tells the sink before anything is published.
+    pub(super) async fn marker(
+        &self,
+        user: &str,
+        o: &Map<String, Value>,
+        kind: MarkerKind,
+        out: &mut Vec<Out>,
+    ) -> Result<Value, Refusal> {
+        let room = room_field(o)?;
+        let seq = opt_u64(o, "seq")?.ok_or_else(|| Refusal::bad("seq is required"))?;
+        let (_, m) = self.readable_room(user, &room).await?;
+        if m.map(|m| m.state) != Some(MemberState::Joined) {
+            return Err(Refusal::new(
+                Code::NotMember,
+                format!("you are not a member of {room}"),
+            ));
+        }
+        let head = self.store.head(&room).await?;
+        let (marks, moved) = self
+            .store
+            .set_marker(&room, user, kind, seq.min(head))
+            .await?;
+        if moved {
+            out.push(Out {
+                topic: format!("{}/rooms/{room}/receipts", self.prefix),
+                payload: json!({"room": room, "user": user, "read": marks.read, "delivered": marks.delivered, "ts": now_ms()}).to_string().into(),
+                corr: None,
+            });
+        }
+        Ok(json!({"read": marks.read, "delivered": marks.delivered, "moved": moved}))
+    }
+}

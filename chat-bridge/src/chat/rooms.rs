@@ -1,0 +1,368 @@
+//! Rooms and membership: `rooms.*` requests and membership events.
+
+use super::{direct_room_id, now_ms, Chat, Out};
+use crate::store::{MemberChange, MemberState, NewEvent, Range, Role, RoomInfo, RoomKind};
+use crate::wire::{opt_str, opt_u64, room_field, Code, Refusal};
+use serde_json::{json, Map, Value};
+
+impl Chat {
+    pub(super) async fn member_event(
+        &self,
+        room: &str,
+        actor: &str,
+        target: &str,
+        action: &str,
+        change: MemberChange,
+        out: &mut Vec<Out>,
+    ) -> Result<u64, Refusal> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut body = Map::new();
+        body.insert("type".into(), "member".into());
+        body.insert("action".into(), action.into());
+        body.insert("user".into(), target.into());
+        body.insert(
+            "role".into(),
+            serde_json::to_value(change.role).unwrap_or(Value::Null),
+        );
+        let joined = change.state == MemberState::Joined;
+        let ev = NewEvent {
+            room: room.into(),
+            from: actor.into(),
+            msg_id: format!("${action}:{target}:{}:{n}", now_ms()),
+            ts: now_ms(),
+            body,
+            member: Some(change),
+        };
+        let a = self.store.append(ev).await?;
+        self.sink.member(room, target, joined);
+        out.push(Out {
+            topic: self.events_topic(room),
+            payload: a.event.json.clone(),
+            corr: None,
+        });
+        out.push(Out {
+            topic: format!("{}/hooks/access", self.prefix),
+            payload: json!({"room": room, "user": target, "joined": joined})
+                .to_string()
+                .into(),
+            corr: None,
+        });
+        Ok(a.event.seq)
+    }
+
+    pub(super) async fn create(
+        &self,
+        user: &str,
+        o: &Map<String, Value>,
+        out: &mut Vec<Out>,
+    ) -> Result<Value, Refusal> {
+        let kind = match opt_str(o, "kind")?.unwrap_or("group") {
+            "group" => RoomKind::Group,
+            "direct" => RoomKind::Direct,
+            "channel" => RoomKind::Channel,
+            _ => return Err(Refusal::bad("kind must be direct, group or channel")),
+        };
+        let mut members: Vec<String> = match o.get("members") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .filter(|s| crate::valid_id(s))
+                        .map(str::to_owned)
+                        .ok_or_else(|| Refusal::bad("members must be user ids"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(Refusal::bad("members must be an array of user ids")),
+        };
+        members.retain(|m| m != user);
+        members.sort();
+        members.dedup();
+        if members.len() > 1000 {
+            return Err(Refusal::bad("at most 1000 members at creation"));
+        }
+        let title = opt_str(o, "title")?.map(|t| t.chars().take(256).collect::<String>());
+        let id = match kind {
+            RoomKind::Direct => {
+                let [other] = members.as_slice() else {
+                    return Err(Refusal::bad("a direct room needs exactly one other member"));
+                };
+                direct_room_id(user, other)
+            }
+            _ => match opt_str(o, "room")? {
+                Some(r) if crate::valid_id(r) => r.to_owned(),
+                Some(_) => {
+                    return Err(Refusal::bad("room must be 1-64 chars of A-Z a-z 0-9 _ . -"))
+                }
+                None => format!(
+                    "g-{:08x}{:08x}",
+                    now_ms() as u32,
+                    self.counter
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        as u32
+                        ^ std::process::id()
+                ),
+            },
+        };
+        let info = RoomInfo {
+            id: id.clone(),
+            kind,
+            title,
+            created_by: user.into(),
+            created_ts: now_ms(),
+        };
+        if !self.store.create_room(info.clone()).await? {
+            let existing = self
+                .store
+                .room(&id)
+                .await?
+                .ok_or_else(|| Refusal::new(Code::Unavailable, "retry"))?;
+            // a direct room is the same room whoever creates it
+            if existing.kind == RoomKind::Direct && kind == RoomKind::Direct {
+                return Ok(json!({"room": existing, "created": false}));
+            }
+            return Err(Refusal::new(
+                Code::Conflict,
+                format!("room {id} already exists"),
+            ));
+        }
+        if kind == RoomKind::Channel {
+            self.sink.open(&id, true);
+            out.push(Out {
+                topic: format!("{}/hooks/access", self.prefix),
+                payload: json!({"room": id, "open": true}).to_string().into(),
+                corr: None,
+            });
+        }
+        let owner = MemberChange {
+            user: user.into(),
+            role: Role::Owner,
+            state: MemberState::Joined,
+            muted: false,
+        };
+        self.member_event(&id, user, user, "join", owner, out)
+            .await?;
+        for m in &members {
+            let (state, action, role) = match kind {
+                RoomKind::Direct => (MemberState::Joined, "join", Role::Owner),
+                _ => (MemberState::Invited, "invite", Role::Member),
+            };
+            self.member_event(
+                &id,
+                user,
+                m,
+                action,
+                MemberChange {
+                    user: m.clone(),
+                    role,
+                    state,
+                    muted: false,
+                },
+                out,
+            )
+            .await?;
+            if state == MemberState::Invited {
+                out.push(Out {
+                    topic: self.inbox(m),
+                    payload: json!({"type": "invited", "room": id, "by": user})
+                        .to_string()
+                        .into(),
+                    corr: None,
+                });
+            }
+        }
+        Ok(json!({"room": info, "created": true}))
+    }
+
+    pub(super) async fn join(
+        &self,
+        user: &str,
+        o: &Map<String, Value>,
+        out: &mut Vec<Out>,
+    ) -> Result<Value, Refusal> {
+        let room = room_field(o)?;
+        let info = self
+            .store
+            .room(&room)
+            .await?
+            .ok_or_else(|| Refusal::new(Code::NotFound, format!("no room {room}")))?;
+        let m = self.store.member(&room, user).await?;
+        let role = m.as_ref().map(|m| m.role).unwrap_or(Role::Member);
+        match (m.as_ref().map(|m| m.state), info.kind) {
+            (Some(MemberState::Joined), _) => {
+                return Ok(json!({"seq": m.map(|m| m.since).unwrap_or(0), "already": true}))
+            }
+            (Some(MemberState::Banned), _) => {
+                return Err(Refusal::new(
+                    Code::Banned,
+                    format!("you are banned from {room}"),
+                ))
+            }
+            (Some(MemberState::Invited), _) | (_, RoomKind::Channel) => {}
+            _ => {
+                return Err(Refusal::new(
+                    Code::Forbidden,
+                    format!("{room} needs an invitation"),
+                ))
+            }
+        }
+        let seq = self
+            .member_event(
+                &room,
+                user,
+                user,
+                "join",
+                MemberChange {
+                    user: user.into(),
+                    role,
+                    state: MemberState::Joined,
+                    muted: false,
+                },
+                out,
+            )
+            .await?;
+        Ok(json!({"seq": seq}))
+    }
+
+    pub(super) async fn leave(
+        &self,
+        user: &str,
+        o: &Map<String, Value>,
+        out: &mut Vec<Out>,
+    ) -> Result<Value, Refusal> {
+        let room = room_field(o)?;
+        let m = self.store.member(&room, user).await?;
+        match m.as_ref().map(|m| m.state) {
+            Some(MemberState::Joined | MemberState::Invited) => {}
+            _ => {
+                return Err(Refusal::new(
+                    Code::NotMember,
+                    format!("you are not a member of {room}"),
+                ))
+            }
+        }
+        let role = m.map(|m| m.role).unwrap_or(Role::Member);
+        let seq = self
+            .member_event(
+                &room,
+                user,
+                user,
+                "leave",
+                MemberChange {
+                    user: user.into(),
+                    role,
+                    state: MemberState::Left,
+                    muted: false,
+                },
+                out,
+            )
+            .await?;
+        Ok(json!({"seq": seq}))
+    }
+
+    pub(super) async fn invite(
+        &self,
+        user: &str,
+        o: &Map<String, Value>,
+        out: &mut Vec<Out>,
+    ) -> Result<Value, Refusal> {
+        let room = room_field(o)?;
+        let target = match opt_str(o, "user")? {
+            Some(u) if crate::valid_id(u) => u.to_owned(),
+            _ => return Err(Refusal::bad("user is required")),
+        };
+        let (info, m) = self.readable_room(user, &room).await?;
+        if m.as_ref().map(|m| m.state) != Some(MemberState::Joined) {
+            return Err(Refusal::new(
+                Code::NotMember,
+                format!("you are not a member of {room}"),
+            ));
+        }
+        if info.kind == RoomKind::Direct {
+            return Err(Refusal::new(
+                Code::Forbidden,
+                "a direct room has exactly two members",
+            ));
+        }
+        match self
+            .store
+            .member(&room, &target)
+            .await?
+            .map(|m| (m.state, m.since))
+        {
+            Some((MemberState::Banned, _)) => {
+                return Err(Refusal::new(
+                    Code::Banned,
+                    format!("{target} is banned from {room}"),
+                ))
+            }
+            Some((MemberState::Joined | MemberState::Invited, since)) => {
+                return Ok(json!({"seq": since, "already": true}))
+            }
+            _ => {}
+        }
+        let seq = self
+            .member_event(
+                &room,
+                user,
+                &target,
+                "invite",
+                MemberChange {
+                    user: target.clone(),
+                    role: Role::Member,
+                    state: MemberState::Invited,
+                    muted: false,
+                },
+                out,
+            )
+            .await?;
+        out.push(Out {
+            topic: self.inbox(&target),
+            payload: json!({"type": "invited", "room": room, "by": user})
+                .to_string()
+                .into(),
+            corr: None,
+        });
+        Ok(json!({"seq": seq}))
+    }
+
+    pub(super) async fn list(&self, user: &str) -> Result<Value, Refusal> {
+        let mut rooms = Vec::new();
+        for m in self.store.user_rooms(user).await? {
+            if !matches!(m.state, MemberState::Joined | MemberState::Invited) {
+                continue;
+            }
+            let info = self.store.room(&m.room).await?;
+            let page = self.store.read(&m.room, Range::Latest, 1).await?;
+            let marks = self.store.markers(&m.room, user).await?;
+            rooms.push(json!({
+                "room": m.room, "kind": info.as_ref().map(|i| i.kind), "title": info.and_then(|i| i.title),
+                "state": m.state, "role": m.role, "head": page.head, "read": marks.read,
+                "unread": page.head.saturating_sub(marks.read),
+                "last": page.events.last().and_then(|e| serde_json::from_slice::<Value>(&e.json).ok()),
+            }));
+        }
+        Ok(json!({"rooms": rooms}))
+    }
+
+    pub(super) async fn members(
+        &self,
+        user: &str,
+        o: &Map<String, Value>,
+    ) -> Result<Value, Refusal> {
+        let room = room_field(o)?;
+        self.readable_room(user, &room).await?;
+        let limit = opt_u64(o, "limit")?.unwrap_or(100).clamp(1, 1000) as usize;
+        let after = opt_str(o, "after")?;
+        let rows = self.store.members(&room, after, limit + 1).await?;
+        let has_more = rows.len() > limit;
+        let mut members = Vec::new();
+        for m in rows.into_iter().take(limit) {
+            let marks = self.store.markers(&room, &m.user).await?;
+            members.push(json!({"user": m.user, "role": m.role, "state": m.state, "muted": m.muted, "read": marks.read, "delivered": marks.delivered}));
+        }
+        Ok(json!({"members": members, "has_more": has_more}))
+    }
+}

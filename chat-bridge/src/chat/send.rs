@@ -1,0 +1,208 @@
+//! Sends: validation, membership, rate limit, append.
+
+use super::{now_ms, Chat, Out};
+use crate::store::{MemberState, NewEvent, StoredEvent};
+use crate::wire::{self, opt_str, opt_u64, Code, Refusal};
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+impl Chat {
+    pub(super) async fn on_send(
+        &self,
+        room: &str,
+        user: &str,
+        payload: &[u8],
+        rt: Option<String>,
+        corr: Option<Bytes>,
+    ) -> Vec<Out> {
+        let parsed = Self::parse(payload);
+        let obj = parsed.as_ref().ok();
+        let to = self.reply_to(user, obj, rt, corr);
+        let msg_id = obj
+            .and_then(|o| o.get("msg_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let result = match parsed {
+            Ok(o) => self.send(room, user, o).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(ev) => {
+                let mut out = vec![Out {
+                    topic: self.events_topic(room),
+                    payload: ev.json.clone(),
+                    corr: None,
+                }];
+                out.extend(self.reply(
+                    &to,
+                    wire::ok_reply(to.corr_field.as_ref(), json!({"seq": ev.seq})),
+                ));
+                out
+            }
+            Err(r) => {
+                tracing::debug!(room, user, code = r.code.as_str(), "send refused");
+                if to.topic.is_some() {
+                    self.reply(&to, wire::err_reply(to.corr_field.as_ref(), &r))
+                        .into_iter()
+                        .collect()
+                } else {
+                    let body = json!({"type": "error", "room": room, "msg_id": msg_id, "code": r.code.as_str(), "message": r.message});
+                    vec![Out {
+                        topic: self.inbox(user),
+                        payload: body.to_string().into(),
+                        corr: None,
+                    }]
+                }
+            }
+        }
+    }
+
+    pub(super) async fn send(
+        &self,
+        room: &str,
+        user: &str,
+        o: Map<String, Value>,
+    ) -> Result<StoredEvent, Refusal> {
+        let msg_id = match opt_str(&o, "msg_id")? {
+            Some(m) if wire::valid_msg_id(m) => m.to_owned(),
+            Some(_) => return Err(Refusal::bad("msg_id must be 1-64 printable ASCII chars")),
+            None => return Err(Refusal::bad("msg_id is required")),
+        };
+        let kind = opt_str(&o, "type")?.unwrap_or("message");
+        let mut body = Map::new();
+        body.insert("type".into(), Value::String(kind.to_owned()));
+        let text = opt_str(&o, "body")?;
+        if let Some(t) = text {
+            if t.len() > wire::BODY_MAX {
+                return Err(Refusal::new(
+                    Code::TooLarge,
+                    format!("body exceeds {} bytes", wire::BODY_MAX),
+                ));
+            }
+        }
+        let target = opt_u64(&o, "target")?;
+        match kind {
+            "message" => {
+                let t = text.ok_or_else(|| Refusal::bad("body is required"))?;
+                body.insert("body".into(), t.into());
+                if let Some(r) = opt_u64(&o, "reply_to")? {
+                    body.insert("reply_to".into(), r.into());
+                }
+            }
+            "edit" => {
+                let t = text.ok_or_else(|| Refusal::bad("body is required"))?;
+                body.insert(
+                    "target".into(),
+                    target
+                        .ok_or_else(|| Refusal::bad("target is required"))?
+                        .into(),
+                );
+                body.insert("body".into(), t.into());
+            }
+            "delete" => {
+                body.insert(
+                    "target".into(),
+                    target
+                        .ok_or_else(|| Refusal::bad("target is required"))?
+                        .into(),
+                );
+            }
+            "reaction" => {
+                body.insert(
+                    "target".into(),
+                    target
+                        .ok_or_else(|| Refusal::bad("target is required"))?
+                        .into(),
+                );
+                let emoji = opt_str(&o, "emoji")?
+                    .filter(|e| !e.is_empty() && e.len() <= 64)
+                    .ok_or_else(|| Refusal::bad("emoji is required (1-64 bytes)"))?;
+                body.insert("emoji".into(), emoji.into());
+                if o.get("remove").and_then(Value::as_bool) == Some(true) {
+                    body.insert("remove".into(), true.into());
+                }
+            }
+            _ => {
+                return Err(Refusal::bad(
+                    "type must be message, edit, delete or reaction",
+                ))
+            }
+        }
+        match o.get("meta") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                if Value::Object(m.clone()).to_string().len() > wire::META_MAX {
+                    return Err(Refusal::new(
+                        Code::TooLarge,
+                        format!("meta exceeds {} bytes", wire::META_MAX),
+                    ));
+                }
+                body.insert("meta".into(), Value::Object(m.clone()));
+            }
+            Some(_) => return Err(Refusal::bad("meta must be an object")),
+        }
+        let info = self.store.room(room).await?.ok_or_else(|| {
+            Refusal::new(Code::NotMember, format!("you are not a member of {room}"))
+        })?;
+        let m = self.store.member(room, user).await?;
+        match m.as_ref().map(|m| (m.state, m.muted)) {
+            Some((MemberState::Joined, false)) => {}
+            Some((MemberState::Joined, true)) => {
+                return Err(Refusal::new(
+                    Code::Muted,
+                    format!("you are muted in {room}"),
+                ))
+            }
+            Some((MemberState::Banned, _)) => {
+                return Err(Refusal::new(
+                    Code::Banned,
+                    format!("you are banned from {room}"),
+                ))
+            }
+            _ => {
+                return Err(Refusal::new(
+                    Code::NotMember,
+                    format!("you are not a member of {}", info.id),
+                ))
+            }
+        }
+        if !self.take_token(user, room) {
+            return Err(Refusal::new(
+                Code::RateLimited,
+                "too many messages, slow down",
+            ));
+        }
+        let a = self
+            .store
+            .append(NewEvent {
+                room: room.into(),
+                from: user.into(),
+                msg_id,
+                ts: now_ms(),
+                body,
+                member: None,
+            })
+            .await?;
+        Ok(a.event)
+    }
+
+    pub(super) fn take_token(&self, user: &str, room: &str) -> bool {
+        let now = Instant::now();
+        let mut g = self.buckets.lock();
+        if g.len() > 200_000 {
+            g.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
+        }
+        let (tokens, last) = g
+            .entry((user.to_owned(), room.to_owned()))
+            .or_insert((self.limits.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.limits.per_sec)
+            .min(self.limits.burst);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
