@@ -93,6 +93,13 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         }
     };
     tracing::Span::current().record("user", principal.id());
+    if matches!(principal, Principal::User(_)) {
+        let mut ready = shared.bridge_ready.clone();
+        if timeout_at(deadline, ready.wait_for(|r| *r)).await.is_err() {
+            conn.refuse(ConnectReturnCode::ServerUnavailable).await;
+            return Ok(());
+        }
+    }
 
     // Client id: validated, or assigned when empty and the session is clean.
     let mut assigned = None;

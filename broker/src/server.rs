@@ -74,6 +74,10 @@ pub struct Shared {
     pub router: RouterHandle,
     pub tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
     pub shutdown: watch::Receiver<bool>,
+    /// False until the in-process bridge has subscribed: users are held at
+    /// CONNECT until then, so no send or request is published before anyone
+    /// listens (rumqttd drops messages that match no subscription).
+    pub bridge_ready: watch::Receiver<bool>,
     /// The broker's own link, for presence and wills. A std mutex: held only
     /// to push one packet, never across an await.
     internal: Mutex<LinkTx>,
@@ -176,6 +180,7 @@ impl Broker {
         access: Arc<Access>,
         listeners: Listeners,
         shutdown: watch::Receiver<bool>,
+        bridge_ready: watch::Receiver<bool>,
     ) -> Result<Broker, StartError> {
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(
@@ -234,6 +239,7 @@ impl Broker {
             router,
             tls,
             shutdown,
+            bridge_ready,
             internal: Mutex::new(internal_tx),
             connect_rate: Mutex::new(HashMap::new()),
         });

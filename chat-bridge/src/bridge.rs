@@ -6,7 +6,7 @@
 
 use crate::chat::Chat;
 
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde::Deserialize;
@@ -88,10 +88,12 @@ pub async fn run(
                     session_present = ack.session_present,
                     "bridge connected to broker"
                 );
-                for f in &filters {
-                    if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
-                        warn!(error = %e, "subscribe failed");
-                    }
+                // one SUBSCRIBE, so its SUBACK means every filter is in place
+                let many = filters
+                    .iter()
+                    .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(e) = client.subscribe_many(many).await {
+                    warn!(error = %e, "subscribe failed");
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {

@@ -181,6 +181,8 @@ fn loader(store: Arc<dyn Store>) -> broker::acl::Loader {
 async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let access = Arc::new(Access::new());
+    // the in-process bridge flips this; a broker alone cannot know its bridge
+    let (ready_tx, ready_rx) = watch::channel(cli.mode != Mode::All);
     let mut broker = None;
     if matches!(cli.mode, Mode::All | Mode::Broker) {
         cfg.broker.access_from_hooks = cli.mode == Mode::Broker;
@@ -212,6 +214,7 @@ async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
             access.clone(),
             listeners,
             stop_rx.clone(),
+            ready_rx,
         )
         .await?;
         let mut names: Vec<_> = b.addrs.iter().collect();
@@ -243,7 +246,8 @@ async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
             burst: cfg.bridge.sends_burst,
         };
         let chat = Arc::new(Chat::new(store.clone(), &cfg.broker.prefix, sink, limits));
-        let (ready_tx, mut ready_rx) = watch::channel(false);
+        ready_tx.send_replace(false);
+        let mut bridge_ready = ready_tx.subscribe();
         let prefix = cfg.broker.prefix.clone();
         let bcfg = cfg.bridge.clone();
         let stop = stop_rx.clone();
@@ -251,7 +255,7 @@ async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
             chat_bridge::bridge::run(bcfg, prefix, chat, stop, ready_tx).await
         }));
         tokio::select! {
-            r = ready_rx.wait_for(|r| *r) => { r.map_err(|_| anyhow::anyhow!("bridge stopped"))?; }
+            r = bridge_ready.wait_for(|r| *r) => { r.map_err(|_| anyhow::anyhow!("bridge stopped"))?; }
             _ = shutdown_signal() => { let _ = stop_tx.send(true); return Ok(()); }
         }
         store_handle = Some(store);
