@@ -1,0 +1,384 @@
+//! One client connection: handshake, CONNECT, then a loop that moves packets
+//! between the socket and the connection's rumqttd router link, checking every
+//! PUBLISH and SUBSCRIBE on the way in and every delivery on the way out.
+
+use crate::auth::{AuthError, Principal};
+use crate::codec::{self, Version};
+use crate::names::valid_client_id;
+use crate::registry::ClaimError;
+use crate::server::Shared;
+use crate::transport::{self, Io, Kind};
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
+    PubAck, PubAckReason, SubAck, SubscribeReasonCode,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{timeout_at, Instant};
+use tracing::{debug, info, warn, Instrument};
+
+mod session;
+use session::Session;
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Client sent DISCONNECT: no will.
+    Clean,
+    /// Network loss, timeout, protocol error: the will is published.
+    Unclean,
+    /// The router dropped the link (session taken over inside the router).
+    RouterGone,
+    /// Server shutdown or takeover by our registry.
+    Stopped(DisconnectReasonCode),
+}
+
+/// Serves one accepted socket to the end.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    kind: Kind,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let span = tracing::info_span!("conn", %peer, listener = kind.name(), client_id = tracing::field::Empty, user = tracing::field::Empty);
+    async move {
+        if let Err(e) = run(shared, kind, tcp).await {
+            debug!(error = %e, "connection closed");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Result<(), String> {
+    let limits = &shared.config.limits;
+    let max_len = limits.max_packet_bytes;
+    let deadline = Instant::now() + Duration::from_millis(limits.connect_timeout_ms);
+    let io = timeout_at(
+        deadline,
+        transport::handshake(kind, tcp, shared.tls.as_ref(), max_len),
+    )
+    .await
+    .map_err(|_| "handshake timeout".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    let mut conn = Conn {
+        io,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        version: Version::V4,
+    };
+    let packet = timeout_at(deadline, conn.read_connect(max_len))
+        .await
+        .map_err(|_| "connect timeout".to_string())??;
+    let Packet::Connect(connect, props, will, _will_props, login) = packet else {
+        return Err("first packet is not CONNECT".into());
+    };
+
+    // Authenticate.
+    let (username, password) = login.map(|l| (l.username, l.password)).unwrap_or_default();
+    let principal = match shared.auth.authenticate(&username, &password) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = match e {
+                AuthError::Config(_) => ConnectReturnCode::ServiceUnavailable,
+                _ => ConnectReturnCode::BadUserNamePassword,
+            };
+            info!(%username, reason = %e, "login refused");
+            conn.refuse(code).await;
+            return Ok(());
+        }
+    };
+    tracing::Span::current().record("user", principal.id());
+    if matches!(principal, Principal::User(_)) {
+        let mut ready = shared.bridge_ready.clone();
+        if timeout_at(deadline, ready.wait_for(|r| *r)).await.is_err() {
+            conn.refuse(ConnectReturnCode::ServerUnavailable).await;
+            return Ok(());
+        }
+    }
+
+    // Client id: validated, or assigned when empty and the session is clean.
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !connect.clean_session && conn.version == Version::V4 {
+            conn.refuse(ConnectReturnCode::ClientIdentifierNotValid)
+                .await;
+            return Ok(());
+        }
+        let id = format!("auto-{:016x}", rand_u64());
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+    if !valid_client_id(&client_id) {
+        info!(client_id = %client_id.escape_debug(), "client id refused");
+        conn.refuse(ConnectReturnCode::ClientIdentifierNotValid)
+            .await;
+        return Ok(());
+    }
+    tracing::Span::current().record("client_id", client_id.as_str());
+    if let Some(w) = &will {
+        let topic = std::str::from_utf8(&w.topic).unwrap_or("");
+        if !shared.authz.check_publish(&principal, topic).allowed() {
+            conn.refuse(ConnectReturnCode::NotAuthorized).await;
+            return Ok(());
+        }
+    }
+
+    let claim = match shared
+        .registry
+        .claim(
+            &client_id,
+            principal.id(),
+            limits.connections_per_user,
+            limits.max_connections,
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            info!(reason = ?e, "connection refused");
+            let code = match e {
+                ClaimError::InUse => ConnectReturnCode::ClientIdentifierNotValid,
+                ClaimError::UserLimit => ConnectReturnCode::QuotaExceeded,
+                ClaimError::ServerFull => ConnectReturnCode::ServerBusy,
+            };
+            conn.refuse(code).await;
+            return Ok(());
+        }
+    };
+
+    let (mut link_tx, mut link_rx, session_present) =
+        match shared.router.link(&client_id, connect.clean_session).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "router link failed");
+                conn.refuse(ConnectReturnCode::ServerUnavailable).await;
+                return Ok(());
+            }
+        };
+
+    let client_max = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .map(|m| m as usize);
+    let ack_props = (conn.version == Version::V5).then(|| ConnAckProperties {
+        assigned_client_identifier: assigned,
+        max_packet_size: Some(max_len as u32),
+        topic_alias_max: None,
+        retain_available: Some(1),
+        wildcard_subscription_available: Some(1),
+        shared_subscription_available: Some(0),
+        ..Default::default()
+    });
+    conn.push(Packet::ConnAck(
+        ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+        },
+        ack_props,
+    ));
+    conn.flush().await.map_err(|e| e.to_string())?;
+    if claim.first_of_user {
+        if let Principal::User(user) = &principal {
+            shared.presence(user, true);
+        }
+    }
+    debug!(version = ?conn.version, keep_alive = connect.keep_alive, "connected");
+
+    let mut session = Session {
+        shared: shared.clone(),
+        principal,
+        client_id,
+        pending_subs: HashMap::new(),
+        client_max,
+        tokens: shared.config.limits.publishes_per_sec as f64 * 2.0,
+        refilled: Instant::now(),
+    };
+    let end = session
+        .pump(
+            &mut conn,
+            &mut link_tx,
+            &mut link_rx,
+            connect.keep_alive,
+            &claim.stop,
+        )
+        .await;
+    debug!(?end, "disconnected");
+
+    if let End::Stopped(reason) = end {
+        if conn.version == Version::V5 {
+            conn.push(Packet::Disconnect(
+                Disconnect {
+                    reason_code: reason,
+                },
+                None,
+            ));
+            let _ = conn.flush().await;
+        }
+    }
+    if end != End::RouterGone {
+        // Tell the router, so it saves a persistent session or drops a clean one.
+        let bye = Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        );
+        let _ = link_tx.send(bye).await;
+    }
+    if end != End::Clean {
+        if let Some(w) = will {
+            shared.publish_will(w);
+        }
+    }
+    let user = session.principal;
+    if claim.finish() {
+        if let Principal::User(user) = &user {
+            shared.presence(user, false);
+        }
+    }
+    conn.io.close().await;
+    Ok(())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The socket side: buffers and the protocol level.
+struct Conn {
+    io: Io,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    version: Version,
+}
+
+impl Conn {
+    async fn read_connect(&mut self, max_len: usize) -> Result<Packet, String> {
+        loop {
+            match codec::frame(&self.rbuf, max_len) {
+                Ok(Some(frame)) => {
+                    if frame.packet_type() != 1 {
+                        return Err("first packet is not CONNECT".into());
+                    }
+                    self.version =
+                        codec::connect_version(&self.rbuf, &frame).map_err(|e| e.to_string())?;
+                    return match codec::read(self.version, &mut self.rbuf, max_len) {
+                        Ok(Some(inc)) => Ok(inc.packet),
+                        Ok(None) => Err("incomplete connect".into()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if self
+                .io
+                .read(&mut self.rbuf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("closed before CONNECT".into());
+            }
+        }
+    }
+
+    /// Encodes a packet for this connection's protocol level (v4 never gets properties).
+    fn push(&mut self, packet: Packet) {
+        let packet = match self.version {
+            Version::V4 => for_v4(packet),
+            Version::V5 => packet,
+        };
+        if let Err(e) = codec::write(self.version, packet, &mut self.wbuf) {
+            warn!(error = %e, "cannot encode packet");
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let out = self.wbuf.split();
+        self.io.write(&out).await
+    }
+
+    async fn refuse(&mut self, code: ConnectReturnCode) {
+        let code = match (self.version, code) {
+            (
+                Version::V4,
+                ConnectReturnCode::QuotaExceeded
+                | ConnectReturnCode::ServerBusy
+                | ConnectReturnCode::ServerUnavailable,
+            ) => ConnectReturnCode::ServiceUnavailable,
+            (_, c) => c,
+        };
+        self.push(Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code,
+            },
+            None,
+        ));
+        let _ = self.flush().await;
+        self.io.close().await;
+    }
+}
+
+/// Drops properties and maps v5-only reason codes, for 3.1.1 receivers
+/// (rumqttd's v4 writer panics on properties).
+fn for_v4(packet: Packet) -> Packet {
+    match packet {
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(
+            PubAck {
+                pkid: p.pkid,
+                reason: PubAckReason::Success,
+            },
+            None,
+        ),
+        Packet::SubAck(s, _) => Packet::SubAck(
+            SubAck {
+                pkid: s.pkid,
+                return_codes: s
+                    .return_codes
+                    .into_iter()
+                    .map(|c| match c {
+                        SubscribeReasonCode::Success(q) => SubscribeReasonCode::Success(q),
+                        SubscribeReasonCode::QoS0 => {
+                            SubscribeReasonCode::Success(rumqttd::protocol::QoS::AtMostOnce)
+                        }
+                        SubscribeReasonCode::QoS1 => {
+                            SubscribeReasonCode::Success(rumqttd::protocol::QoS::AtLeastOnce)
+                        }
+                        SubscribeReasonCode::QoS2 => {
+                            SubscribeReasonCode::Success(rumqttd::protocol::QoS::ExactlyOnce)
+                        }
+                        _ => SubscribeReasonCode::Failure,
+                    })
+                    .collect(),
+            },
+            None,
+        ),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::UnsubAck(u, _) => Packet::UnsubAck(u, None),
+        Packet::ConnAck(c, _) => Packet::ConnAck(c, None),
+        Packet::Disconnect(d, _) => Packet::Disconnect(d, None),
+        other => other,
+    }
+}
