@@ -254,6 +254,9 @@ impl Chat {
             "rooms.join" => self.join(user, o, out).await,
             "rooms.leave" => self.leave(user, o, out).await,
             "rooms.invite" => self.invite(user, o, out).await,
+            "rooms.kick" | "rooms.ban" | "rooms.mute" | "rooms.role" => {
+                self.moderate(user, &method[6..], o, out).await
+            }
             "rooms.list" => self.list(user).await,
             "rooms.members" => self.members(user, o).await,
             "read" => self.marker(user, o, MarkerKind::Read, out).await,

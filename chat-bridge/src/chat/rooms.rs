@@ -365,4 +365,98 @@ impl Chat {
         }
         Ok(json!({"members": members, "has_more": has_more}))
     }
+
+    /// `rooms.kick`, `rooms.ban` (`"remove": true` lifts it), `rooms.mute`
+    /// (`"remove": true` unmutes) and `rooms.role` (`"role": "admin"|"member"`).
+    /// Owners and admins moderate; only an owner changes roles or acts on an admin.
+    pub(super) async fn moderate(
+        &self,
+        actor: &str,
+        action: &str,
+        o: &Map<String, Value>,
+        out: &mut Vec<Out>,
+    ) -> Result<Value, Refusal> {
+        let room = room_field(o)?;
+        let target = match opt_str(o, "user")? {
+            Some(u) if crate::valid_id(u) => u.to_owned(),
+            _ => return Err(Refusal::bad("user is required")),
+        };
+        if target == actor {
+            return Err(Refusal::bad("you cannot moderate yourself"));
+        }
+        let remove = o.get("remove").and_then(Value::as_bool) == Some(true);
+        let me = self.store.member(&room, actor).await?;
+        let my_role = match me.as_ref().map(|m| (m.state, m.role)) {
+            Some((MemberState::Joined, r)) => r,
+            _ => {
+                return Err(Refusal::new(
+                    Code::NotMember,
+                    format!("you are not a member of {room}"),
+                ))
+            }
+        };
+        let them = self.store.member(&room, &target).await?;
+        let their_role = them.as_ref().map(|m| m.role).unwrap_or(Role::Member);
+        let allowed = match (my_role, their_role, action) {
+            (Role::Owner, _, _) => true,
+            (Role::Admin, Role::Member, "kick" | "ban" | "mute") => true,
+            _ => false,
+        };
+        if !allowed {
+            return Err(Refusal::new(
+                Code::Forbidden,
+                format!("you may not {action} {target} in {room}"),
+            ));
+        }
+        let (state, muted, role) = match (action, them.as_ref().map(|m| m.state)) {
+            ("kick", Some(MemberState::Joined | MemberState::Invited)) => {
+                (MemberState::Left, false, their_role)
+            }
+            ("ban", _) if remove => (MemberState::Left, false, their_role),
+            ("ban", _) => (MemberState::Banned, false, their_role),
+            ("mute", Some(MemberState::Joined)) => (MemberState::Joined, !remove, their_role),
+            ("role", Some(MemberState::Joined)) => {
+                let role = match opt_str(o, "role")? {
+                    Some("admin") => Role::Admin,
+                    Some("member") => Role::Member,
+                    _ => return Err(Refusal::bad("role must be admin or member")),
+                };
+                (
+                    MemberState::Joined,
+                    them.as_ref().is_some_and(|m| m.muted),
+                    role,
+                )
+            }
+            _ => {
+                return Err(Refusal::new(
+                    Code::NotMember,
+                    format!("{target} is not a member of {room}"),
+                ))
+            }
+        };
+        let label = match (action, remove) {
+            ("ban", true) => "unban",
+            ("mute", true) => "unmute",
+            (a, _) => a,
+        };
+        let change = MemberChange {
+            user: target.clone(),
+            role,
+            state,
+            muted,
+        };
+        let seq = self
+            .member_event(&room, actor, &target, label, change, out)
+            .await?;
+        if state != MemberState::Joined {
+            out.push(Out {
+                topic: self.inbox(&target),
+                payload: json!({"type": label, "room": room, "by": actor})
+                    .to_string()
+                    .into(),
+                corr: None,
+            });
+        }
+        Ok(json!({"seq": seq}))
+    }
 }

@@ -1,0 +1,137 @@
+//! Moderation: kick, ban, mute and roles, and that a removed user's
+//! subscription stops delivering at once.
+
+use anyhow::Result;
+use serde_json::json;
+use std::time::Duration;
+use tests::{group_room, seq_of, TestServer};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kick_ban_mute_and_roles() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-mod").await?;
+    let mut bob = srv.user_v4("bob", "bob-mod").await?;
+    let mut carol = srv.user_v4("carol", "carol-mod").await?;
+    group_room(&mut alice, "mod1", &mut [&mut bob, &mut carol]).await?;
+    alice.subscribe_ok("chat/rooms/mod1/events").await?;
+    bob.subscribe_ok("chat/rooms/mod1/events").await?;
+
+    // a plain member may not moderate
+    assert_eq!(
+        bob.rpc_err("rooms.kick", json!({"room": "mod1", "user": "carol"}))
+            .await?,
+        "forbidden"
+    );
+
+    // mute: bob's send is refused with `muted`, unmute restores it
+    alice
+        .rpc("rooms.mute", json!({"room": "mod1", "user": "bob"}))
+        .await?;
+    bob.send("mod1", "x1", "muted?").await?;
+    let err = bob
+        .recv_inbox("muted error", |v| v["msg_id"] == "x1")
+        .await?;
+    assert_eq!(err["code"], "muted", "{err}");
+    alice
+        .rpc(
+            "rooms.mute",
+            json!({"room": "mod1", "user": "bob", "remove": true}),
+        )
+        .await?;
+    bob.send("mod1", "x2", "back").await?;
+    bob.recv_msg("mod1", "bob", "x2").await?;
+
+    // kick: bob stops receiving at once and may not send
+    let kicked = alice
+        .rpc("rooms.kick", json!({"room": "mod1", "user": "bob"}))
+        .await?;
+    assert!(kicked["seq"].as_u64().is_some(), "{kicked}");
+    alice.send("mod1", "a1", "bob is gone").await?;
+    let e = alice.recv_msg("mod1", "alice", "a1").await?;
+    assert!(seq_of(&e) > 0);
+    bob.expect_none("events after the kick", Duration::from_millis(800), |m| {
+        m.topic == "chat/rooms/mod1/events"
+            && String::from_utf8_lossy(&m.payload).contains("\"a1\"")
+    })
+    .await?;
+    bob.send("mod1", "x3", "still here?").await?;
+    let err = bob
+        .recv_inbox("not_member after kick", |v| v["msg_id"] == "x3")
+        .await?;
+    assert_eq!(err["code"], "not_member", "{err}");
+    assert!(
+        !bob.subscribe("chat/rooms/mod1/events").await?,
+        "a kicked user may not subscribe again"
+    );
+
+    // ban: bob may not join even when invited
+    alice
+        .rpc("rooms.ban", json!({"room": "mod1", "user": "bob"}))
+        .await?;
+    assert_eq!(
+        bob.rpc_err("rooms.join", json!({"room": "mod1"})).await?,
+        "banned"
+    );
+    assert_eq!(
+        alice
+            .rpc_err("rooms.invite", json!({"room": "mod1", "user": "bob"}))
+            .await?,
+        "banned"
+    );
+    alice
+        .rpc(
+            "rooms.ban",
+            json!({"room": "mod1", "user": "bob", "remove": true}),
+        )
+        .await?;
+    alice
+        .rpc("rooms.invite", json!({"room": "mod1", "user": "bob"}))
+        .await?;
+    bob.rpc("rooms.join", json!({"room": "mod1"})).await?;
+
+    // roles: carol made admin may kick a member but not the owner
+    alice
+        .rpc(
+            "rooms.role",
+            json!({"room": "mod1", "user": "carol", "role": "admin"}),
+        )
+        .await?;
+    carol
+        .rpc("rooms.kick", json!({"room": "mod1", "user": "bob"}))
+        .await?;
+    assert_eq!(
+        carol
+            .rpc_err("rooms.kick", json!({"room": "mod1", "user": "alice"}))
+            .await?,
+        "forbidden"
+    );
+    assert_eq!(
+        carol
+            .rpc_err(
+                "rooms.role",
+                json!({"room": "mod1", "user": "bob", "role": "admin"})
+            )
+            .await?,
+        "forbidden"
+    );
+
+    // every change is an event in the room's stream
+    let h = alice
+        .rpc("history", json!({"room": "mod1", "limit": 1000}))
+        .await?;
+    let actions: Vec<String> = h["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["type"] == "member")
+        .filter_map(|e| e["action"].as_str().map(str::to_owned))
+        .collect();
+    for a in ["mute", "unmute", "kick", "ban", "unban", "role"] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "history has a {a} event: {actions:?}"
+        );
+    }
+    Ok(())
+}
