@@ -397,11 +397,10 @@ impl Chat {
         };
         let them = self.store.member(&room, &target).await?;
         let their_role = them.as_ref().map(|m| m.role).unwrap_or(Role::Member);
-        let allowed = match (my_role, their_role, action) {
-            (Role::Owner, _, _) => true,
-            (Role::Admin, Role::Member, "kick" | "ban" | "mute") => true,
-            _ => false,
-        };
+        let allowed = matches!(
+            (my_role, their_role, action),
+            (Role::Owner, _, _) | (Role::Admin, Role::Member, "kick" | "ban" | "mute")
+        );
         if !allowed {
             return Err(Refusal::new(
                 Code::Forbidden,
