@@ -4,7 +4,7 @@
 //! between makes the broker redeliver it; the store's idempotency key turns
 //! the redelivery into the same `seq`.
 
-use crate::chat::Chat;
+use crate::chat::{Chat, Incoming, Out};
 
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -144,8 +144,29 @@ async fn process(
             let client = client.clone();
             let chat = chat.clone();
             async move {
-                for p in ps {
-                    handle_one(&client, &chat, p).await;
+                let items = ps
+                    .iter()
+                    .map(|p| {
+                        let (response_topic, corr) = match &p.properties {
+                            Some(props) => {
+                                (props.response_topic.clone(), props.correlation_data.clone())
+                            }
+                            None => (None, None),
+                        };
+                        Incoming {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.clone(),
+                            response_topic,
+                            corr,
+                        }
+                    })
+                    .collect();
+                let outs = chat.handle_group(items).await;
+                for (p, outs) in ps.iter().zip(outs) {
+                    publish_all(&client, outs).await;
+                    if let Err(e) = client.ack(p).await {
+                        warn!(error = %e, "ack failed");
+                    }
                 }
             }
         });
@@ -153,13 +174,7 @@ async fn process(
     }
 }
 
-async fn handle_one(client: &AsyncClient, chat: &Chat, p: Publish) {
-    let topic = String::from_utf8_lossy(&p.topic);
-    let (rt, corr) = match &p.properties {
-        Some(props) => (props.response_topic.clone(), props.correlation_data.clone()),
-        None => (None, None),
-    };
-    let outs = chat.handle(&topic, &p.payload, rt, corr).await;
+async fn publish_all(client: &AsyncClient, outs: Vec<Out>) {
     for o in outs {
         let res = match o.corr {
             Some(c) => {
@@ -180,8 +195,5 @@ async fn handle_one(client: &AsyncClient, chat: &Chat, p: Publish) {
         if let Err(e) = res {
             warn!(error = %e, "publish to broker failed");
         }
-    }
-    if let Err(e) = client.ack(&p).await {
-        warn!(error = %e, "ack failed");
     }
 }

@@ -52,6 +52,7 @@ conformance_tests!(
     membership_transitions,
     markers_move_forward,
     flush_works,
+    append_many_keeps_order,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +66,7 @@ async fn run_all_on_fresh_stores() {
         async move { Arc::new(open(&path, FsyncPolicy::Never)) as Arc<dyn Store> }
     })
     .await;
-    assert_eq!(n.load(Ordering::Relaxed), 14, "run_all runs every check");
+    assert_eq!(n.load(Ordering::Relaxed), 15, "run_all runs every check");
 }
 
 fn new_event(room: &str, from: &str, msg_id: &str, member: Option<MemberChange>) -> NewEvent {

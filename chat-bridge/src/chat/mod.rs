@@ -34,6 +34,17 @@ pub struct Out {
     pub corr: Option<Bytes>,
 }
 
+/// One publish the bridge received.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+    /// MQTT 5 response topic, if any.
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data, if any.
+    pub corr: Option<Bytes>,
+}
+
 /// Where the reply to a request goes.
 struct ReplyTo {
     topic: Option<String>,
@@ -142,8 +153,17 @@ impl Chat {
         let levels: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match levels.as_slice() {
             ["rooms", room, "send", user] if crate::valid_id(room) && crate::valid_id(user) => {
-                self.on_send(room, user, payload, response_topic, corr)
+                let inc = Incoming {
+                    topic: topic.to_owned(),
+                    payload: Bytes::copy_from_slice(payload),
+                    response_topic,
+                    corr,
+                };
+                self.sends(vec![(room.to_string(), user.to_string(), inc)])
                     .await
+                    .into_iter()
+                    .flatten()
+                    .collect()
             }
             ["rpc", user, method] if crate::valid_id(user) => {
                 self.on_rpc(user, method, payload, response_topic, corr)
@@ -152,6 +172,45 @@ impl Chat {
             _ => {
                 tracing::debug!(%topic, "ignored publish on unexpected topic");
                 Vec::new()
+            }
+        }
+    }
+
+    /// Handles a group that shares an [`Chat::order_key`], in order; sends to
+    /// one room are appended together. One `Vec<Out>` per item, in order.
+    pub async fn handle_group(&self, items: Vec<Incoming>) -> Vec<Vec<Out>> {
+        let sends: Option<Vec<(String, String)>> = items
+            .iter()
+            .map(|i| {
+                let rest = i.topic.strip_prefix(&self.prefix)?.trim_start_matches('/');
+                match rest.split('/').collect::<Vec<_>>().as_slice() {
+                    ["rooms", room, "send", user]
+                        if crate::valid_id(room) && crate::valid_id(user) =>
+                    {
+                        Some((room.to_string(), user.to_string()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        match sends {
+            Some(ids) => {
+                let batch = ids
+                    .into_iter()
+                    .zip(items)
+                    .map(|((r, u), i)| (r, u, i))
+                    .collect();
+                self.sends(batch).await
+            }
+            None => {
+                let mut out = Vec::with_capacity(items.len());
+                for i in items {
+                    out.push(
+                        self.handle(&i.topic, &i.payload, i.response_topic, i.corr)
+                            .await,
+                    );
+                }
+                out
             }
         }
     }

@@ -1,21 +1,30 @@
 //! Sends: validation, membership, rate limit, append.
 
-use super::{now_ms, Chat, Out};
+use super::{now_ms, Chat, Out, ReplyTo};
 use crate::store::{MemberState, NewEvent, StoredEvent};
 use crate::wire::{self, opt_str, opt_u64, Code, Refusal};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
+/// What a send's answer needs once the store has spoken.
+pub(super) struct SendCtx {
+    room: String,
+    user: String,
+    to: ReplyTo,
+    msg_id: Option<String>,
+}
+
 impl Chat {
-    pub(super) async fn on_send(
+    /// First half of a send: parse, route the reply, validate.
+    pub(super) async fn prepare_send(
         &self,
         room: &str,
         user: &str,
         payload: &[u8],
         rt: Option<String>,
         corr: Option<Bytes>,
-    ) -> Vec<Out> {
+    ) -> (SendCtx, Result<NewEvent, Refusal>) {
         let parsed = Self::parse(payload);
         let obj = parsed.as_ref().ok();
         let to = self.reply_to(user, obj, rt, corr);
@@ -24,13 +33,34 @@ impl Chat {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let result = match parsed {
-            Ok(o) => self.send(room, user, o).await,
+            Ok(o) => self.prepare(room, user, o).await,
             Err(e) => Err(e),
         };
+        let ctx = SendCtx {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            to,
+            msg_id,
+        };
+        (ctx, result)
+    }
+
+    /// Second half: the event to publish and the reply, or the refusal.
+    pub(super) fn finish_send(
+        &self,
+        ctx: SendCtx,
+        result: Result<StoredEvent, Refusal>,
+    ) -> Vec<Out> {
+        let SendCtx {
+            room,
+            user,
+            to,
+            msg_id,
+        } = ctx;
         match result {
             Ok(ev) => {
                 let mut out = vec![Out {
-                    topic: self.events_topic(room),
+                    topic: self.events_topic(&room),
                     payload: ev.json.clone(),
                     corr: None,
                 }];
@@ -49,7 +79,7 @@ impl Chat {
                 } else {
                     let body = json!({"type": "error", "room": room, "msg_id": msg_id, "code": r.code.as_str(), "message": r.message});
                     vec![Out {
-                        topic: self.inbox(user),
+                        topic: self.inbox(&user),
                         payload: body.to_string().into(),
                         corr: None,
                     }]
@@ -58,12 +88,59 @@ impl Chat {
         }
     }
 
-    pub(super) async fn send(
+    /// Sends to one room, in arrival order: every one is validated, then the
+    /// valid ones are appended together (one group commit), then each is answered.
+    pub(super) async fn sends(
+        &self,
+        items: Vec<(String, String, super::Incoming)>,
+    ) -> Vec<Vec<Out>> {
+        let mut prepared = Vec::with_capacity(items.len());
+        for (room, user, inc) in items {
+            prepared.push(
+                self.prepare_send(&room, &user, &inc.payload, inc.response_topic, inc.corr)
+                    .await,
+            );
+        }
+        let events: Vec<NewEvent> = prepared
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok().cloned())
+            .collect();
+        let mut appended = match self.store.append_many(events).await {
+            Ok(v) => v.into_iter(),
+            Err(e) => {
+                let r = Refusal::from(e);
+                return prepared
+                    .into_iter()
+                    .map(|(ctx, res)| self.finish_send(ctx, res.and(Err(r.clone()))))
+                    .collect();
+            }
+        };
+        prepared
+            .into_iter()
+            .map(|(ctx, res)| {
+                let res = match res {
+                    Ok(_) => match appended.next() {
+                        Some(Ok(a)) => Ok(a.event),
+                        Some(Err(e)) => Err(Refusal::from(e)),
+                        None => Err(Refusal::new(
+                            Code::Unavailable,
+                            "storage unavailable, retry later",
+                        )),
+                    },
+                    Err(r) => Err(r),
+                };
+                self.finish_send(ctx, res)
+            })
+            .collect()
+    }
+
+    /// Validates a send and checks membership, mute/ban and rate; the event to append.
+    async fn prepare(
         &self,
         room: &str,
         user: &str,
         o: Map<String, Value>,
-    ) -> Result<StoredEvent, Refusal> {
+    ) -> Result<NewEvent, Refusal> {
         let msg_id = match opt_str(&o, "msg_id")? {
             Some(m) if wire::valid_msg_id(m) => m.to_owned(),
             Some(_) => return Err(Refusal::bad("msg_id must be 1-64 printable ASCII chars")),
@@ -173,18 +250,14 @@ impl Chat {
                 "too many messages, slow down",
             ));
         }
-        let a = self
-            .store
-            .append(NewEvent {
-                room: room.into(),
-                from: user.into(),
-                msg_id,
-                ts: now_ms(),
-                body,
-                member: None,
-            })
-            .await?;
-        Ok(a.event)
+        Ok(NewEvent {
+            room: room.into(),
+            from: user.into(),
+            msg_id,
+            ts: now_ms(),
+            body,
+            member: None,
+        })
     }
 
     pub(super) fn take_token(&self, user: &str, room: &str) -> bool {

@@ -35,6 +35,7 @@ where
     membership_transitions(make().await).await;
     markers_move_forward(make().await).await;
     flush_works(make().await).await;
+    append_many_keeps_order(make().await).await;
 }
 
 /// An id unique to this process run and call: `tag-<time>-<counter>`.
@@ -157,6 +158,33 @@ pub async fn seq_starts_at_one_and_is_gap_free(store: Arc<dyn Store>) {
             "head follows the last append"
         );
     }
+}
+
+/// `append_many` allocates in order, detects a duplicate inside the batch
+/// and one already stored, and continues from the head.
+pub async fn append_many_keeps_order(store: Arc<dyn Store>) {
+    let room = uid("many");
+    append(&store, event(&room, "alice", "m0")).await;
+    let batch = vec![
+        event(&room, "alice", "m1"),
+        event(&room, "bob", "m1"),
+        event(&room, "alice", "m0"),
+        event(&room, "alice", "m1"),
+        event(&room, "alice", "m2"),
+    ];
+    let got: Vec<(u64, bool)> = store
+        .append_many(batch)
+        .await
+        .expect("append_many")
+        .into_iter()
+        .map(|r| r.map(|a| (a.event.seq, a.duplicate)).expect("each append"))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(2, false), (3, false), (1, true), (2, true), (4, false)],
+        "seqs in call order; duplicates answered with the original seq"
+    );
+    assert_eq!(head(&store, &room).await, 4);
 }
 
 /// 8 concurrent tasks x 200 appends to one room produce exactly 1..=1600,

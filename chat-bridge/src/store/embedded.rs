@@ -272,6 +272,27 @@ impl Store for EmbeddedStore {
         self.call(|reply| Cmd::Append(Box::new(event), reply)).await
     }
 
+    /// Queues every append before waiting, so they share one group commit.
+    async fn append_many(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let stopped = || StoreError::Unavailable("embedded store writer stopped".into());
+        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        let mut waiting = Vec::with_capacity(events.len());
+        for e in events {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Cmd::Append(Box::new(e), reply))
+                .map_err(|_| stopped())?;
+            waiting.push(rx);
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(rx.await.unwrap_or_else(|_| Err(stopped())));
+        }
+        Ok(out)
+    }
+
     async fn head(&self, room: &str) -> Result<u64, StoreError> {
         head_in(&self.t.db.snapshot(), &self.t.events, room)
     }

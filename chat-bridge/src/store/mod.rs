@@ -192,6 +192,20 @@ pub trait Store: Send + Sync + 'static {
     /// The room need not exist in the rooms table (the bridge checks that).
     async fn append(&self, event: NewEvent) -> Result<Appended, StoreError>;
 
+    /// Appends several events, in order, as one group where the store can:
+    /// the same contract as [`Store::append`] for each. An `Err` of the
+    /// whole call means none of the results is known.
+    async fn append_many(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.push(self.append(e).await);
+        }
+        Ok(out)
+    }
+
     /// The room's latest seq, 0 if it has no events.
     async fn head(&self, room: &str) -> Result<u64, StoreError>;
 
