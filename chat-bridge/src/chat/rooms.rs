@@ -208,20 +208,28 @@ impl Chat {
                 ))
             }
         }
+        self.own_change(&room, user, "join", role, MemberState::Joined, out)
+            .await
+    }
+
+    /// A user's own join or leave, as an event; the reply's result.
+    async fn own_change(
+        &self,
+        room: &str,
+        user: &str,
+        action: &str,
+        role: Role,
+        state: MemberState,
+        out: &mut Vec<Out>,
+    ) -> Result<Value, Refusal> {
+        let change = MemberChange {
+            user: user.into(),
+            role,
+            state,
+            muted: false,
+        };
         let seq = self
-            .member_event(
-                &room,
-                user,
-                user,
-                "join",
-                MemberChange {
-                    user: user.into(),
-                    role,
-                    state: MemberState::Joined,
-                    muted: false,
-                },
-                out,
-            )
+            .member_event(room, user, user, action, change, out)
             .await?;
         Ok(json!({"seq": seq}))
     }
@@ -244,22 +252,8 @@ impl Chat {
             }
         }
         let role = m.map(|m| m.role).unwrap_or(Role::Member);
-        let seq = self
-            .member_event(
-                &room,
-                user,
-                user,
-                "leave",
-                MemberChange {
-                    user: user.into(),
-                    role,
-                    state: MemberState::Left,
-                    muted: false,
-                },
-                out,
-            )
-            .await?;
-        Ok(json!({"seq": seq}))
+        self.own_change(&room, user, "leave", role, MemberState::Left, out)
+            .await
     }
 
     pub(super) async fn invite(
