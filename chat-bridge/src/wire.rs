@@ -128,6 +128,14 @@ pub fn room_field(o: &Map<String, Value>) -> Result<String, Refusal> {
     }
 }
 
+/// Reads the required target `user` of a room request.
+pub fn user_field(o: &Map<String, Value>) -> Result<String, Refusal> {
+    match opt_str(o, "user")? {
+        Some(u) if crate::valid_id(u) => Ok(u.to_owned()),
+        _ => Err(Refusal::bad("user is required (a user id)")),
+    }
+}
+
 /// A msg_id: 1-64 printable ASCII chars.
 pub fn valid_msg_id(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.bytes().all(|b| (0x20..0x7f).contains(&b))

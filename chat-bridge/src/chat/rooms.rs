@@ -2,7 +2,7 @@
 
 use super::{direct_room_id, now_ms, Chat, Out};
 use crate::store::{MemberChange, MemberState, NewEvent, Range, Role, RoomInfo, RoomKind};
-use crate::wire::{opt_str, opt_u64, room_field, Code, Refusal};
+use crate::wire::{opt_str, opt_u64, room_field, user_field, Code, Refusal};
 use serde_json::{json, Map, Value};
 
 impl Chat {
@@ -263,10 +263,7 @@ impl Chat {
         out: &mut Vec<Out>,
     ) -> Result<Value, Refusal> {
         let room = room_field(o)?;
-        let target = match opt_str(o, "user")? {
-            Some(u) if crate::valid_id(u) => u.to_owned(),
-            _ => return Err(Refusal::bad("user is required")),
-        };
+        let target = user_field(o)?;
         let (info, m) = self.readable_room(user, &room).await?;
         if m.as_ref().map(|m| m.state) != Some(MemberState::Joined) {
             return Err(Refusal::new(
@@ -371,10 +368,7 @@ impl Chat {
         out: &mut Vec<Out>,
     ) -> Result<Value, Refusal> {
         let room = room_field(o)?;
-        let target = match opt_str(o, "user")? {
-            Some(u) if crate::valid_id(u) => u.to_owned(),
-            _ => return Err(Refusal::bad("user is required")),
-        };
+        let target = user_field(o)?;
         if target == actor {
             return Err(Refusal::bad("you cannot moderate yourself"));
         }
