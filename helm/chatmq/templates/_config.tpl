@@ -1,0 +1,175 @@
+{{/* chatmq.toml (ConfigMap) and secret.toml (Secret), rendered from the values. */}}
+
+{{/* TOML scalars. Strings go through toJson: a JSON string is a valid TOML
+basic string. Numbers arrive as float64 from the values. */}}
+{{- define "chatmq.tomlFloat" -}}
+{{- $s := printf "%v" (float64 .) }}
+{{- if regexMatch "^-?[0-9]+$" $s }}{{ $s }}.0{{ else }}{{ $s }}{{ end }}
+{{- end }}
+
+{{/* A table of integers (limits, router), keys as given. */}}
+{{- define "chatmq.tomlInts" -}}
+{{- range $k, $v := . }}
+{{ $k }} = {{ $v | int64 }}
+{{- end }}
+{{- end }}
+
+{{/* chatmq.toml: everything but secrets. */}}
+{{- define "chatmq.config" -}}
+{{- $v := .Values -}}
+# Rendered by the chatmq Helm chart from its values; secrets are in
+# /etc/chatmq/secret/secret.toml, read after this file.
+[broker]
+prefix = {{ $v.prefix | toJson }}
+tcp = "0.0.0.0:1883"
+{{- if $v.websocket.enabled }}
+ws = "0.0.0.0:8083"
+{{- else }}
+# WebSocket disabled: the built-in default listener stays on loopback only.
+ws = "127.0.0.1:8083"
+{{- end }}
+{{- if $v.tls.enabled }}
+tls_listen = "0.0.0.0:8883"
+{{- if include "chatmq.wss" . }}
+wss = "0.0.0.0:8084"
+{{- end }}
+{{- end }}
+open_topics = {{ $v.openTopics }}
+{{- if $v.tls.enabled }}
+
+[broker.tls]
+cert = "/etc/chatmq/tls/tls.crt"
+key = "/etc/chatmq/tls/tls.key"
+{{- end }}
+{{- if $v.auth.disableDemoUsers }}
+
+# The built-in demo users, blanked (a blank password never logs in);
+# secret.toml, read later, may set them again.
+[broker.auth.users]
+alice = ""
+bob = ""
+{{- end }}
+{{- with $v.limits }}
+
+[broker.limits]
+{{- include "chatmq.tomlInts" . }}
+{{- end }}
+{{- with $v.router }}
+
+[broker.router]
+{{- include "chatmq.tomlInts" . }}
+{{- end }}
+
+[bridge]
+{{- if include "chatmq.split" . }}
+broker = {{ printf "%s:%d" (include "chatmq.mqttService" .) ($v.service.ports.mqtt | int) | toJson }}
+{{- end }}
+client_id = {{ $v.bridge.clientId | toJson }}
+username = {{ $v.bridge.username | toJson }}
+batch = {{ $v.bridge.batch | int64 }}
+sends_per_sec = {{ include "chatmq.tomlFloat" $v.bridge.sendsPerSec }}
+sends_burst = {{ include "chatmq.tomlFloat" $v.bridge.sendsBurst }}
+
+[server]
+http = "0.0.0.0:9090"
+grace_period_ms = {{ mul $v.gracePeriodSeconds 1000 }}
+
+[store]
+backend = {{ $v.store.backend | toJson }}
+{{- if eq $v.store.fsync "interval" }}
+fsync = { intervalms = {{ $v.store.fsyncIntervalMs | int64 }} }
+{{- else }}
+fsync = {{ $v.store.fsync | toJson }}
+{{- end }}
+{{- if include "chatmq.scylla" . }}
+{{- $s := $v.store.scylla }}
+
+[store.scylla]
+nodes = {{ $s.nodes | toJson }}
+keyspace = {{ $s.keyspace | toJson }}
+local_dc = {{ $s.localDc | toJson }}
+tls_ca = {{ ternary (printf "/etc/chatmq/scylla-ca/%s" $s.tls.caKey) "" $s.tls.enabled | toJson }}
+replication = {{ $s.replication | toJson }}
+request_timeout_ms = {{ $s.requestTimeoutMs | int64 }}
+{{- end }}
+{{ end }}
+
+{{/* secret.toml: logins, JWT keys, the bridge's password, ScyllaDB credentials. */}}
+{{- define "chatmq.secretToml" -}}
+{{- $v := .Values -}}
+# Rendered by the chatmq Helm chart; read after chatmq.toml.
+{{- with $v.auth.users }}
+
+[broker.auth.users]
+{{- range $user, $password := . }}
+{{ $user | toJson }} = {{ $password | toJson }}
+{{- end }}
+{{- end }}
+{{- $jwt := $v.auth.jwt }}
+{{- if or $jwt.hs256Secret $jwt.rs256PublicKey }}
+
+[broker.auth.jwt]
+{{- with $jwt.hs256Secret }}
+hs256_secret = {{ . | toJson }}
+{{- end }}
+{{- if $jwt.rs256PublicKey }}
+rs256_public_key = "/etc/chatmq/secret/jwt.pub.pem"
+{{- end }}
+{{- with $jwt.issuer }}
+issuer = {{ . | toJson }}
+{{- end }}
+{{- with $jwt.audience }}
+audience = {{ . | toJson }}
+{{- end }}
+leeway_secs = {{ $jwt.leewaySecs | int64 }}
+{{- end }}
+{{- range $name, $account := $v.auth.services }}
+
+[broker.auth.services.{{ $name | toJson }}]
+password = {{ $account.password | toJson }}
+allow = {{ $account.allow | toJson }}
+{{- end }}
+{{- if include "chatmq.split" . }}
+
+# The bridge's service account on the broker and the bridge's own login:
+# one value, so the two always agree.
+[broker.auth.services.{{ $v.bridge.username | toJson }}]
+password = {{ $v.bridge.password | toJson }}
+allow = [{{ printf "%s/#" $v.prefix | toJson }}]
+
+[bridge]
+password = {{ $v.bridge.password | toJson }}
+{{- end }}
+{{- if and (include "chatmq.scylla" .) (or $v.store.scylla.username $v.store.scylla.password) }}
+
+[store.scylla]
+username = {{ $v.store.scylla.username | toJson }}
+password = {{ $v.store.scylla.password | toJson }}
+{{- end }}
+{{ end }}
+
+{{/* data of the chart's Secret (also the migration hook's copy). */}}
+{{- define "chatmq.secretData" -}}
+secret.toml: {{ include "chatmq.secretToml" . | b64enc }}
+{{- with .Values.auth.jwt.rs256PublicKey }}
+jwt.pub.pem: {{ . | b64enc }}
+{{- end }}
+{{- end }}
+
+{{/* data of the chart's ConfigMap (also the migration hook's copy). */}}
+{{- define "chatmq.configData" -}}
+chatmq.toml: |
+{{- include "chatmq.config" . | nindent 2 }}
+{{- with .Values.extraConfig }}
+extra.toml: |
+{{- . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* checksums that restart the pods when their configuration changes */}}
+{{- define "chatmq.checksums" -}}
+checksum/config: {{ include "chatmq.configData" . | sha256sum }}
+{{- if not .Values.auth.existingSecret }}
+checksum/secret: {{ include "chatmq.secretData" . | sha256sum }}
+{{- end }}
+{{- end }}
