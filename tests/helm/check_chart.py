@@ -531,7 +531,8 @@ def main():
         except (KeyError, TypeError, IndexError, AttributeError, StopIteration) as e:
             f.expect(False, f"unexpected manifest shape: {type(e).__name__}: {e}")
         kinds = sorted({d["kind"] for _, d in r.docs})
-        print(f"{'ok  ' if not f.messages else 'FAIL'} {variant}: lint clean, {n} manifests valid ({', '.join(kinds)})")
+        status = "ok   {}: lint, schemas and checks pass" if not f.messages else "FAIL {}: see below"
+        print(status.format(variant) + f"; {n} manifests ({', '.join(kinds)})")
         failures += f.messages
     for values, fragment in REFUSED:
         try:
