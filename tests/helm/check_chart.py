@@ -10,15 +10,21 @@ For the default values and every helm/chatmq/ci/*.yaml variant:
   3. assert what the templates must produce (workloads per mode, probes,
      security context, chatmq.toml and secret.toml content, how the pieces
      refer to each other).
+  4. with --chatmq PATH: the binary accepts the rendered config files
+     (`chatmq migrate` loads and checks the whole configuration).
 Then values that must be refused (typos, bad enums, missing required
 values) are rendered and must fail.
 
 Exit status: 0 passed, 1 failed, 77 Python packages missing (a SKIPPED line).
-Run: python3 tests/helm/check_chart.py
+Run: python3 tests/helm/check_chart.py [--chatmq target/debug/chatmq]
 """
 
+import argparse
 import base64
+import os
+import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -177,8 +183,9 @@ def deep_merge(base, override):
     return out
 
 
-def config_files(r, workload, f):
-    """The TOML files a workload's args name, parsed, in order (ConfigMap, then Secret)."""
+def config_texts(r, workload, f):
+    """The files a workload's --config args name, as (path, text), in order
+    (ConfigMap, then Secret); a Secret the operator provides is left out."""
     spec = pod_spec(workload)
     args = container(workload)["args"]
     paths = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
@@ -187,7 +194,7 @@ def config_files(r, workload, f):
     f.expect("--data-dir" in args and args[args.index("--data-dir") + 1] == "/var/lib/chatmq", f"--data-dir: {args}")
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = container(workload)["volumeMounts"]
-    parsed = []
+    texts = []
     for path in paths:
         mount = next((m for m in mounts if path == m["mountPath"] or path.startswith(m["mountPath"] + "/")), None)
         if not f.expect(mount is not None, f"{path} is mounted"):
@@ -204,20 +211,48 @@ def config_files(r, workload, f):
             if secret is None:  # an existing Secret the operator provides
                 continue
             text = base64.b64decode(secret["data"].get(key, "")).decode()
-        if not f.expect(text is not None, f"{path}: key {key} exists"):
-            continue
-        try:
-            parsed.append(tomllib.loads(text))
-        except tomllib.TOMLDecodeError as e:
-            f.expect(False, f"{path} is not valid TOML: {e}\n{text}")
-    return parsed
+        if f.expect(text is not None, f"{path}: key {key} exists"):
+            texts.append((path, text))
+    return texts
 
 
 def merged_config(r, workload, f):
+    """What chatmq reads: the files in order, later tables merged over earlier ones."""
     config = {}
-    for part in config_files(r, workload, f):
-        config = deep_merge(config, part)
+    for path, text in config_texts(r, workload, f):
+        try:
+            config = deep_merge(config, tomllib.loads(text))
+        except tomllib.TOMLDecodeError as e:
+            f.expect(False, f"{path} is not valid TOML: {e}\n{text}")
     return config
+
+
+def check_binary(r, f, chatmq):
+    """The real binary accepts the rendered files: `chatmq migrate` loads the
+    whole configuration (an unknown key is an error) and, on the embedded
+    store, has nothing to migrate. A ScyllaDB variant is checked with the
+    backend switched to embedded by environment, so no database is needed.
+    Returns a word for the summary line."""
+    if chatmq is None:
+        return "not run (no --chatmq)"
+    workload = r.kind("Deployment")[0]
+    cfg = merged_config(r, workload, f)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT__")}
+    if cfg.get("store", {}).get("backend") == "scylla":
+        defaults = subprocess.run([chatmq, "generate-config"], capture_output=True, text=True, timeout=60).stdout
+        if "[store.scylla]" not in defaults:
+            return "not run (this chatmq has no [store.scylla] yet)"
+        env["CHAT__STORE__BACKEND"] = "embedded"
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [chatmq, "migrate"]
+        for i, (path, text) in enumerate(config_texts(r, workload, f)):
+            file = Path(tmp) / f"{i}-{Path(path).name}"
+            file.write_text(text)
+            args += ["--config", str(file)]
+        args += ["--data-dir", str(Path(tmp) / "data")]
+        run = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    f.expect(run.returncode == 0, f"chatmq refuses the rendered config ({run.returncode}): {run.stderr.strip()} {run.stdout.strip()}")
+    return "accepted"
 
 
 def check_common(r, values, f):
@@ -349,11 +384,15 @@ def check_all_in_one(r, values, f):
              f"users: {b['auth']['users']}")
     f.expect(b["auth"]["jwt"] == {"hs256_secret": "jwt-hs256-test-secret", "issuer": "https://auth.example.com",
                                   "audience": "chat", "leeway_secs": 30}, f"jwt: {b['auth']['jwt']}")
-    f.expect("services" not in b["auth"], "all-in-one: no bridge service account (the process makes its own)")
+    f.expect(b["auth"]["services"] == {"pusher": {"password": "pusher-test-pw", "allow": ["talk/hooks/#"]}},
+             f"all-in-one: only the configured service account (the process makes the bridge's): {b['auth']['services']}")
+    f.expect(b.get("tls_listen") == "0.0.0.0:8883" and "wss" not in b, "MQTT/TLS without WSS")
+    f.expect(b["tls"]["cert"].startswith(mount_of(d, "tls") + "/"), "the certificate lies in the mounted TLS Secret")
     f.expect(cfg["bridge"]["batch"] == 256 and cfg["bridge"]["sends_per_sec"] == 2.5
              and isinstance(cfg["bridge"]["sends_burst"], float), f"[bridge]: {cfg['bridge']}")
     f.expect(cfg["store"]["fsync"] == {"intervalms": 10}, f"fsync: {cfg['store']}")
     svc = r.get("Service", FULLNAME)
+    f.expect({p["port"] for p in svc["spec"]["ports"]} == {1883, 8083, 8883}, "Service ports 1883, 8083, 8883")
     f.expect(svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["externalTrafficPolicy"] == "Local", "LoadBalancer Service")
     f.expect(len(r.kind("ServiceMonitor")) == 1, "a ServiceMonitor")
     f.expect(r.kind("ServiceMonitor")[0]["metadata"]["labels"].get("release") == "prometheus", "ServiceMonitor labels")
@@ -505,6 +544,9 @@ def lint(values, f):
 
 
 def main():
+    parser = argparse.ArgumentParser(description="Lint, render and validate the chatmq Helm chart.")
+    parser.add_argument("--chatmq", help="a chatmq binary: check that it accepts each variant's rendered config")
+    chatmq = parser.parse_args().chatmq
     chart = helm.Chart.load(str(CHART))
     ci_files = {p.name for p in (CHART / "ci").glob("*.yaml")}
     named = {file for file, _ in VARIANTS.values() if file}
@@ -525,14 +567,16 @@ def main():
             continue
         n = validate_manifests(r, f)
         total += n
+        binary = "not run"
         try:
             check_common(r, values, f)
             check(r, values, f)
+            binary = check_binary(r, f, chatmq)
         except (KeyError, TypeError, IndexError, AttributeError, StopIteration) as e:
             f.expect(False, f"unexpected manifest shape: {type(e).__name__}: {e}")
         kinds = sorted({d["kind"] for _, d in r.docs})
         status = "ok   {}: lint, schemas and checks pass" if not f.messages else "FAIL {}: see below"
-        print(status.format(variant) + f"; {n} manifests ({', '.join(kinds)})")
+        print(status.format(variant) + f"; {n} manifests ({', '.join(kinds)}); config by chatmq: {binary}")
         failures += f.messages
     for values, fragment in REFUSED:
         try:
