@@ -1,0 +1,255 @@
+"""What the chart must render: checks common to every variant, one function
+per helm/chatmq/ci/*.yaml variant, and values the chart must refuse."""
+
+import re
+
+from manifests import (DNS_SUBDOMAIN, FULLNAME, LABEL_KEY, LABEL_VALUE, container, is_hook,
+                       merged_config, mount_of, pod_spec, volume_of)
+
+
+def check_common(r, values, f):
+    """What holds for every variant."""
+    for path, doc in r.docs:
+        meta = doc["metadata"]
+        f.expect(re.match(DNS_SUBDOMAIN, meta["name"]) and len(meta["name"]) <= 253,
+                 f"{path}: name {meta['name']!r} is a DNS subdomain")
+        for k, v in meta.get("labels", {}).items():
+            f.expect(isinstance(v, str) and re.match(LABEL_VALUE, v) and re.match(LABEL_KEY, k),
+                     f"{path}: label {k}={v!r} is valid")
+    deployments = r.kind("Deployment")
+    for d in deployments:
+        name = d["metadata"]["name"]
+        spec, c = pod_spec(d), container(d)
+        f.expect(d["spec"]["replicas"] == 1, f"{name}: replicas 1 (rumqttd does not cluster)")
+        f.expect(d["spec"]["strategy"]["type"] == "Recreate", f"{name}: strategy Recreate")
+        f.expect(d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items(),
+                 f"{name}: selector matches its pod labels")
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        f.expect(ports.get("metrics") == 9090, f"{name}: metrics port 9090")
+        f.expect(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"},
+                 f"{name}: liveness probe on /healthz: {c['livenessProbe']}")
+        f.expect(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"},
+                 f"{name}: readiness probe on /readyz: {c['readinessProbe']}")
+        f.expect(spec["securityContext"].get("runAsUser") == 65532 and spec["securityContext"].get("runAsNonRoot"),
+                 f"{name}: runs as 65532, non-root")
+        f.expect(c["securityContext"].get("readOnlyRootFilesystem") is True, f"{name}: read-only root filesystem")
+        f.expect(c["securityContext"].get("allowPrivilegeEscalation") is False, f"{name}: no privilege escalation")
+        f.expect(c["image"].startswith(values.get("image", {}).get("repository", "chatmq") + ":"), f"{name}: image {c['image']}")
+        f.expect(spec.get("terminationGracePeriodSeconds", 30) > values.get("gracePeriodSeconds", 20),
+                 f"{name}: the pod's grace period outlasts chatmq's drain")
+        cfg = merged_config(r, d, f)
+        f.expect(cfg.get("server", {}).get("http") == "0.0.0.0:9090", f"{name}: [server] http on 9090")
+        f.expect(cfg.get("server", {}).get("grace_period_ms") == 1000 * values.get("gracePeriodSeconds", 20),
+                 f"{name}: grace_period_ms")
+        if "mqtt" in ports:
+            f.expect(cfg["broker"]["tcp"] == "0.0.0.0:1883" and ports["mqtt"] == 1883, f"{name}: MQTT on 1883")
+            f.expect(values.get("auth", {}).get("existingSecret") or cfg["broker"]["auth"]["users"].get("alice") == "",
+                     f"{name}: the demo user alice is blanked")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        f.expect(env.get("CHAT_LOG") == values.get("logLevel", "info,rumqttd=warn"), f"{name}: CHAT_LOG")
+
+    # Services select pods that have the ports they target.
+    templates = [d["spec"]["template"] for d in deployments]
+    for svc in r.kind("Service"):
+        name = svc["metadata"]["name"]
+        selected = [t for t in templates if svc["spec"]["selector"].items() <= t["metadata"]["labels"].items()]
+        f.expect(selected, f"Service {name} selects a pod")
+        for t in selected:
+            names = {p["name"] for p in t["spec"]["containers"][0].get("ports", [])}
+            for p in svc["spec"]["ports"]:
+                f.expect(p["targetPort"] in names, f"Service {name}: targetPort {p['targetPort']} exists in the pod")
+    mqtt = r.get("Service", FULLNAME)
+    f.expect(mqtt is not None and any(p["port"] == 1883 for p in mqtt["spec"]["ports"]), "the MQTT Service has port 1883")
+    metrics = r.get("Service", f"{FULLNAME}-metrics")
+    if f.expect(metrics is not None, "a metrics Service"):
+        selected = [t for t in templates if metrics["spec"]["selector"].items() <= t["metadata"]["labels"].items()]
+        f.expect(len(selected) == len(deployments), "the metrics Service selects every Deployment's pods")
+        f.expect([p["name"] for p in metrics["spec"]["ports"]] == ["metrics"], "the metrics Service's port is named metrics")
+    for sm in r.kind("ServiceMonitor"):
+        labels = sm["spec"]["selector"]["matchLabels"]
+        f.expect(metrics and labels.items() <= metrics["metadata"]["labels"].items(), "the ServiceMonitor selects the metrics Service")
+        f.expect(mqtt and not labels.items() <= mqtt["metadata"]["labels"].items(), "the ServiceMonitor does not select the MQTT Service")
+        f.expect(sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["spec"]["endpoints"][0]["path"] == "/metrics",
+                 "the ServiceMonitor scrapes port metrics, /metrics")
+
+    for pdb in r.kind("PodDisruptionBudget"):
+        matching = [d for d in deployments
+                    if pdb["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        f.expect(len(matching) == 1, f"PDB {pdb['metadata']['name']} covers exactly one Deployment")
+
+    # No secret value leaks into a ConfigMap.
+    secrets = secret_values(values)
+    for cm in r.kind("ConfigMap"):
+        text = "\n".join(cm["data"].values())
+        for s in secrets:
+            f.expect(s not in text, f"ConfigMap {cm['metadata']['name']} holds the secret value {s!r}")
+    f.expect("mosquitto_pub" in r.notes, "NOTES.txt shows a mosquitto_pub example")
+    if values.get("websocket", {}).get("enabled", True):
+        f.expect("/mqtt" in r.notes and "ws://" in r.notes, "NOTES.txt shows the WebSocket URL")
+
+
+def secret_values(values):
+    auth = values.get("auth", {})
+    out = list(auth.get("users", {}).values())
+    out += [a["password"] for a in auth.get("services", {}).values()]
+    out += [auth.get("jwt", {}).get("hs256Secret", ""), values.get("bridge", {}).get("password", "")]
+    out.append(values.get("store", {}).get("scylla", {}).get("password", ""))
+    pem = auth.get("jwt", {}).get("rs256PublicKey", "")
+    out += [line for line in pem.splitlines() if "-----" not in line]
+    return [s for s in out if s]
+
+
+def check_default(r, values, f):
+    f.expect([container(d)["args"][0] for d in r.kind("Deployment")] == ["all"], "one `chatmq all` Deployment")
+    f.expect(len(r.kind("PersistentVolumeClaim")) == 1, "a PVC for the embedded store")
+    f.expect(not r.kind("Job"), "no migration Job with the embedded store")
+    f.expect(not r.kind("ServiceMonitor"), "no ServiceMonitor unless enabled")
+    cfg = merged_config(r, r.deployment("all"), f)
+    f.expect(cfg["store"] == {"backend": "embedded", "fsync": "always"}, f"[store]: {cfg['store']}")
+    f.expect(cfg["broker"]["auth"]["users"] == {"alice": "", "bob": ""}, "only the blanked demo users")
+    f.expect({p["name"] for p in r.get("Service", FULLNAME)["spec"]["ports"]} == {"mqtt", "ws"}, "Service ports mqtt, ws")
+    f.expect("WARNING: no users" in r.notes, "NOTES.txt warns that nobody can log in")
+
+
+def check_all_in_one(r, values, f):
+    f.expect([container(d)["args"][0] for d in r.kind("Deployment")] == ["all"], "one `chatmq all` Deployment")
+    f.expect(not r.kind("Job"), "no migration Job with the embedded store")
+    pvcs = r.kind("PersistentVolumeClaim")
+    if f.expect(len(pvcs) == 1, "a PVC for the embedded store"):
+        pvc = pvcs[0]
+        f.expect(pvc["spec"]["storageClassName"] == "fast-ssd", "PVC storage class")
+        f.expect(pvc["spec"]["resources"]["requests"]["storage"] == "50Gi", "PVC size")
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod_spec(r.deployment("all"))["volumes"]
+                  if "persistentVolumeClaim" in v]
+        f.expect(claims == [pvc["metadata"]["name"]], "the Deployment mounts the PVC")
+    d = r.deployment("all")
+    args = container(d)["args"]
+    f.expect(args.count("--config") == 3 and "/etc/chatmq/extra.toml" in args, f"extraConfig is a third --config: {args}")
+    cfg = merged_config(r, d, f)
+    b = cfg["broker"]
+    f.expect(b["prefix"] == "talk", "prefix")
+    f.expect(b["limits"]["max_connections"] == 5000 and b["limits"]["connections_per_user"] == 4, "[broker.limits]")
+    f.expect(b["limits"]["publishes_per_sec"] == 100, "extraConfig applied")
+    f.expect(b["router"]["bridge_segments"] == 32, "[broker.router]")
+    f.expect(b["auth"]["users"] == {"alice": "", "bob": "", "carol": "carol-secret-pw", "dave": 'dave "quoted" pw'},
+             f"users: {b['auth']['users']}")
+    f.expect(b["auth"]["jwt"] == {"hs256_secret": "jwt-hs256-test-secret", "issuer": "https://auth.example.com",
+                                  "audience": "chat", "leeway_secs": 30}, f"jwt: {b['auth']['jwt']}")
+    f.expect(b["auth"]["services"] == {"pusher": {"password": "pusher-test-pw", "allow": ["talk/hooks/#"]}},
+             f"all-in-one: only the configured service account (the process makes the bridge's): {b['auth']['services']}")
+    f.expect(b.get("tls_listen") == "0.0.0.0:8883" and "wss" not in b, "MQTT/TLS without WSS")
+    f.expect(b["tls"]["cert"].startswith(mount_of(d, "tls") + "/"), "the certificate lies in the mounted TLS Secret")
+    f.expect(cfg["bridge"]["batch"] == 256 and cfg["bridge"]["sends_per_sec"] == 2.5
+             and isinstance(cfg["bridge"]["sends_burst"], float), f"[bridge]: {cfg['bridge']}")
+    f.expect(cfg["store"]["fsync"] == {"intervalms": 10}, f"fsync: {cfg['store']}")
+    svc = r.get("Service", FULLNAME)
+    f.expect({p["port"] for p in svc["spec"]["ports"]} == {1883, 8083, 8883}, "Service ports 1883, 8083, 8883")
+    f.expect(svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["externalTrafficPolicy"] == "Local", "LoadBalancer Service")
+    f.expect(len(r.kind("ServiceMonitor")) == 1, "a ServiceMonitor")
+    f.expect(r.kind("ServiceMonitor")[0]["metadata"]["labels"].get("release") == "prometheus", "ServiceMonitor labels")
+    f.expect([p["spec"].get("minAvailable") for p in r.kind("PodDisruptionBudget")] == [1], "PDB minAvailable 1")
+    f.expect(container(d)["image"] == "registry.example.com/chatmq:0.1.0-test", "image tag")
+    f.expect("jwt-hs256-test-secret" not in str(d), "no secret in the Deployment")
+
+
+def check_split_scylla_tls(r, values, f):
+    modes = sorted(container(d)["args"][0] for d in r.kind("Deployment"))
+    f.expect(modes == ["bridge", "broker"], f"split: a broker and a bridge Deployment, got {modes}")
+    f.expect(not r.kind("PersistentVolumeClaim"), "no PVC with ScyllaDB")
+    jobs = r.kind("Job")
+    if f.expect(len(jobs) == 1, "a migration Job"):
+        job = jobs[0]
+        ann = job["metadata"]["annotations"]
+        f.expect(ann.get("helm.sh/hook") == "pre-install,pre-upgrade", f"the Job is a pre-install,pre-upgrade hook: {ann}")
+        f.expect(container(job)["args"][0] == "migrate", "the Job runs `chatmq migrate`")
+        f.expect(pod_spec(job)["restartPolicy"] == "Never", "the Job's pods do not restart in place")
+        f.expect("serviceAccountName" not in pod_spec(job), "the pre-install Job does not need the chart's ServiceAccount")
+        weight = int(ann["helm.sh/hook-weight"])
+        for v in pod_spec(job)["volumes"]:
+            ref = v.get("configMap", {}).get("name") or v.get("secret", {}).get("secretName")
+            if ref in (f"{FULLNAME}-migrate",):
+                res = r.get("ConfigMap", ref) if "configMap" in v else r.get("Secret", ref)
+                f.expect(res is not None and is_hook(res) and int(res["metadata"]["annotations"]["helm.sh/hook-weight"]) < weight,
+                         f"the Job's {ref} is a hook created before it (pre-install runs before the release's own objects)")
+        job_cfg = merged_config(r, job, f)
+        f.expect(job_cfg["store"]["scylla"]["password"] == "scylla-test-pw", "the Job gets the ScyllaDB credentials")
+    broker, bridge = r.deployment("broker"), r.deployment("bridge")
+    bcfg, rcfg = merged_config(r, broker, f), merged_config(r, bridge, f)
+    # The bridge's login and the broker's service account come from one value.
+    account = bcfg["broker"]["auth"]["services"].get("bridge-svc")
+    f.expect(account == {"password": "bridge-test-pw", "allow": ["chat/#"]}, f"broker's bridge account: {account}")
+    f.expect(rcfg["bridge"]["username"] == "bridge-svc" and rcfg["bridge"]["password"] == "bridge-test-pw"
+             and rcfg["bridge"]["client_id"] == "bridge-1", f"bridge login: {rcfg['bridge']}")
+    f.expect(bcfg["broker"]["auth"]["services"].get("pusher") == {"password": "pusher-pw", "allow": ["chat/hooks/#"]},
+             "other service accounts")
+    host, _, port = rcfg["bridge"]["broker"].partition(":")
+    svc = r.get("Service", host)
+    f.expect(svc is not None and any(p["port"] == int(port) and p["targetPort"] == "mqtt" for p in svc["spec"]["ports"]),
+             f"bridge.broker {rcfg['bridge']['broker']} is the MQTT Service's port")
+    f.expect(svc is not None and svc["spec"]["selector"].items() <= broker["spec"]["template"]["metadata"]["labels"].items()
+             and not svc["spec"]["selector"].items() <= bridge["spec"]["template"]["metadata"]["labels"].items(),
+             "the MQTT Service selects the broker, not the bridge")
+    f.expect("ports" in container(bridge) and {p["name"] for p in container(bridge)["ports"]} == {"metrics"},
+             "the bridge exposes only metrics")
+    s = rcfg["store"]
+    f.expect(s["backend"] == "scylla", "backend scylla")
+    f.expect(s["scylla"]["nodes"] == ["scylla-0.scylla.db.svc:9042", "scylla-1.scylla.db.svc:9042"], "scylla nodes")
+    f.expect(s["scylla"]["keyspace"] == "chat_prod" and s["scylla"]["local_dc"] == "dc1", "keyspace, local_dc")
+    f.expect(s["scylla"]["username"] == "chatmq" and s["scylla"]["password"] == "scylla-test-pw", "scylla credentials")
+    f.expect(s["scylla"]["request_timeout_ms"] == 5000, "request_timeout_ms")
+    f.expect(s["scylla"]["tls_ca"].startswith(mount_of(bridge, "scylla-ca") + "/"), "tls_ca lies in the mounted CA Secret")
+    # TLS listeners with the certificate Secret mounted where the config says.
+    b = bcfg["broker"]
+    f.expect(b.get("tls_listen") == "0.0.0.0:8883" and b.get("wss") == "0.0.0.0:8084", "TLS listeners")
+    tls_dir = mount_of(broker, "tls")
+    f.expect(tls_dir and b["tls"] == {"cert": f"{tls_dir}/tls.crt", "key": f"{tls_dir}/tls.key"}, f"[broker.tls]: {b.get('tls')}")
+    f.expect(volume_of(broker, "tls")["secret"]["secretName"] == "chatmq-tls", "TLS Secret")
+    f.expect(mount_of(bridge, "tls") is None, "the bridge does not mount the TLS Secret")
+    f.expect({p["port"] for p in svc["spec"]["ports"]} == {1883, 8883, 8083, 8084}, "Service ports 1883, 8883, 8083, 8084")
+    # RS256: the key file named in the config is in the Secret.
+    key_path = b["auth"]["jwt"]["rs256_public_key"]
+    secret = r.get("Secret", volume_of(broker, "secret")["secret"]["secretName"])
+    f.expect(key_path.startswith(mount_of(broker, "secret") + "/")
+             and key_path.rsplit("/", 1)[1] in secret["data"], f"rs256_public_key {key_path} is in the Secret")
+    f.expect(len(r.kind("ServiceMonitor")) == 1, "a ServiceMonitor")
+    f.expect(len(r.kind("PodDisruptionBudget")) == 2, "a PDB per Deployment")
+
+
+def check_split_embedded_existing_secret(r, values, f):
+    modes = sorted(container(d)["args"][0] for d in r.kind("Deployment"))
+    f.expect(modes == ["bridge", "broker"], f"split: a broker and a bridge Deployment, got {modes}")
+    f.expect(not r.kind("Secret"), "no Secret rendered with auth.existingSecret")
+    f.expect(not r.kind("Job") and not r.kind("PersistentVolumeClaim") and not r.kind("PodDisruptionBudget")
+             and not r.kind("ServiceAccount"), "no Job, PVC, PDB or ServiceAccount")
+    for d in r.kind("Deployment"):
+        f.expect(volume_of(d, "secret")["secret"]["secretName"] == "chatmq-logins", "the existing Secret is mounted")
+        f.expect(pod_spec(d)["serviceAccountName"] == "chatmq-runner", "the given ServiceAccount")
+    bridge, broker = r.deployment("bridge"), r.deployment("broker")
+    f.expect(volume_of(bridge, "data").get("persistentVolumeClaim", {}).get("claimName") == "chatmq-data",
+             "the bridge (the store's owner) mounts the existing claim")
+    f.expect("emptyDir" in volume_of(broker, "data"), "the broker has no claim")
+    f.expect({p["name"] for p in r.get("Service", FULLNAME)["spec"]["ports"]} == {"mqtt"}, "WebSocket off: Service has mqtt only")
+    f.expect(merged_config(r, broker, f)["broker"]["ws"].startswith("127.0.0.1:"), "WebSocket off: listener on loopback only")
+
+
+VARIANTS = {
+    "default": (None, check_default),
+    "all-in-one": ("all-in-one-values.yaml", check_all_in_one),
+    "split-scylla-tls": ("split-scylla-tls-values.yaml", check_split_scylla_tls),
+    "split-embedded-existing-secret": ("split-embedded-existing-secret-values.yaml", check_split_embedded_existing_secret),
+}
+
+# Values the chart must refuse, and a fragment of the expected error.
+REFUSED = [
+    ({"moed": "split"}, "additional properties 'moed'"),
+    ({"mode": "cluster"}, "/mode"),
+    ({"store": {"backend": "cassandra"}}, "/store/backend"),
+    ({"store": {"fsync": "sometimes"}}, "/store/fsync"),
+    ({"store": {"scylla": {"keyspce": "x"}}}, "keyspce"),
+    ({"limits": {"max_conections": 10}}, "max_conections"),
+    ({"service": {"type": "Ingress"}}, "/service/type"),
+    ({"auth": {"users": {"bad user": "pw"}}}, "'bad user'"),
+    ({"mode": "split"}, "bridge.password"),
+    ({"tls": {"enabled": True}}, "tls.secretName"),
+    ({"podDisruptionBudget": {"minAvailable": 1}}, "only one of"),
+]
