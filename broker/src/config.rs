@@ -69,6 +69,10 @@ pub struct AuthConfig {
     /// `allow` filters cover (e.g. `chat/hooks/#`).
     pub services: HashMap<String, ServiceAccount>,
     pub jwt: Option<JwtConfig>,
+    /// Adds the demo users alice/alice-pw and bob/bob-pw (unless `users`
+    /// names them). On in the compiled-in defaults so the first run works;
+    /// turn it off in production (the server warns while it is on).
+    pub demo_users: bool,
 }
 
 /// A configured non-human account.
@@ -100,8 +104,11 @@ pub struct JwtConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Largest MQTT packet accepted, bytes (the payload limit plus headers).
+    /// Largest MQTT packet accepted from a user, bytes (the payload limit plus headers).
     pub max_packet_bytes: usize,
+    /// Largest MQTT packet accepted from a service account (the bridge's
+    /// history and sync replies carry up to 512 KiB of events).
+    pub service_max_packet_bytes: usize,
     /// Time allowed for the TLS/WebSocket handshake and the CONNECT packet.
     pub connect_timeout_ms: u64,
     /// Simultaneous connections per user.
@@ -118,6 +125,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_packet_bytes: 64 * 1024 + 1024,
+            service_max_packet_bytes: 4 << 20,
             connect_timeout_ms: 10_000,
             connections_per_user: 16,
             max_connections: 20_000,

@@ -4,13 +4,14 @@
 //! the socket and the router is ours (see ARCHITECTURE.md for why).
 //!
 //! # Layout
-//! - [`config`]: settings of the `[broker]` section.
+//! - [`settings`]: every section, layered defaults/files/env; [`config`]: the `[broker]` section.
 //! - [`server`]: starts the router and the listeners; [`server::Shared`] is the per-process state.
 //! - [`transport`]: TCP, TLS and WebSocket byte streams, handshakes with a timeout.
 //! - [`connection`]: one task per client: CONNECT, auth, the socket <-> router loop.
 //! - [`codec`]: framing in front of rumqttd's v4/v5 codecs.
 //! - [`auth`]: static users, service accounts, JWT.
 //! - [`acl`]: the topic rules and the membership view they read.
+//! - [`metrics`]: Prometheus meters; [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`registry`]: client id -> user binding, per-user counts, session takeover.
 //! - [`names`]: id syntax.
 
@@ -19,9 +20,12 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 mod connection;
+pub mod http;
+pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod server;
+pub mod settings;
 pub mod transport;
 
 pub use server::{Broker, Listeners};

@@ -4,6 +4,7 @@
 use crate::acl::{Access, Authorizer};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::BrokerConfig;
+use crate::metrics::BrokerMetrics;
 use crate::registry::Registry;
 use crate::transport::Kind;
 use parking_lot::Mutex;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +74,14 @@ pub struct Shared {
     pub registry: Registry,
     pub router: RouterHandle,
     pub tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
+    /// Flips to true when users are cut off (shutdown): user sessions end,
+    /// service sessions (the bridge) go on until the broker is dropped.
     pub shutdown: watch::Receiver<bool>,
+    /// Flips to true when the broker is dropped: every session ends.
+    pub closing: watch::Receiver<bool>,
+    pub metrics: Arc<BrokerMetrics>,
+    /// User sessions past CONNACK, not yet ended.
+    pub live_users: std::sync::atomic::AtomicUsize,
     /// False until the in-process bridge has subscribed: users are held at
     /// CONNECT until then, so no send or request is published before anyone
     /// listens (rumqttd drops messages that match no subscription).
@@ -82,6 +90,8 @@ pub struct Shared {
     /// to push one packet, never across an await.
     internal: Mutex<LinkTx>,
     connect_rate: Mutex<HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+    /// The last nonce the bridge answered on `{prefix}/hooks/drained`.
+    drained: watch::Receiver<bytes::Bytes>,
 }
 
 impl Shared {
@@ -169,6 +179,7 @@ pub struct Broker {
     /// Bound addresses by listener name ("tcp", "tls", "ws", "wss").
     pub addrs: HashMap<&'static str, SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    closing: watch::Sender<bool>,
 }
 
 impl Broker {
@@ -181,6 +192,7 @@ impl Broker {
         listeners: Listeners,
         shutdown: watch::Receiver<bool>,
         bridge_ready: watch::Receiver<bool>,
+        metrics: Arc<BrokerMetrics>,
     ) -> Result<Broker, StartError> {
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(
@@ -194,16 +206,8 @@ impl Broker {
             None => None,
         };
         let router_tx = rumqttd::Router::new(0, router_config(&config)).spawn();
-        let alerts = rumqttd::alerts::AlertsLink::new(router_tx.clone())
-            .map_err(|e| StartError::Router(e.to_string()))?;
-        tokio::spawn(async move {
-            while let Ok(batch) = alerts.next().await {
-                for alert in batch {
-                    // A cursor jump means a subscriber lost messages: loud on purpose.
-                    error!(alert = ?alert, "rumqttd alert (a cursor jump is message loss)");
-                }
-            }
-        });
+        // rumqttd's alerts and meters only flow from the timer of its own
+        // `Broker::start`; see crate::metrics for how we observe them instead.
         let build: Arc<LinkFn> = Arc::new(move |id: &str, clean: bool| {
             LinkBuilder::new(id, router_tx.clone())
                 .clean_session(clean)
@@ -215,20 +219,31 @@ impl Broker {
             .link("chat-broker-internal", true)
             .await
             .map_err(StartError::Router)?;
+        let access_topic = format!("{}/hooks/access", config.prefix);
+        let drained_topic = format!("{}/hooks/drained", config.prefix);
         if config.access_from_hooks {
-            let filter = format!("{}/hooks/access", config.prefix);
             internal_tx
-                .subscribe(filter)
+                .subscribe(access_topic.clone())
                 .map_err(|e| StartError::Router(e.to_string()))?;
         }
+        internal_tx
+            .subscribe(drained_topic.clone())
+            .map_err(|e| StartError::Router(e.to_string()))?;
         let hooks_access = access.clone();
+        let (drained_tx, drained) = watch::channel(bytes::Bytes::new());
         tokio::spawn(async move {
             while let Ok(n) = internal_rx.next().await {
                 if let Some(Notification::Forward(f)) = n {
-                    apply_access_hook(&hooks_access, &f.publish.payload);
+                    let topic = &f.publish.topic[..];
+                    if topic == access_topic.as_bytes() {
+                        apply_access_hook(&hooks_access, &f.publish.payload);
+                    } else if topic == drained_topic.as_bytes() {
+                        drained_tx.send_replace(f.publish.payload.clone());
+                    }
                 }
             }
         });
+        let (closing_tx, closing) = watch::channel(false);
 
         let authz = Authorizer::new(&config.prefix, config.open_topics, access);
         let shared = Arc::new(Shared {
@@ -239,9 +254,13 @@ impl Broker {
             router,
             tls,
             shutdown,
+            closing,
+            metrics,
+            live_users: Default::default(),
             bridge_ready,
             internal: Mutex::new(internal_tx),
             connect_rate: Mutex::new(HashMap::new()),
+            drained,
         });
         let mut addrs = HashMap::new();
         let mut tasks = Vec::new();
@@ -263,7 +282,34 @@ impl Broker {
             shared,
             addrs,
             tasks,
+            closing: closing_tx,
         })
+    }
+
+    /// After the users are cut off (the `shutdown` watch): waits until
+    /// their sessions have ended, then until the bridge has taken in and
+    /// stored everything they published (the drain handshake, see
+    /// `chat_bridge::bridge`). False if `within` ran out first.
+    pub async fn drain(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let sh = &self.shared;
+        while sh.live_users.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    users = sh.live_users.load(std::sync::atomic::Ordering::SeqCst),
+                    "user sessions still open at the end of the grace period"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let nonce = bytes::Bytes::from(format!("{:016x}", now_ms() ^ 0x5bd1_e995_u64 << 20));
+        let mut drained = sh.drained.clone();
+        let topic = format!("{}/hooks/drain", sh.config.prefix);
+        sh.internal_publish(Publish::new(topic.into_bytes(), nonce.to_vec(), false));
+        tokio::time::timeout_at(deadline, drained.wait_for(|n| *n == nonce))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Stops accepting; connections see the shutdown signal themselves.
@@ -277,6 +323,7 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop_accepting();
+        self.closing.send_replace(true);
     }
 }
 
@@ -289,8 +336,18 @@ async fn accept_loop(shared: Arc<Shared>, kind: Kind, listener: TcpListener) {
         };
         match accepted {
             Ok((tcp, peer)) => {
+                shared
+                    .metrics
+                    .opened
+                    .with_label_values(&[kind.name()])
+                    .inc();
                 if !shared.admit(peer.ip()) {
                     info!(%peer, "connection rate exceeded");
+                    shared
+                        .metrics
+                        .refused
+                        .with_label_values(&["rate_limited"])
+                        .inc();
                     continue;
                 }
                 tokio::spawn(crate::connection::serve(shared.clone(), kind, tcp, peer));

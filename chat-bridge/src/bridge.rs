@@ -5,6 +5,7 @@
 //! the redelivery into the same `seq`.
 
 use crate::chat::{Chat, Incoming, Out};
+use crate::metrics::BridgeMetrics;
 
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -66,16 +67,20 @@ pub async fn run(
     opts.set_clean_start(false);
     opts.set_manual_acks(true);
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(Some(1 << 20));
+    // replies carry at most wire::REPLY_EVENTS_MAX bytes of events
+    opts.set_max_packet_size(Some(2 << 20));
     opts.set_request_channel_capacity(4096);
     opts.set_outgoing_inflight_upper_limit(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
 
+    let metrics = chat.metrics().clone();
     let (tx, rx) = mpsc::channel::<Publish>(cfg.batch * 2);
-    let worker = tokio::spawn(process(client.clone(), chat, rx, cfg.batch));
+    let drain = Drain::new(&prefix);
+    let worker = tokio::spawn(process(client.clone(), chat, rx, cfg.batch, drain));
     let filters = [
         format!("{prefix}/rooms/+/send/+"),
         format!("{prefix}/rpc/+/+"),
+        format!("{prefix}/hooks/drain"),
     ];
     loop {
         let ev = tokio::select! {
@@ -97,32 +102,139 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
+                metrics.connected.set(1);
                 let _ = ready.send(true);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                metrics.backlog.inc();
                 if tx.send(p).await.is_err() {
                     break;
                 }
             }
             Ok(_) => {}
             Err(e) => {
+                metrics.connected.set(0);
                 let _ = ready.send(false);
                 warn!(error = %e, "bridge connection lost; reconnecting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+    metrics.connected.set(0);
     drop(tx);
-    // drain: what was taken in is stored and published before we go
-    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    // What was taken in is stored, published and acked before we go; the
+    // event loop keeps running meanwhile so those packets reach the broker.
+    // Publishes arriving now are not acked: the broker keeps them for the
+    // next run of this persistent session.
+    let mut worker = worker;
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut worker => break,
+            _ = &mut deadline => {
+                warn!("bridge stopped before finishing its batch");
+                break;
+            }
+            ev = eventloop.poll() => if ev.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+        }
+    }
     let _ = client.disconnect().await;
     for _ in 0..50 {
         match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
             Ok(Ok(_)) => {}
             _ => break,
         }
     }
     Ok(())
+}
+
+/// The drain handshake of a graceful shutdown: the broker, having cut off
+/// its clients, publishes a nonce on `{prefix}/hooks/drain`; the bridge
+/// publishes the nonce on one topic of each of its two filters. rumqttd keeps
+/// one ordered log per filter, so when both come back everything clients
+/// published before has been taken in; once those batches are handled (stored,
+/// published, acked), the bridge answers on `{prefix}/hooks/drained`.
+struct Drain {
+    request: String,
+    marks: [String; 2],
+    done: String,
+    /// nonce -> which marks came back
+    seen: HashMap<bytes::Bytes, [bool; 2]>,
+}
+
+impl Drain {
+    fn new(prefix: &str) -> Self {
+        Drain {
+            request: format!("{prefix}/hooks/drain"),
+            marks: [
+                format!("{prefix}/rooms/$drain/send/bridge"),
+                format!("{prefix}/rpc/$drain/bridge"),
+            ],
+            done: format!("{prefix}/hooks/drained"),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Takes a control message out of the stream; true if `p` was one.
+    async fn take(&mut self, client: &AsyncClient, p: &Publish) -> bool {
+        if p.topic == self.request.as_bytes() {
+            if self.seen.len() > 16 {
+                self.seen.clear();
+            }
+            self.seen.insert(p.payload.clone(), [false; 2]);
+            for m in &self.marks {
+                if let Err(e) = client
+                    .publish(m.clone(), QoS::AtLeastOnce, false, p.payload.clone())
+                    .await
+                {
+                    warn!(error = %e, "drain mark not published");
+                }
+            }
+            return true;
+        }
+        match self.marks.iter().position(|m| p.topic == m.as_bytes()) {
+            Some(i) => {
+                if let Some(s) = self.seen.get_mut(&p.payload) {
+                    s[i] = true;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// After a batch is handled: answers every drain whose marks both came back.
+    async fn answer(&mut self, client: &AsyncClient) {
+        let complete: Vec<bytes::Bytes> = self
+            .seen
+            .iter()
+            .filter(|(_, s)| s.iter().all(|b| *b))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for nonce in complete {
+            self.seen.remove(&nonce);
+            info!("drained: everything taken in before the drain is stored");
+            if let Err(e) = client
+                .publish(self.done.clone(), QoS::AtLeastOnce, false, nonce)
+                .await
+            {
+                warn!(error = %e, "drained notice not published");
+            }
+        }
+    }
+}
+
+fn kind_of(topic: &[u8], chat: &Chat) -> &'static str {
+    let key = chat.order_key(&String::from_utf8_lossy(topic));
+    match key.as_bytes().first() {
+        Some(b'r') => "send",
+        Some(b'u') => "request",
+        _ => "other",
+    }
 }
 
 /// Takes what is pending, groups it by room (sends) or user (requests), and
@@ -132,17 +244,29 @@ async fn process(
     chat: Arc<Chat>,
     mut rx: mpsc::Receiver<Publish>,
     batch: usize,
+    mut drain: Drain,
 ) {
+    let metrics = chat.metrics().clone();
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
+        metrics.batch_size.observe(buf.len() as f64);
         let mut groups: HashMap<String, Vec<Publish>> = HashMap::new();
         for p in buf.drain(..) {
+            if drain.take(&client, &p).await {
+                ack(&client, &p, &metrics).await;
+                continue;
+            }
+            metrics
+                .received
+                .with_label_values(&[kind_of(&p.topic, &chat)])
+                .inc();
             let topic = String::from_utf8_lossy(&p.topic).into_owned();
             groups.entry(chat.order_key(&topic)).or_default().push(p);
         }
         let tasks = groups.into_values().map(|ps| {
             let client = client.clone();
             let chat = chat.clone();
+            let metrics = metrics.clone();
             async move {
                 let items = ps
                     .iter()
@@ -163,15 +287,22 @@ async fn process(
                     .collect();
                 let outs = chat.handle_group(items).await;
                 for (p, outs) in ps.iter().zip(outs) {
+                    metrics.published.inc_by(outs.len() as u64);
                     publish_all(&client, outs).await;
-                    if let Err(e) = client.ack(p).await {
-                        warn!(error = %e, "ack failed");
-                    }
+                    ack(&client, p, &metrics).await;
                 }
             }
         });
         futures_util::future::join_all(tasks).await;
+        drain.answer(&client).await;
     }
+}
+
+async fn ack(client: &AsyncClient, p: &Publish, metrics: &BridgeMetrics) {
+    if let Err(e) = client.ack(p).await {
+        warn!(error = %e, "ack failed");
+    }
+    metrics.backlog.dec();
 }
 
 async fn publish_all(client: &AsyncClient, outs: Vec<Out>) {

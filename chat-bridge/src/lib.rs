@@ -4,6 +4,7 @@
 //! - [`bridge`]: the MQTT client of the broker; batches, groups by room, acks after durable.
 //! - [`chat`]: sends and requests (`history`, `sync`, `rooms.*`, markers) -> messages to publish.
 //! - [`wire`]: error codes, reply shapes, limits.
+//! - [`metrics`]: Prometheus meters of the bridge and the store.
 //! - [`store`]: the [`store::Store`] trait, the embedded fjall store, the conformance suite.
 //!
 //! The path of one message: a client publishes to `chat/rooms/r1/send/alice`;
@@ -15,6 +16,7 @@
 
 pub mod bridge;
 pub mod chat;
+pub mod metrics;
 pub mod store;
 pub mod wire;
 

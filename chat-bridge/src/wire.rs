@@ -12,6 +12,10 @@ pub const META_MAX: usize = 4 * 1024;
 pub const LIMIT_DEFAULT: usize = 50;
 /// Largest `history` page.
 pub const LIMIT_MAX: usize = 1000;
+/// Most bytes of events in one `history` or `sync` reply: a page is cut
+/// short (with `has_more: true`) rather than exceed it, so every reply fits
+/// the bridge's and the clients' packet limits. The client pages on.
+pub const REPLY_EVENTS_MAX: usize = 512 * 1024;
 
 /// The stable error codes of PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

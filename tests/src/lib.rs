@@ -99,6 +99,7 @@ pub struct TestServerBuilder {
     extra_broker: String,
     extra: String,
     mode: String,
+    grace_ms: u64,
 }
 
 impl Default for TestServerBuilder {
@@ -108,6 +109,7 @@ impl Default for TestServerBuilder {
             extra_broker: String::new(),
             extra: String::new(),
             mode: "all".into(),
+            grace_ms: 10_000,
         }
     }
 }
@@ -130,6 +132,11 @@ impl TestServerBuilder {
         self.extra.push('\n');
         self
     }
+    /// `server.grace_period_ms` (10 s by default).
+    pub fn grace_period_ms(mut self, ms: u64) -> Self {
+        self.grace_ms = ms;
+        self
+    }
     /// Run mode (`all` by default).
     pub fn mode(mut self, mode: &str) -> Self {
         self.mode = mode.into();
@@ -140,7 +147,7 @@ impl TestServerBuilder {
         let mut s = String::new();
         s.push_str("[broker]\nprefix = \"chat\"\ntcp = \"127.0.0.1:0\"\nws = \"127.0.0.1:0\"\n");
         s.push_str(&self.extra_broker);
-        s.push_str("\n[broker.auth.users]\n");
+        s.push_str("\n[broker.auth]\ndemo_users = false\n[broker.auth.users]\n");
         for (u, p) in &self.users {
             s.push_str(&format!("{u} = \"{p}\"\n"));
         }
@@ -149,6 +156,10 @@ impl TestServerBuilder {
             "\n[broker.auth.services.ext-bridge]\npassword = \"pw-svc\"\nallow = [\"chat/#\"]\n",
         );
         s.push_str("\n[store]\nfsync = \"always\"\n");
+        s.push_str(&format!(
+            "\n[server]\nhttp = \"127.0.0.1:0\"\ngrace_period_ms = {}\n",
+            self.grace_ms
+        ));
         s.push_str(&self.extra);
         s
     }
@@ -182,6 +193,7 @@ pub struct Ports {
     pub ws: Option<u16>,
     pub tls: Option<u16>,
     pub wss: Option<u16>,
+    pub http: Option<u16>,
 }
 
 /// A running `chatmq` process with its own config and data directory.
@@ -287,6 +299,7 @@ impl TestServer {
                             "ws" => ports.ws = Some(port),
                             "tls" => ports.tls = Some(port),
                             "wss" => ports.wss = Some(port),
+                            "http" => ports.http = Some(port),
                             _ => {}
                         }
                     }
@@ -330,6 +343,16 @@ impl TestServer {
             .ws
             .expect("server printed no `listening ws` line")
     }
+    /// Port of `/metrics`, `/healthz`, `/readyz`.
+    pub fn http_port(&self) -> u16 {
+        self.ports
+            .http
+            .expect("server printed no `listening http` line")
+    }
+    /// GET on the server's HTTP endpoint: (status code, body).
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.http_port(), path).await
+    }
     /// All ports.
     pub fn ports(&self) -> &Ports {
         &self.ports
@@ -357,6 +380,44 @@ impl TestServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends SIGTERM (a graceful shutdown); see [`TestServer::wait_exit`].
+    pub fn terminate(&mut self) -> Result<()> {
+        let pid = self.child.as_ref().context("server not running")?.id();
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        if !st.success() {
+            bail!("kill -TERM {pid} failed: {st}");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit; its status. Fails after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut().context("server not running")?;
+            if let Some(st) = c.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "server still running after {timeout:?}\nstderr tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the server again (after an exit) on the same config and data dir.
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
     }
 
     /// Kill (SIGKILL) and start again on the same config and data dir.
@@ -915,6 +976,44 @@ impl Client {
 }
 
 /// `seq` of an event as u64 (panics with the event if absent).
+/// A plain HTTP/1.1 GET on 127.0.0.1: (status code, body).
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .context("http connect timeout")??;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .context("http read timeout")??;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP head in {text:?}"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The value of a Prometheus sample `name{labels}` (labels as printed, or
+/// empty) in a `/metrics` body; 0 when absent.
+pub fn metric(body: &str, name_and_labels: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name_and_labels).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
 pub fn seq_of(v: &Value) -> u64 {
     v["seq"]
         .as_u64()

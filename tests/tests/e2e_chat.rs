@@ -497,3 +497,59 @@ async fn mqtt5_response_topic_and_correlation() -> Result<()> {
     assert_eq!(e["body"], "from v5");
     Ok(())
 }
+
+/// A history page bigger than any MQTT packet limit is cut short with
+/// `has_more` (newest kept for `latest`), never sent whole: the bridge stays
+/// connected and paging on returns the rest without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_larger_than_a_reply_is_cut_and_pages_on() -> Result<()> {
+    let srv = TestServer::builder()
+        .toml("[bridge]\nsends_per_sec = 100000.0\nsends_burst = 100000.0\n")
+        .broker_toml("limits = { publishes_per_sec = 5000 }")
+        .start()
+        .await?;
+    let mut alice = srv.user_v4("alice", "alice-big").await?;
+    alice
+        .rpc("rooms.create", json!({"room": "big1", "kind": "group"}))
+        .await?;
+    alice.subscribe_ok("chat/rooms/big1/events").await?;
+    let body = "y".repeat(2000);
+    let n = 400; // ~900 KiB of events: more than one reply may carry
+    for i in 0..n {
+        alice.send("big1", &format!("b{i}"), &body).await?;
+    }
+    alice
+        .recv_msg("big1", "alice", &format!("b{}", n - 1))
+        .await?;
+    let first = alice
+        .rpc("history", json!({"room": "big1", "limit": 1000}))
+        .await?;
+    let got = seqs(&first["events"]);
+    let head = first["head"].as_u64().unwrap_or(0);
+    assert!(got.len() < n, "the page was cut: {} events", got.len());
+    assert!(got.len() > 100, "but still large: {} events", got.len());
+    assert_eq!(first["has_more"], json!(true));
+    assert_eq!(got.last().copied(), Some(head), "latest keeps the newest");
+    let mut all: Vec<u64> = got.clone();
+    let mut before = got[0];
+    loop {
+        let page = alice
+            .rpc(
+                "history",
+                json!({"room": "big1", "before": before, "limit": 1000}),
+            )
+            .await?;
+        let s = seqs(&page["events"]);
+        let Some(first_seq) = s.first().copied() else {
+            break;
+        };
+        all.splice(0..0, s);
+        before = first_seq;
+        if page["has_more"] != json!(true) {
+            break;
+        }
+    }
+    let want: Vec<u64> = (1..=head).collect();
+    assert_eq!(all, want, "paging on returns everything, in order, once");
+    Ok(())
+}

@@ -5,71 +5,62 @@
 use anyhow::Context;
 use broker::acl::Access;
 use broker::auth::Authenticator;
-use broker::config::BrokerConfig;
+use broker::http::Health;
+use broker::metrics::BrokerMetrics;
+use broker::settings::{self, Backend, Settings};
 use broker::{Broker, Listeners};
-use chat_bridge::bridge::BridgeConfig;
 use chat_bridge::chat::{AccessSink, Chat, SendLimits};
-use chat_bridge::store::embedded::{EmbeddedConfig, EmbeddedStore, FsyncPolicy};
+use chat_bridge::metrics::{BridgeMetrics, MeteredStore};
+use chat_bridge::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use chat_bridge::store::{MemberState, RoomKind, Store};
 use clap::{Parser, ValueEnum};
-use serde::Deserialize;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
-
-const DEFAULT_CONFIG: &str = include_str!("../../chatmq.toml");
+use tokio::time::Instant;
 
 #[derive(Parser)]
 #[command(version, about = "MQTT broker with durable, sequenced chat rooms")]
 struct Cli {
-    /// Config file (TOML), applied over the built-in defaults.
+    /// Config file (TOML) applied over the built-in defaults; repeat it to
+    /// layer several files, later ones winning (e.g. a ConfigMap, then a Secret).
     #[arg(long)]
-    config: Option<PathBuf>,
-    /// Data directory of the embedded store.
-    #[arg(long, default_value = "data")]
-    data_dir: PathBuf,
+    config: Vec<PathBuf>,
+    /// Data directory of the embedded store (overrides store.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz (overrides server.http).
+    #[arg(long)]
+    http: Option<SocketAddr>,
     #[arg(value_enum, default_value_t = Mode::All)]
     mode: Mode,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
+    /// Broker, bridge and store in one process.
     All,
+    /// The MQTT broker alone; its bridge runs apart (`chatmq bridge`).
     Broker,
+    /// The bridge alone, connecting to `bridge.broker`.
     Bridge,
+    /// Applies pending schema migrations of the configured store, then exits.
+    Migrate,
+    /// Prints the commented default configuration.
     GenerateConfig,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-struct Config {
-    broker: BrokerConfig,
-    bridge: BridgeConfig,
-    store: StoreConfig,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-struct StoreConfig {
-    fsync: FsyncPolicy,
-}
-
-fn load(cli: &Cli) -> Result<Config, String> {
-    let mut b = config::Config::builder().add_source(config::File::from_str(
-        DEFAULT_CONFIG,
-        config::FileFormat::Toml,
-    ));
-    if let Some(p) = &cli.config {
-        b = b.add_source(config::File::from(p.as_path()).format(config::FileFormat::Toml));
+fn load(cli: &Cli) -> Result<Settings, String> {
+    let mut s = settings::load(&cli.config, std::env::vars())?;
+    if let Some(d) = &cli.data_dir {
+        s.store.data_dir = d.clone();
     }
-    b = b.add_source(
-        config::Environment::with_prefix("CHAT")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true),
-    );
-    let c = b.build().map_err(|e| e.to_string())?;
-    c.try_deserialize().map_err(|e| e.to_string())
+    if let Some(h) = cli.http {
+        s.server.http = Some(h);
+    }
+    Ok(s)
 }
 
 struct Sink(Arc<Access>);
@@ -93,7 +84,7 @@ impl AccessSink for NoSink {
 fn main() {
     let cli = Cli::parse();
     if cli.mode == Mode::GenerateConfig {
-        print!("{DEFAULT_CONFIG}");
+        print!("{}", settings::DEFAULT_CONFIG);
         return;
     }
     let cfg = match load(&cli) {
@@ -103,13 +94,9 @@ fn main() {
             std::process::exit(64);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG")
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let registry = prometheus::Registry::new();
+    let broker_metrics = BrokerMetrics::new(&registry);
+    init_logging(&broker_metrics);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,10 +107,27 @@ fn main() {
             std::process::exit(70);
         }
     };
-    if let Err(e) = rt.block_on(run(cli, cfg)) {
+    if let Err(e) = rt.block_on(run(cli, cfg, registry, broker_metrics)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Logs to stderr filtered by `CHAT_LOG` (default `info,rumqttd=warn`); the
+/// metrics tap sees rumqttd's warnings whatever that filter says.
+fn init_logging(metrics: &Arc<BrokerMetrics>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG")
+        .unwrap_or_else(|_| "info,rumqttd=warn".into());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let tap = metrics
+        .rumqttd_tap()
+        .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::registry().with(fmt).with(tap).init();
 }
 
 async fn shutdown_signal() {
@@ -142,15 +146,30 @@ async fn shutdown_signal() {
     }
 }
 
-fn open_store(cli: &Cli, cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(&cli.data_dir)
-        .with_context(|| format!("data dir {}", cli.data_dir.display()))?;
-    let store = EmbeddedStore::open(EmbeddedConfig {
-        path: cli.data_dir.join("store"),
-        fsync: cfg.store.fsync,
-    })
-    .map_err(|e| anyhow::anyhow!("store: {e}"))?;
-    Ok(Arc::new(store))
+fn open_store(cfg: &Settings, metrics: &Arc<BridgeMetrics>) -> anyhow::Result<Arc<dyn Store>> {
+    let inner: Arc<dyn Store> = match cfg.store.backend {
+        Backend::Embedded => {
+            let dir = &cfg.store.data_dir;
+            std::fs::create_dir_all(dir).with_context(|| format!("data dir {}", dir.display()))?;
+            Arc::new(
+                EmbeddedStore::open(EmbeddedConfig {
+                    path: dir.join("store"),
+                    fsync: cfg.store.fsync,
+                })
+                .map_err(|e| anyhow::anyhow!("store: {e}"))?,
+            )
+        }
+    };
+    Ok(Arc::new(MeteredStore::new(inner, metrics.clone())))
+}
+
+async fn migrate(cfg: &Settings) -> anyhow::Result<()> {
+    match cfg.store.backend {
+        Backend::Embedded => {
+            println!("store.backend = \"embedded\": nothing to migrate");
+            Ok(())
+        }
+    }
 }
 
 fn loader(store: Arc<dyn Store>) -> broker::acl::Loader {
@@ -178,25 +197,55 @@ fn loader(store: Arc<dyn Store>) -> broker::acl::Loader {
     })
 }
 
-async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+async fn run(
+    cli: Cli,
+    mut cfg: Settings,
+    registry: prometheus::Registry,
+    broker_metrics: Arc<BrokerMetrics>,
+) -> anyhow::Result<()> {
+    if cli.mode == Mode::Migrate {
+        return migrate(&cfg).await;
+    }
+    let bridge_metrics = BridgeMetrics::new(&registry);
+    let health = Health::new();
+    // users_stop cuts users off (the broker's shutdown); bridge_stop stops the bridge
+    let (users_stop, users_stop_rx) = watch::channel(false);
+    let (bridge_stop, bridge_stop_rx) = watch::channel(false);
+    let (http_stop, http_stop_rx) = watch::channel(false);
+    if let Some(addr) = cfg.server.http {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("server.http: listen on {addr}"))?;
+        println!("listening http {}", l.local_addr()?);
+        tokio::spawn(broker::http::serve(
+            l,
+            registry.clone(),
+            health.clone(),
+            http_stop_rx,
+        ));
+    }
     let access = Arc::new(Access::new());
     // the in-process bridge flips this; a broker alone cannot know its bridge
     let (ready_tx, ready_rx) = watch::channel(cli.mode != Mode::All);
     let mut broker = None;
     if matches!(cli.mode, Mode::All | Mode::Broker) {
         cfg.broker.access_from_hooks = cli.mode == Mode::Broker;
+        if cfg.broker.auth.demo_users {
+            tracing::warn!("demo users alice/alice-pw and bob/bob-pw are enabled; set broker.auth.demo_users = false in production");
+            for (u, p) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+                cfg.broker
+                    .auth
+                    .users
+                    .entry(u.to_owned())
+                    .or_insert_with(|| p.to_owned());
+            }
+        }
         let mut auth = Authenticator::new(&cfg.broker.auth)
             .map_err(|e| anyhow::anyhow!("broker.auth: {e}"))?;
-        if cfg
-            .broker
-            .auth
-            .users
-            .get("alice")
-            .is_some_and(|p| p == "alice-pw")
-        {
-            tracing::warn!("demo users from the default config are enabled; configure broker.auth.users for production");
-        }
         if cli.mode == Mode::All {
             // the in-process bridge logs in with a fresh random password
             cfg.bridge.password = format!("{:032x}", random_u128());
@@ -213,8 +262,9 @@ async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
             auth,
             access.clone(),
             listeners,
-            stop_rx.clone(),
+            users_stop_rx,
             ready_rx,
+            broker_metrics.clone(),
         )
         .await?;
         let mut names: Vec<_> = b.addrs.iter().collect();
@@ -234,7 +284,7 @@ async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
     let mut bridge_task = None;
     let mut store_handle = None;
     if matches!(cli.mode, Mode::All | Mode::Bridge) {
-        let store = open_store(&cli, &cfg)?;
+        let store = open_store(&cfg, &bridge_metrics)?;
         let sink: Arc<dyn AccessSink> = if cli.mode == Mode::All {
             access.set_loader(loader(store.clone()));
             Arc::new(Sink(access.clone()))
@@ -245,34 +295,72 @@ async fn run(cli: Cli, mut cfg: Config) -> anyhow::Result<()> {
             per_sec: cfg.bridge.sends_per_sec,
             burst: cfg.bridge.sends_burst,
         };
-        let chat = Arc::new(Chat::new(store.clone(), &cfg.broker.prefix, sink, limits));
+        let chat = Arc::new(
+            Chat::new(store.clone(), &cfg.broker.prefix, sink, limits)
+                .with_metrics(bridge_metrics.clone()),
+        );
         ready_tx.send_replace(false);
         let mut bridge_ready = ready_tx.subscribe();
+        let ready_probe = ready_tx.subscribe();
+        health.add(
+            "bridge",
+            Arc::new(move || {
+                let up = *ready_probe.borrow();
+                Box::pin(async move {
+                    if up {
+                        Ok(())
+                    } else {
+                        Err("not connected and subscribed to the broker".into())
+                    }
+                })
+            }),
+        );
+        let probe_store = store.clone();
+        health.add(
+            "store",
+            Arc::new(move || {
+                let s = probe_store.clone();
+                Box::pin(async move { s.ping().await.map_err(|e| e.to_string()) })
+            }),
+        );
         let prefix = cfg.broker.prefix.clone();
         let bcfg = cfg.bridge.clone();
-        let stop = stop_rx.clone();
         bridge_task = Some(tokio::spawn(async move {
-            chat_bridge::bridge::run(bcfg, prefix, chat, stop, ready_tx).await
+            chat_bridge::bridge::run(bcfg, prefix, chat, bridge_stop_rx, ready_tx).await
         }));
         tokio::select! {
             r = bridge_ready.wait_for(|r| *r) => { r.map_err(|_| anyhow::anyhow!("bridge stopped"))?; }
-            _ = shutdown_signal() => { let _ = stop_tx.send(true); return Ok(()); }
+            _ = shutdown_signal() => { let _ = bridge_stop.send(true); return Ok(()); }
         }
         store_handle = Some(store);
     }
     println!("ready");
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    let deadline = Instant::now() + Duration::from_millis(cfg.server.grace_period_ms);
+    tracing::info!(grace_ms = cfg.server.grace_period_ms, "shutting down");
+    health.set_draining();
     if let Some(b) = &broker {
+        // no new connections; users cut off; the bridge stores what they sent
         b.stop_accepting();
+        let _ = users_stop.send(true);
+        if b.drain(remaining(deadline)).await {
+            tracing::info!("drained: every accepted publish reached the bridge");
+        } else {
+            tracing::warn!("grace period over before the bridge confirmed the drain");
+        }
     }
-    let _ = stop_tx.send(true);
+    let _ = bridge_stop.send(true);
     if let Some(t) = bridge_task {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(15), t).await;
+        if tokio::time::timeout(remaining(deadline), t).await.is_err() {
+            tracing::warn!("grace period over before the bridge stopped");
+        }
     }
     if let Some(s) = store_handle {
         s.flush().await.map_err(|e| anyhow::anyhow!("flush: {e}"))?;
     }
+    let _ = http_stop.send(true);
+    drop(broker);
+    tracing::info!("stopped");
     Ok(())
 }
 

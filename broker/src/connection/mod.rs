@@ -45,15 +45,71 @@ pub(crate) async fn serve(
 ) {
     let span = tracing::info_span!("conn", %peer, listener = kind.name(), client_id = tracing::field::Empty, user = tracing::field::Empty);
     async move {
+        let metrics = shared.metrics.clone();
         if let Err(e) = run(shared, kind, tcp).await {
-            debug!(error = %e, "connection closed");
+            if let Some(reason) = e.refused {
+                metrics.refused.with_label_values(&[reason]).inc();
+            }
+            debug!(error = %e.text, "connection closed");
         }
     }
     .instrument(span)
     .await
 }
 
-async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Result<(), String> {
+/// Why a connection ended early: the text for the log and, when it ended
+/// before CONNACK, the `refused` metric's reason.
+struct Failure {
+    text: String,
+    refused: Option<&'static str>,
+}
+
+impl From<String> for Failure {
+    fn from(text: String) -> Self {
+        Failure {
+            text,
+            refused: None,
+        }
+    }
+}
+
+fn refused(reason: &'static str) -> impl FnOnce(String) -> Failure {
+    move |text| Failure {
+        text,
+        refused: Some(reason),
+    }
+}
+
+/// Keeps the live-connection meters right however the session ends.
+struct Live<'a> {
+    shared: &'a Shared,
+    user: bool,
+}
+
+impl<'a> Live<'a> {
+    fn new(shared: &'a Shared, user: bool) -> Self {
+        shared.metrics.connections.inc();
+        if user {
+            shared
+                .live_users
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Live { shared, user }
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.shared.metrics.connections.dec();
+        if self.user {
+            self.shared
+                .live_users
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Result<(), Failure> {
     let limits = &shared.config.limits;
     let max_len = limits.max_packet_bytes;
     let deadline = Instant::now() + Duration::from_millis(limits.connect_timeout_ms);
@@ -62,8 +118,10 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         transport::handshake(kind, tcp, shared.tls.as_ref(), max_len),
     )
     .await
-    .map_err(|_| "handshake timeout".to_string())?
-    .map_err(|e| format!("handshake: {e}"))?;
+    .map_err(|_| "handshake timeout".to_string())
+    .map_err(refused("handshake"))?
+    .map_err(|e| format!("handshake: {e}"))
+    .map_err(refused("handshake"))?;
     let mut conn = Conn {
         io,
         rbuf: BytesMut::with_capacity(4096),
@@ -72,21 +130,31 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     };
     let packet = timeout_at(deadline, conn.read_connect(max_len))
         .await
-        .map_err(|_| "connect timeout".to_string())??;
+        .map_err(|_| "connect timeout".to_string())
+        .map_err(refused("protocol"))?
+        .map_err(refused("protocol"))?;
     let Packet::Connect(connect, props, will, _will_props, login) = packet else {
-        return Err("first packet is not CONNECT".into());
+        return Err(refused("protocol")("first packet is not CONNECT".into()));
     };
+    let metrics = &shared.metrics;
+    let refuse = |reason: &'static str| metrics.refused.with_label_values(&[reason]).inc();
 
     // Authenticate.
     let (username, password) = login.map(|l| (l.username, l.password)).unwrap_or_default();
     let principal = match shared.auth.authenticate(&username, &password) {
         Ok(p) => p,
         Err(e) => {
-            let code = match e {
-                AuthError::Config(_) => ConnectReturnCode::ServiceUnavailable,
-                _ => ConnectReturnCode::BadUserNamePassword,
+            let (code, label) = match e {
+                AuthError::Config(_) => (ConnectReturnCode::ServiceUnavailable, "config"),
+                AuthError::Missing => (ConnectReturnCode::BadUserNamePassword, "missing"),
+                AuthError::BadCredentials => {
+                    (ConnectReturnCode::BadUserNamePassword, "bad_credentials")
+                }
+                AuthError::BadToken(_) => (ConnectReturnCode::BadUserNamePassword, "bad_token"),
             };
             info!(%username, reason = %e, "login refused");
+            metrics.auth_failures.with_label_values(&[label]).inc();
+            refuse("auth");
             conn.refuse(code).await;
             return Ok(());
         }
@@ -95,6 +163,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     if matches!(principal, Principal::User(_)) {
         let mut ready = shared.bridge_ready.clone();
         if timeout_at(deadline, ready.wait_for(|r| *r)).await.is_err() {
+            refuse("not_ready");
             conn.refuse(ConnectReturnCode::ServerUnavailable).await;
             return Ok(());
         }
@@ -104,6 +173,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
         if !connect.clean_session && conn.version == Version::V4 {
+            refuse("client_id");
             conn.refuse(ConnectReturnCode::ClientIdentifierNotValid)
                 .await;
             return Ok(());
@@ -116,6 +186,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     };
     if !valid_client_id(&client_id) {
         info!(client_id = %client_id.escape_debug(), "client id refused");
+        refuse("client_id");
         conn.refuse(ConnectReturnCode::ClientIdentifierNotValid)
             .await;
         return Ok(());
@@ -123,7 +194,9 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     tracing::Span::current().record("client_id", client_id.as_str());
     if let Some(w) = &will {
         let topic = std::str::from_utf8(&w.topic).unwrap_or("");
-        if !shared.authz.check_publish(&principal, topic).allowed() {
+        if let crate::acl::Decision::Deny(rule) = shared.authz.check_publish(&principal, topic) {
+            metrics.acl_denials.with_label_values(&["will", rule]).inc();
+            refuse("will_denied");
             conn.refuse(ConnectReturnCode::NotAuthorized).await;
             return Ok(());
         }
@@ -142,11 +215,15 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         Ok(c) => c,
         Err(e) => {
             info!(reason = ?e, "connection refused");
-            let code = match e {
-                ClaimError::InUse => ConnectReturnCode::ClientIdentifierNotValid,
-                ClaimError::UserLimit => ConnectReturnCode::QuotaExceeded,
-                ClaimError::ServerFull => ConnectReturnCode::ServerBusy,
+            let (code, label) = match e {
+                ClaimError::InUse => (
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                    "client_id_in_use",
+                ),
+                ClaimError::UserLimit => (ConnectReturnCode::QuotaExceeded, "user_limit"),
+                ClaimError::ServerFull => (ConnectReturnCode::ServerBusy, "server_full"),
             };
+            refuse(label);
             conn.refuse(code).await;
             return Ok(());
         }
@@ -157,6 +234,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "router link failed");
+                refuse("router");
                 conn.refuse(ConnectReturnCode::ServerUnavailable).await;
                 return Ok(());
             }
@@ -168,7 +246,10 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         .map(|m| m as usize);
     let ack_props = (conn.version == Version::V5).then(|| ConnAckProperties {
         assigned_client_identifier: assigned,
-        max_packet_size: Some(max_len as u32),
+        max_packet_size: Some(match principal {
+            Principal::User(_) => max_len as u32,
+            _ => limits.service_max_packet_bytes.max(max_len) as u32,
+        }),
         topic_alias_max: None,
         retain_available: Some(1),
         wildcard_subscription_available: Some(1),
@@ -183,6 +264,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         ack_props,
     ));
     conn.flush().await.map_err(|e| e.to_string())?;
+    let _live = Live::new(&shared, matches!(principal, Principal::User(_)));
     if claim.first_of_user {
         if let Principal::User(user) = &principal {
             shared.presence(user, true);

@@ -40,8 +40,17 @@ impl Session {
         keep_alive: u16,
         stop: &tokio::sync::Notify,
     ) -> End {
-        let mut shutdown = self.shared.shutdown.clone();
-        let max_len = self.shared.config.limits.max_packet_bytes;
+        // Users are cut off first at shutdown; services (the bridge) stay
+        // until the broker closes, so they can drain what users published.
+        let mut shutdown = match self.principal {
+            Principal::User(_) => self.shared.shutdown.clone(),
+            _ => self.shared.closing.clone(),
+        };
+        let limits = &self.shared.config.limits;
+        let max_len = match self.principal {
+            Principal::User(_) => limits.max_packet_bytes,
+            _ => limits.service_max_packet_bytes.max(limits.max_packet_bytes),
+        };
         // Keep-alive 0 is allowed (rumqttd refuses it): no timeout then.
         let grace = Duration::from_millis(keep_alive as u64 * 1500);
         let mut ka_deadline = Instant::now() + grace;
@@ -154,6 +163,11 @@ impl Session {
                 let decision = self.shared.authz.check_publish(&self.principal, topic);
                 if let Decision::Deny(rule) = decision {
                     info!(rule, topic = %topic.escape_debug(), "publish refused");
+                    self.shared
+                        .metrics
+                        .acl_denials
+                        .with_label_values(&["publish", rule])
+                        .inc();
                     if inc.qos == 2 {
                         return Err(DisconnectReasonCode::NotAuthorized);
                     }
@@ -174,6 +188,9 @@ impl Session {
                     return Ok(true);
                 }
                 self.throttle().await;
+                let m = &self.shared.metrics;
+                m.publishes_in.inc();
+                m.bytes_in.inc_by(publish.payload.len() as u64);
                 to_router.push(Packet::Publish(publish, props));
             }
             Packet::Subscribe(sub, props) => {
@@ -194,6 +211,11 @@ impl Session {
                         }
                         Decision::Deny(rule) => {
                             info!(rule, filter = %f.path.escape_debug(), "subscribe refused");
+                            self.shared
+                                .metrics
+                                .acl_denials
+                                .with_label_values(&["subscribe", rule])
+                                .inc();
                             codes.push(Some(SubscribeReasonCode::NotAuthorized));
                         }
                     }
@@ -208,6 +230,10 @@ impl Session {
                         None,
                     ));
                 } else {
+                    self.shared
+                        .metrics
+                        .subscriptions
+                        .inc_by(allowed.len() as u64);
                     if codes.iter().any(Option::is_some) {
                         self.pending_subs.insert(sub.pkid, codes);
                     }
@@ -239,7 +265,15 @@ impl Session {
             Notification::Forward(f) => {
                 let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
                 let too_big = self.client_max.is_some_and(|m| f.publish.len() + 5 > m);
-                if too_big || !self.shared.authz.may_deliver(&self.principal, topic) {
+                let allowed = !too_big && self.shared.authz.may_deliver(&self.principal, topic);
+                if !allowed && !too_big {
+                    self.shared
+                        .metrics
+                        .acl_denials
+                        .with_label_values(&["deliver", "not_member"])
+                        .inc();
+                }
+                if !allowed {
                     // Not delivered: acknowledge it to the router ourselves.
                     if let Some(pkid) = forward_pkid(&f.publish) {
                         to_router.push(Packet::PubAck(
@@ -252,6 +286,9 @@ impl Session {
                     }
                     return Outcome::Continue;
                 }
+                let m = &self.shared.metrics;
+                m.publishes_out.inc();
+                m.bytes_out.inc_by(f.publish.payload.len() as u64);
                 conn.push(Packet::Publish(f.publish, f.properties));
             }
             Notification::DeviceAck(ack) => {

@@ -5,6 +5,7 @@
 //! (the bridge groups them by room), so the store's "next seq, then persist"
 //! runs in arrival order and events are published in `seq` order.
 
+use crate::metrics::BridgeMetrics;
 use crate::store::{MarkerKind, Member, MemberState, RoomInfo, RoomKind, Store, StoredEvent};
 use crate::wire::{self, Code, Refusal};
 use bytes::Bytes;
@@ -77,6 +78,7 @@ pub struct Chat {
     /// (user, room) -> token bucket. A std mutex: never held across an await.
     buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
     counter: std::sync::atomic::AtomicU64,
+    metrics: Arc<BridgeMetrics>,
 }
 
 pub fn now_ms() -> u64 {
@@ -127,7 +129,19 @@ impl Chat {
             limits,
             buckets: Mutex::new(HashMap::new()),
             counter: Default::default(),
+            metrics: BridgeMetrics::unregistered(),
         }
+    }
+
+    /// Counts into `metrics` instead of unregistered meters.
+    pub fn with_metrics(mut self, metrics: Arc<BridgeMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The meters this service counts into.
+    pub fn metrics(&self) -> &Arc<BridgeMetrics> {
+        &self.metrics
     }
 
     /// The grouping key that serializes handling: the room for sends, the user for requests.
@@ -280,6 +294,7 @@ impl Chat {
         rt: Option<String>,
         corr: Option<Bytes>,
     ) -> Vec<Out> {
+        let started = Instant::now();
         let parsed = Self::parse(payload);
         let to = self.reply_to(user, parsed.as_ref().ok(), rt, corr);
         let mut extra = Vec::new();
@@ -289,14 +304,28 @@ impl Chat {
         };
         let body = match &result {
             Ok(v) => wire::ok_reply(to.corr_field.as_ref(), v.clone()),
-            Err(r) => wire::err_reply(to.corr_field.as_ref(), r),
+            Err(r) => {
+                self.count_refusal(r);
+                wire::err_reply(to.corr_field.as_ref(), r)
+            }
         };
+        self.metrics
+            .request_seconds
+            .with_label_values(&[BridgeMetrics::method_label(method)])
+            .observe(started.elapsed().as_secs_f64());
         if to.topic.is_none() {
             tracing::debug!(user, method, "request without a valid reply topic");
         }
         // events first, so a client that sees the reply can already see the event
         extra.extend(self.reply(&to, body));
         extra
+    }
+
+    fn count_refusal(&self, r: &Refusal) {
+        self.metrics
+            .errors
+            .with_label_values(&[r.code.as_str()])
+            .inc();
     }
 
     async fn rpc(

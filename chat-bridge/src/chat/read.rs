@@ -51,8 +51,10 @@ impl Chat {
         };
         self.readable_room(user, &room).await?;
         let page = self.store.read(&room, range, limit).await?;
+        let mut budget = wire::REPLY_EVENTS_MAX;
+        let (events, cut) = fit(&page.events, range, &mut budget);
         Ok(
-            json!({"room": room, "events": events_json(&page.events), "head": page.head, "has_more": page.has_more}),
+            json!({"room": room, "events": events_json(events), "head": page.head, "has_more": page.has_more || cut}),
         )
     }
 
@@ -80,6 +82,7 @@ impl Chat {
             }
         };
         let mut rooms = Map::new();
+        let mut budget = wire::REPLY_EVENTS_MAX;
         for (room, cursor) in &cursors {
             let cursor = cursor
                 .as_u64()
@@ -89,12 +92,14 @@ impl Chat {
             }
             let entry = match self.readable_room(user, room).await {
                 Ok((_, m)) => {
-                    let page = self.store.read(room, Range::After(cursor), limit).await?;
+                    let range = Range::After(cursor);
+                    let page = self.store.read(room, range, limit).await?;
+                    let (events, cut) = fit(&page.events, range, &mut budget);
                     let read = match m {
                         Some(_) => self.store.markers(room, user).await?.read,
                         None => 0,
                     };
-                    json!({"events": events_json(&page.events), "head": page.head, "has_more": page.has_more, "unread": page.head.saturating_sub(read.max(cursor))})
+                    json!({"events": events_json(events), "head": page.head, "has_more": page.has_more || cut, "unread": page.head.saturating_sub(read.max(cursor))})
                 }
                 Err(r) if r.code == Code::Unavailable => return Err(r),
                 Err(r) => {
@@ -115,7 +120,7 @@ impl Chat {
         Ok(json!({"rooms": rooms, "joined": joined}))
     }
 
-    /// Appends a membership event and tells the sink before anything is published.
+    /// Moves a read or delivered marker forward.
     pub(super) async fn marker(
         &self,
         user: &str,
@@ -145,5 +150,69 @@ impl Chat {
             });
         }
         Ok(json!({"read": marks.read, "delivered": marks.delivered, "moved": moved}))
+    }
+}
+
+/// The part of an ascending page that fits `budget` bytes, taken from the
+/// end the reader continues from (the oldest for `after`, the newest
+/// otherwise), so paging on from it never skips an event; whether it was
+/// cut. The budget shrinks by what was taken.
+fn fit<'a>(
+    events: &'a [crate::store::StoredEvent],
+    range: Range,
+    budget: &mut usize,
+) -> (&'a [crate::store::StoredEvent], bool) {
+    let mut used = 0;
+    let mut n = 0;
+    let sizes: Box<dyn Iterator<Item = usize>> = match range {
+        Range::After(_) => Box::new(events.iter().map(|e| e.json.len() + 1)),
+        _ => Box::new(events.iter().rev().map(|e| e.json.len() + 1)),
+    };
+    for size in sizes {
+        if used + size > *budget {
+            break;
+        }
+        used += size;
+        n += 1;
+    }
+    *budget -= used;
+    let cut = n < events.len();
+    let kept = match range {
+        Range::After(_) => &events[..n],
+        _ => &events[events.len() - n..],
+    };
+    (kept, cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredEvent;
+
+    fn ev(seq: u64, len: usize) -> StoredEvent {
+        StoredEvent {
+            seq,
+            json: vec![b'x'; len].into(),
+        }
+    }
+
+    #[test]
+    fn fit_cuts_at_the_far_end_and_spends_the_budget() {
+        let page: Vec<StoredEvent> = (1..=5).map(|s| ev(s, 99)).collect();
+        let mut budget = 1000;
+        let (all, cut) = fit(&page, Range::After(0), &mut budget);
+        assert_eq!((all.len(), cut, budget), (5, false, 500));
+        let mut budget = 250;
+        let (kept, cut) = fit(&page, Range::After(0), &mut budget);
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(cut);
+        assert_eq!(budget, 50);
+        let mut budget = 250;
+        let (kept, cut) = fit(&page, Range::Latest, &mut budget);
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+        assert!(cut);
+        let mut budget = 10;
+        let (kept, cut) = fit(&page, Range::Before(6), &mut budget);
+        assert!(kept.is_empty() && cut);
     }
 }

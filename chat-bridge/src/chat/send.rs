@@ -72,6 +72,7 @@ impl Chat {
             }
             Err(r) => {
                 tracing::debug!(room, user, code = r.code.as_str(), "send refused");
+                self.count_refusal(&r);
                 if to.topic.is_some() {
                     self.reply(&to, wire::err_reply(to.corr_field.as_ref(), &r))
                         .into_iter()

@@ -248,4 +248,10 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything appended so far durable regardless of the fsync policy
     /// (used on shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Whether the store answers now (readiness probe). The default reads a
+    /// head, which every implementation serves from its real storage.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.head("").await.map(|_| ())
+    }
 }

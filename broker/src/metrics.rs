@@ -1,0 +1,224 @@
+//! Prometheus meters of the broker, registered in the process's one
+//! registry, and the tap that turns rumqttd's own log events into meters.
+//!
+//! rumqttd 0.20 pushes its meters and alerts only from a timer that its own
+//! `Broker::start` runs; we drive its `Router` directly, and the event that
+//! asks the router for them is not public. So the router's meters are
+//! counted at our layer instead (connections, subscriptions, publishes in and
+//! out), and its warnings are read from its tracing events: a "read cursor
+//! jumped" warning is a subscriber losing messages, counted in
+//! `chatmq_rumqttd_cursor_jumps_total` and logged again at ERROR.
+//!
+//! No room or user ids in labels: every label value comes from a fixed set.
+
+use chat_bridge::metrics::{counter, counter_vec, gauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
+use std::sync::Arc;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// The broker's meters.
+pub struct BrokerMetrics {
+    /// Connections past CONNACK, now.
+    pub connections: IntGauge,
+    /// Sockets accepted, by listener (`tcp`, `tls`, `ws`, `wss`).
+    pub opened: IntCounterVec,
+    /// Connections refused before or at CONNECT, by reason.
+    pub refused: IntCounterVec,
+    /// Failed logins, by reason (`bad_credentials`, `expired`, ...).
+    pub auth_failures: IntCounterVec,
+    /// Refused PUBLISH/SUBSCRIBE/delivery/will, by action and ACL rule.
+    pub acl_denials: IntCounterVec,
+    /// PUBLISH packets accepted from clients, and their payload bytes.
+    pub publishes_in: IntCounter,
+    pub bytes_in: IntCounter,
+    /// PUBLISH packets delivered to clients, and their payload bytes.
+    pub publishes_out: IntCounter,
+    pub bytes_out: IntCounter,
+    /// Subscription filters granted.
+    pub subscriptions: IntCounter,
+    /// rumqttd cursor jumps: a subscriber fell behind its log and lost messages.
+    pub cursor_jumps: IntCounter,
+    /// rumqttd log events at WARN or ERROR, by level.
+    pub rumqttd_events: IntCounterVec,
+}
+
+impl BrokerMetrics {
+    /// Creates the meters and registers them in `r`.
+    pub fn new(r: &Registry) -> Arc<Self> {
+        Arc::new(BrokerMetrics {
+            connections: gauge(r, "chatmq_connections", "Connections past CONNACK"),
+            opened: counter_vec(
+                r,
+                "chatmq_connections_opened_total",
+                "Sockets accepted, by listener",
+                &["listener"],
+            ),
+            refused: counter_vec(
+                r,
+                "chatmq_connections_refused_total",
+                "Connections refused before or at CONNECT, by reason",
+                &["reason"],
+            ),
+            auth_failures: counter_vec(
+                r,
+                "chatmq_auth_failures_total",
+                "Failed logins, by reason",
+                &["reason"],
+            ),
+            acl_denials: counter_vec(
+                r,
+                "chatmq_acl_denials_total",
+                "Refused publishes, subscriptions, deliveries and wills, by ACL rule",
+                &["action", "rule"],
+            ),
+            publishes_in: counter(
+                r,
+                "chatmq_publishes_in_total",
+                "PUBLISH packets accepted from clients",
+            ),
+            bytes_in: counter(
+                r,
+                "chatmq_publish_bytes_in_total",
+                "Payload bytes of PUBLISH packets accepted from clients",
+            ),
+            publishes_out: counter(
+                r,
+                "chatmq_publishes_out_total",
+                "PUBLISH packets delivered to clients",
+            ),
+            bytes_out: counter(
+                r,
+                "chatmq_publish_bytes_out_total",
+                "Payload bytes of PUBLISH packets delivered to clients",
+            ),
+            subscriptions: counter(
+                r,
+                "chatmq_subscriptions_total",
+                "Subscription filters granted",
+            ),
+            cursor_jumps: counter(
+                r,
+                "chatmq_rumqttd_cursor_jumps_total",
+                "rumqttd read-cursor jumps: a subscriber lost messages",
+            ),
+            rumqttd_events: counter_vec(
+                r,
+                "chatmq_rumqttd_log_events_total",
+                "rumqttd warnings and errors, by level",
+                &["level"],
+            ),
+        })
+    }
+
+    /// Meters registered nowhere: for tests and embedders that do not export.
+    pub fn unregistered() -> Arc<Self> {
+        Self::new(&Registry::new())
+    }
+
+    /// A tracing layer feeding `cursor_jumps` and `rumqttd_events` from
+    /// rumqttd's log events. Add it to the subscriber with no filter of its
+    /// own other than rumqttd's target at WARN.
+    pub fn rumqttd_tap(self: &Arc<Self>) -> RumqttdTap {
+        RumqttdTap { m: self.clone() }
+    }
+}
+
+/// See [`BrokerMetrics::rumqttd_tap`].
+pub struct RumqttdTap {
+    m: Arc<BrokerMetrics>,
+}
+
+/// Finds rumqttd's cursor-jump warning among an event's fields.
+#[derive(Default)]
+struct JumpFinder {
+    jump: bool,
+    text: String,
+}
+
+impl Visit for JumpFinder {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.check(field, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.check(field, &format!("{value:?}"));
+    }
+}
+
+impl JumpFinder {
+    fn check(&mut self, field: &Field, value: &str) {
+        if field.name() == "request_cursor" || value.contains("cursor start jumped") {
+            self.jump = true;
+        }
+        if matches!(field.name(), "error" | "message") && self.text.len() < 512 {
+            self.text.push_str(value);
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for RumqttdTap {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if !meta.target().starts_with("rumqttd") {
+            return;
+        }
+        let level = *meta.level();
+        if level > tracing::Level::WARN {
+            return;
+        }
+        let label = if level == tracing::Level::ERROR {
+            "error"
+        } else {
+            "warn"
+        };
+        self.m.rumqttd_events.with_label_values(&[label]).inc();
+        let mut f = JumpFinder::default();
+        event.record(&mut f);
+        if f.jump {
+            self.m.cursor_jumps.inc();
+            tracing::error!(target: "chatmq::alert", detail = %f.text, "rumqttd cursor jump: a subscriber lost messages");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn every_meter_registers_once() {
+        let r = Registry::new();
+        let m = BrokerMetrics::new(&r);
+        m.opened.with_label_values(&["tcp"]).inc();
+        m.refused.with_label_values(&["bad_credentials"]).inc();
+        m.auth_failures
+            .with_label_values(&["bad_credentials"])
+            .inc();
+        m.acl_denials
+            .with_label_values(&["publish", "not_member"])
+            .inc();
+        m.rumqttd_events.with_label_values(&["warn"]).inc();
+        let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
+        assert_eq!(names.len(), 12, "{names:?}");
+    }
+
+    #[test]
+    fn the_tap_counts_rumqttd_cursor_jumps_only() {
+        let m = BrokerMetrics::unregistered();
+        let sub = tracing_subscriber::registry().with(m.rumqttd_tap());
+        tracing::subscriber::with_default(sub, || {
+            // the shape of rumqttd 0.20's warning (router/routing.rs)
+            tracing::warn!(target: "rumqttd::router::routing", request_cursor = ?(0u64, 5u64), start_cursor = ?(1u64, 0u64), error = "Read cursor start jumped from (0, 5) to (1, 0) on chat/rooms/+/send/+");
+            tracing::warn!(target: "rumqttd::router::routing", "some other warning");
+            tracing::error!(target: "rumqttd::router::routing", "an error");
+            tracing::info!(target: "rumqttd::router::routing", "info is not counted");
+            tracing::warn!(target: "chatmq", request_cursor = 1, "not rumqttd");
+        });
+        assert_eq!(m.cursor_jumps.get(), 1);
+        assert_eq!(m.rumqttd_events.with_label_values(&["warn"]).get(), 2);
+        assert_eq!(m.rumqttd_events.with_label_values(&["error"]).get(), 1);
+    }
+}

@@ -1,0 +1,227 @@
+//! The whole server's settings, layered with the `config` crate:
+//!
+//! 1. the commented defaults compiled into the binary ([`DEFAULT_CONFIG`],
+//!    printed by `chatmq generate-config`);
+//! 2. each `--config FILE`, in order (e.g. a ConfigMap, then a Secret);
+//! 3. environment variables `CHAT__SECTION__KEY` (`__` between levels; names
+//!    are case-insensitive, so put case-sensitive map keys such as user ids
+//!    in a file);
+//! 4. a few command-line flags, applied by the binary.
+//!
+//! An invalid value is reported with the dotted key it belongs to.
+
+use crate::config::BrokerConfig;
+use chat_bridge::bridge::BridgeConfig;
+use chat_bridge::store::embedded::FsyncPolicy;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The defaults, with a comment on every key.
+pub const DEFAULT_CONFIG: &str = include_str!("../chatmq.toml");
+
+/// Prefix of the environment variables.
+pub const ENV_PREFIX: &str = "CHAT";
+
+/// Every section.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub broker: BrokerConfig,
+    pub bridge: BridgeConfig,
+    pub store: StoreSettings,
+    pub server: ServerSettings,
+}
+
+/// `[server]`: the process around broker and bridge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// `/metrics`, `/healthz`, `/readyz`. `None` disables the endpoint.
+    pub http: Option<SocketAddr>,
+    /// Longest time a graceful shutdown (SIGTERM/SIGINT) may take.
+    pub grace_period_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            http: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            grace_period_ms: 20_000,
+        }
+    }
+}
+
+/// Which store keeps the room streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// fjall on local disk under `data_dir`.
+    #[default]
+    Embedded,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: Backend,
+    /// Directory of the embedded store (`--data-dir` overrides it).
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            backend: Backend::Embedded,
+            data_dir: PathBuf::from("data"),
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+/// Loads the defaults, then `files` in order, then `env` (pass
+/// `std::env::vars()`; tests pass their own).
+pub fn load(
+    files: &[PathBuf],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, String> {
+    let mut b = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_CONFIG,
+        config::FileFormat::Toml,
+    ));
+    for p in files {
+        if !p.is_file() {
+            return Err(format!("config file {}: not found", p.display()));
+        }
+        b = b.add_source(config::File::from(p.as_path()).format(config::FileFormat::Toml));
+    }
+    let vars: HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .collect();
+    b = b.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(vars)),
+    );
+    let c = b.build().map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize::<_, Settings>(c).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if key.is_empty() || key == "." {
+            inner
+        } else {
+            format!("key `{key}`: {inner}")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_types_defaults() {
+        let s = load(&[], env(&[])).expect("defaults load");
+        assert_eq!(s.broker.prefix, "chat");
+        assert_eq!(s.server.http, ServerSettings::default().http);
+        assert_eq!(s.server.grace_period_ms, 20_000);
+        assert_eq!(s.store.backend, Backend::Embedded);
+        assert_eq!(s.store.fsync, FsyncPolicy::Always);
+        assert_eq!(s.bridge.batch, 512);
+    }
+
+    /// The environment variable names are part of the operator interface
+    /// (Helm chart, docs): this pins them.
+    #[test]
+    fn env_variable_names_are_pinned() {
+        let s = load(
+            &[],
+            env(&[
+                ("CHAT__BROKER__PREFIX", "talk"),
+                ("CHAT__BROKER__TCP", "127.0.0.1:1999"),
+                ("CHAT__BROKER__LIMITS__MAX_CONNECTIONS", "7"),
+                ("CHAT__BROKER__LIMITS__PUBLISHES_PER_SEC", "9"),
+                ("CHAT__BROKER__AUTH__JWT__HS256_SECRET", "s3cret"),
+                ("CHAT__BRIDGE__BROKER", "broker.svc:1883"),
+                ("CHAT__BRIDGE__PASSWORD", "bridge-pw"),
+                ("CHAT__BRIDGE__SENDS_PER_SEC", "2.5"),
+                ("CHAT__SERVER__HTTP", "127.0.0.1:9999"),
+                ("CHAT__SERVER__GRACE_PERIOD_MS", "1234"),
+                ("CHAT__STORE__BACKEND", "embedded"),
+                ("CHAT__STORE__DATA_DIR", "/var/lib/chatmq"),
+                ("CHAT__STORE__FSYNC", "never"),
+                ("OTHER__BROKER__PREFIX", "ignored"),
+            ]),
+        )
+        .expect("env applies");
+        assert_eq!(s.broker.prefix, "talk");
+        assert_eq!(s.broker.tcp, Some("127.0.0.1:1999".parse().expect("addr")));
+        assert_eq!(s.broker.limits.max_connections, 7);
+        assert_eq!(s.broker.limits.publishes_per_sec, 9);
+        assert_eq!(
+            s.broker.auth.jwt.and_then(|j| j.hs256_secret).as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(s.bridge.broker, "broker.svc:1883");
+        assert_eq!(s.bridge.password, "bridge-pw");
+        assert_eq!(s.bridge.sends_per_sec, 2.5);
+        assert_eq!(s.server.http, Some("127.0.0.1:9999".parse().expect("addr")));
+        assert_eq!(s.server.grace_period_ms, 1234);
+        assert_eq!(s.store.data_dir, PathBuf::from("/var/lib/chatmq"));
+        assert_eq!(s.store.fsync, FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn files_apply_in_order_then_env() {
+        let dir = tempfile::TempDir::new().expect("tmp");
+        let a = dir.path().join("a.toml");
+        let b = dir.path().join("b.toml");
+        std::fs::write(&a, "[broker]\nprefix = \"a\"\n[bridge]\nbatch = 10\n").expect("write");
+        std::fs::write(
+            &b,
+            "[broker]\nprefix = \"b\"\n[broker.auth.users]\nZoe = \"pw\"\n",
+        )
+        .expect("write");
+        let s = load(&[a.clone(), b.clone()], env(&[])).expect("load");
+        assert_eq!(s.broker.prefix, "b", "the later file wins");
+        assert_eq!(s.bridge.batch, 10, "the earlier file still applies");
+        assert!(
+            s.broker.auth.users.contains_key("Zoe"),
+            "file keys keep their case"
+        );
+        let s = load(&[a, b], env(&[("CHAT__BROKER__PREFIX", "e")])).expect("load");
+        assert_eq!(s.broker.prefix, "e", "env wins over files");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let e = load(
+            &[],
+            env(&[("CHAT__BROKER__LIMITS__MAX_CONNECTIONS", "many")]),
+        )
+        .expect_err("not a number");
+        assert!(e.contains("broker.limits.max_connections"), "{e}");
+        let e = load(&[], env(&[("CHAT__SERVER__HTTP", "nowhere")])).expect_err("not an address");
+        assert!(e.contains("server.http"), "{e}");
+        let e = load(&[], env(&[("CHAT__STORE__BACKEND", "mysql")])).expect_err("no such backend");
+        assert!(e.contains("store.backend"), "{e}");
+        let e = load(&[], env(&[("CHAT__BROKER__LIMITZ__X", "1")])).expect_err("unknown key");
+        assert!(e.contains("limitz"), "{e}");
+        let e =
+            load(&[PathBuf::from("/nonexistent/chatmq.toml")], env(&[])).expect_err("missing file");
+        assert!(e.contains("/nonexistent/chatmq.toml"), "{e}");
+    }
+}
