@@ -43,8 +43,8 @@ def check_common(r, values, f):
                  f"{name}: grace_period_ms")
         if "mqtt" in ports:
             f.expect(cfg["broker"]["tcp"] == "0.0.0.0:1883" and ports["mqtt"] == 1883, f"{name}: MQTT on 1883")
-            f.expect(values.get("auth", {}).get("existingSecret") or cfg["broker"]["auth"]["users"].get("alice") == "",
-                     f"{name}: the demo user alice is blanked")
+            f.expect(cfg["broker"]["auth"]["demo_users"] is values.get("auth", {}).get("demoUsers", False),
+                     f"{name}: demo users off unless asked for")
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         f.expect(env.get("CHAT_LOG") == values.get("logLevel", "info,rumqttd=warn"), f"{name}: CHAT_LOG")
 
@@ -106,7 +106,7 @@ def check_default(r, values, f):
     f.expect(not r.kind("ServiceMonitor"), "no ServiceMonitor unless enabled")
     cfg = merged_config(r, r.deployment("all"), f)
     f.expect(cfg["store"] == {"backend": "embedded", "fsync": "always"}, f"[store]: {cfg['store']}")
-    f.expect(cfg["broker"]["auth"]["users"] == {"alice": "", "bob": ""}, "only the blanked demo users")
+    f.expect(not cfg["broker"]["auth"].get("users"), "no users configured by default")
     f.expect({p["name"] for p in r.get("Service", FULLNAME)["spec"]["ports"]} == {"mqtt", "ws"}, "Service ports mqtt, ws")
     f.expect("WARNING: no users" in r.notes, "NOTES.txt warns that nobody can log in")
 
@@ -131,7 +131,7 @@ def check_all_in_one(r, values, f):
     f.expect(b["limits"]["max_connections"] == 5000 and b["limits"]["connections_per_user"] == 4, "[broker.limits]")
     f.expect(b["limits"]["publishes_per_sec"] == 100, "extraConfig applied")
     f.expect(b["router"]["bridge_segments"] == 32, "[broker.router]")
-    f.expect(b["auth"]["users"] == {"alice": "", "bob": "", "carol": "carol-secret-pw", "dave": 'dave "quoted" pw'},
+    f.expect(b["auth"]["users"] == {"carol": "carol-secret-pw", "dave": 'dave "quoted" pw'},
              f"users: {b['auth']['users']}")
     f.expect(b["auth"]["jwt"] == {"hs256_secret": "jwt-hs256-test-secret", "issuer": "https://auth.example.com",
                                   "audience": "chat", "leeway_secs": 30}, f"jwt: {b['auth']['jwt']}")

@@ -41,14 +41,10 @@ open_topics = {{ $v.openTopics }}
 cert = "/etc/chatmq/tls/tls.crt"
 key = "/etc/chatmq/tls/tls.key"
 {{- end }}
-{{- if $v.auth.disableDemoUsers }}
 
-# The built-in demo users, blanked (a blank password never logs in);
-# secret.toml, read later, may set them again.
-[broker.auth.users]
-alice = ""
-bob = ""
-{{- end }}
+[broker.auth]
+# the binary's demo users alice/alice-pw and bob/bob-pw
+demo_users = {{ $v.auth.demoUsers }}
 {{- with $v.limits }}
 
 [broker.limits]
