@@ -1,0 +1,641 @@
+//! The append path: per-room queues, batches, the LWT allocation loop and the
+//! index writes / repair (see the module doc of `scylla`).
+//!
+//! Ordering rule: a room's appends are handled by whoever holds its `state`
+//! lock, in queue order; a caller pushes its events to the queue (all of one
+//! call together, in order) and then spawns a task that takes the lock and
+//! drains the queue. Nothing else writes a room's stream in this process.
+
+use super::lwt::{self, Ident, Outcome, Walk};
+use super::{
+    big, bucket_of, corrupt, last_in_bucket, read, same_err, unavailable, unbig, Inner, MAX_BATCH,
+    MAX_LWT_BATCH,
+};
+use crate::store::event_json;
+use crate::store::{Appended, MemberChange, NewEvent, StoreError, StoredEvent};
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use scylla::statement::batch::{Batch, BatchType};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Payload bytes in one conditional batch (ScyllaDB warns above 128 KiB).
+const LWT_BATCH_BYTES: usize = 96 * 1024;
+/// Attempts in a row that store nothing before a batch gives up.
+const MAX_STALLS: u32 = 12;
+/// Events replayed per read of a repair.
+const REPAIR_WINDOW: u64 = 1000;
+
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
+struct Job {
+    ev: NewEvent,
+    reply: Reply,
+}
+
+/// A room's queue and cached state.
+pub(super) struct Room {
+    id: String,
+    queue: parking_lot::Mutex<Vec<Job>>,
+    /// Held while a batch is handled (across awaits: a tokio mutex).
+    state: tokio::sync::Mutex<State>,
+    /// The highest head seen; a lower bound for readers.
+    hint: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Cached head; `None`: load (and repair) before the next append.
+    head: Option<u64>,
+    /// Every event with seq <= indexed has its key and membership rows.
+    indexed: u64,
+    /// The `room_index.indexed` this process last wrote.
+    persisted: u64,
+}
+
+impl Room {
+    pub(super) fn new(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            queue: parking_lot::Mutex::new(Vec::new()),
+            state: tokio::sync::Mutex::new(State::default()),
+            hint: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn hint(&self) -> u64 {
+        self.hint.load(Ordering::Relaxed)
+    }
+}
+
+/// Queues every event on its room, lets each room's batch run (concurrently
+/// across rooms), and returns the results in call order.
+pub(super) async fn append_many(
+    inner: &Arc<Inner>,
+    events: Vec<NewEvent>,
+) -> Vec<Result<Appended, StoreError>> {
+    let mut waiting = Vec::with_capacity(events.len());
+    let mut groups: Vec<(Arc<Room>, Vec<Job>)> = Vec::new();
+    for ev in events {
+        let (reply, rx) = oneshot::channel();
+        waiting.push(rx);
+        let job = Job { ev, reply };
+        match groups.iter_mut().find(|(r, _)| r.id == job.ev.room) {
+            Some((_, jobs)) => jobs.push(job),
+            None => groups.push((inner.room(&job.ev.room), vec![job])),
+        }
+    }
+    for (room, jobs) in groups {
+        room.queue.lock().extend(jobs);
+        // A task, so that a caller going away never abandons other callers'
+        // events half-way through a batch.
+        tokio::spawn(drive(inner.clone(), room));
+    }
+    let mut out = Vec::with_capacity(waiting.len());
+    for rx in waiting {
+        out.push(
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("append task stopped".into()))),
+        );
+    }
+    out
+}
+
+async fn drive(inner: Arc<Inner>, room: Arc<Room>) {
+    let mut st = room.state.lock().await;
+    loop {
+        let jobs: Vec<Job> = {
+            let mut q = room.queue.lock();
+            let n = q.len().min(MAX_BATCH);
+            q.drain(..n).collect()
+        };
+        if jobs.is_empty() {
+            return;
+        }
+        batch(&inner, &room, &mut st, jobs).await;
+    }
+}
+
+fn ident(ev: &NewEvent) -> Ident {
+    Ident {
+        sender: ev.from.clone(),
+        msg_id: ev.msg_id.clone(),
+    }
+}
+
+/// Handles one batch of a room's appends and answers every job.
+async fn batch(inner: &Inner, room: &Room, st: &mut State, jobs: Vec<Job>) {
+    // Taken now, put back only on success: any early return reloads the room.
+    let head = match st.head.take() {
+        Some(h) => h,
+        None => match load(inner, room, st).await {
+            Ok(h) => h,
+            Err(e) => return fail_all(jobs, &e),
+        },
+    };
+    // In-batch duplicates answer like their first occurrence.
+    let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut dup_of = vec![None; jobs.len()];
+    let mut unique = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        match first.get(&(j.ev.from.as_str(), j.ev.msg_id.as_str())) {
+            Some(&f) => dup_of[i] = Some(f),
+            None => {
+                first.insert((&j.ev.from, &j.ev.msg_id), i);
+                unique.push(i);
+            }
+        }
+    }
+    let found = match try_join_all(unique.iter().map(|&i| stored_key(inner, &jobs[i].ev))).await {
+        Ok(f) => f,
+        Err(e) => {
+            st.head = Some(head);
+            return fail_all(jobs, &e);
+        }
+    };
+    let mut results: Vec<Option<Result<Appended, StoreError>>> =
+        std::iter::repeat_with(|| None).take(jobs.len()).collect();
+    let mut new = Vec::new();
+    for (&i, f) in unique.iter().zip(found) {
+        match f {
+            Some(event) => {
+                results[i] = Some(Ok(Appended {
+                    event,
+                    duplicate: true,
+                }))
+            }
+            None => new.push(i),
+        }
+    }
+    let evs: Vec<&NewEvent> = new.iter().map(|&i| &jobs[i].ev).collect();
+    let placed = place(inner, &room.id, head, &evs).await;
+    room.hint.fetch_max(placed.head, Ordering::Relaxed);
+    let watermark = (st.indexed > st.persisted).then_some(st.indexed);
+    let written = index_batch(inner, &room.id, &evs, &placed.stored, watermark).await;
+    match &written {
+        Ok(()) => {
+            if let Some(w) = watermark {
+                st.persisted = w;
+            }
+            if placed.err.is_none() && !placed.taken {
+                st.indexed = placed.head;
+                st.head = Some(placed.head);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(room = %room.id, error = %e, "scylla: index writes failed; the room will be repaired")
+        }
+    }
+    for (k, &i) in new.iter().enumerate() {
+        results[i] = Some(match (placed.stored.get(k), &written, &placed.err) {
+            (Some(event), Ok(()), _) => Ok(Appended {
+                event: event.clone(),
+                duplicate: false,
+            }),
+            (Some(_), Err(e), _) => Err(same_err(e)),
+            (None, _, Some(e)) => Err(same_err(e)),
+            (None, _, None) => Err(StoreError::Unavailable("append not attempted".into())),
+        });
+    }
+    for (i, job) in jobs.into_iter().enumerate() {
+        let r = match dup_of[i] {
+            Some(f) => match results[f].as_ref() {
+                Some(Ok(a)) => Ok(Appended {
+                    event: a.event.clone(),
+                    duplicate: true,
+                }),
+                Some(Err(e)) => Err(same_err(e)),
+                None => Err(StoreError::Unavailable("append not attempted".into())),
+            },
+            None => results[i]
+                .take()
+                .unwrap_or_else(|| Err(StoreError::Unavailable("append not attempted".into()))),
+        };
+        drop(job.reply.send(r));
+    }
+}
+
+fn fail_all(jobs: Vec<Job>, e: &StoreError) {
+    for j in jobs {
+        drop(j.reply.send(Err(same_err(e))));
+    }
+}
+
+/// The stored event of `(room, from, msg_id)`, if its key is stored.
+async fn stored_key(inner: &Inner, ev: &NewEvent) -> Result<Option<StoredEvent>, StoreError> {
+    let seq: Option<(Option<i64>,)> = read::one(
+        inner,
+        &inner.st.idem_get,
+        (&ev.room, &ev.from, &ev.msg_id),
+        "idempotency read",
+    )
+    .await?;
+    let Some((Some(seq),)) = seq else {
+        return Ok(None);
+    };
+    let seq = unbig(seq)?;
+    let row: Option<(Vec<u8>,)> = read::one(
+        inner,
+        &inner.st.event_at,
+        (&ev.room, big(bucket_of(seq))?, big(seq)?),
+        "event read",
+    )
+    .await?;
+    match row {
+        Some((payload,)) => Ok(Some(StoredEvent {
+            seq,
+            json: Bytes::from(payload),
+        })),
+        None => Err(StoreError::Corrupt(format!(
+            "{}: idempotency key points at missing seq {seq}",
+            ev.room
+        ))),
+    }
+}
+
+/// Where the new events of a batch went.
+struct Placed {
+    /// `stored[k]` is `evs[k]`, for a prefix of the events.
+    stored: Vec<StoredEvent>,
+    /// Why the rest was not stored.
+    err: Option<StoreError>,
+    /// The highest seq known to be taken.
+    head: u64,
+    /// Another writer's events were met: the cache was stale.
+    taken: bool,
+}
+
+/// Stores `evs` in order at `head + 1, ...`: conditional batches of
+/// consecutive seqs in one partition, resolved by `lwt.rs` when not applied.
+async fn place(inner: &Inner, room: &str, head: u64, evs: &[&NewEvent]) -> Placed {
+    let mut p = Placed {
+        stored: Vec::with_capacity(evs.len()),
+        err: None,
+        head,
+        taken: false,
+    };
+    let mut stalls = 0;
+    while p.stored.len() < evs.len() {
+        let next = p.head + 1;
+        let rest = &evs[p.stored.len()..];
+        let attempt = match build_chunk(rest, next) {
+            Ok(c) => c,
+            Err(e) => {
+                p.err = Some(e);
+                break;
+            }
+        };
+        let walk = match try_chunk(inner, room, next, rest, &attempt).await {
+            Ok(w) => w,
+            Err(e) => {
+                p.err = Some(e);
+                p.taken = true; // the outcome is unknown: reload before the next append
+                break;
+            }
+        };
+        let (walk, payloads) = walk;
+        for (k, seq) in walk.stored.iter().enumerate() {
+            let json = match payloads.get(k) {
+                Some(Some(found)) => found.clone(),
+                _ => attempt.get(k).map(|(_, j)| j.clone()).unwrap_or_default(),
+            };
+            p.stored.push(StoredEvent { seq: *seq, json });
+        }
+        p.head = walk.next.saturating_sub(1).max(p.head);
+        if walk.taken {
+            p.taken = true;
+            match read::probe(inner, room, bucket_of(p.head)).await {
+                Ok(h) => p.head = p.head.max(h),
+                Err(e) => {
+                    p.err = Some(e);
+                    break;
+                }
+            }
+        }
+        if walk.stored.is_empty() {
+            stalls += 1;
+            if stalls >= MAX_STALLS {
+                p.err = Some(StoreError::Unavailable(format!(
+                    "{room}: no progress after {stalls} attempts (contention or timeouts)"
+                )));
+                p.taken = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5 << stalls.min(6))).await;
+        } else {
+            stalls = 0;
+        }
+    }
+    p
+}
+
+/// The next chunk: `(seq, payload)` for the first events of `rest` at
+/// `next, next + 1, ...`, within one bucket and the batch limits.
+fn build_chunk(rest: &[&NewEvent], next: u64) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    let room_left = last_in_bucket(bucket_of(next)) - next + 1;
+    let max = rest
+        .len()
+        .min(MAX_LWT_BATCH)
+        .min(usize::try_from(room_left).unwrap_or(usize::MAX));
+    let mut out = Vec::with_capacity(max);
+    let mut bytes = 0;
+    for (seq, ev) in (next..).zip(&rest[..max]) {
+        let json = Bytes::from(event_json(ev, seq)?);
+        bytes += json.len();
+        if !out.is_empty() && bytes > LWT_BATCH_BYTES {
+            break;
+        }
+        out.push((seq, json));
+    }
+    Ok(out)
+}
+
+/// The member change column: JSON of the change, if any.
+fn member_json(ev: &NewEvent) -> Result<Option<String>, StoreError> {
+    ev.member
+        .as_ref()
+        .map(|m| serde_json::to_string(m).map_err(|e| corrupt("encoding member change", e)))
+        .transpose()
+}
+
+/// One attempt: inserts the chunk (a plain conditional insert for one event,
+/// a conditional batch otherwise) and resolves it into a [`Walk`], with the
+/// payloads found in the slots when they were read.
+async fn try_chunk(
+    inner: &Inner,
+    room: &str,
+    next: u64,
+    rest: &[&NewEvent],
+    chunk: &[(u64, Bytes)],
+) -> Result<(Walk, Vec<Option<Bytes>>), StoreError> {
+    let bucket = big(bucket_of(next))?;
+    let mut values = Vec::with_capacity(chunk.len());
+    for ((seq, json), ev) in chunk.iter().zip(rest) {
+        values.push((
+            room,
+            bucket,
+            big(*seq)?,
+            ev.from.as_str(),
+            ev.msg_id.as_str(),
+            big(ev.ts)?,
+            json.as_ref(),
+            member_json(ev)?,
+        ));
+    }
+    let answer = if let [one] = values.as_slice() {
+        inner
+            .session
+            .execute_unpaged(&inner.st.insert_event, one)
+            .await
+    } else {
+        let mut b = Batch::new(BatchType::Unlogged);
+        for _ in 0..values.len() {
+            b.append_statement(inner.st.insert_event.clone());
+        }
+        inner.session.batch(&b, &values).await
+    };
+    let wants: Vec<Ident> = rest.iter().take(chunk.len()).map(|e| ident(e)).collect();
+    let want_refs: Vec<&Ident> = wants.iter().collect();
+    let existing;
+    let outcome = match &answer {
+        Err(e) => {
+            tracing::debug!(room, seq = next, error = %e, "scylla: insert outcome unknown");
+            Outcome::Unknown
+        }
+        Ok(res) => match read::lwt_answer(res)? {
+            (Some(true), _) => Outcome::Applied,
+            // A batch answers with rows in an order that differs between
+            // ScyllaDB and Cassandra: only a single insert's row is used.
+            (Some(false), row) => {
+                existing = row.filter(|_| wants.len() == 1);
+                Outcome::NotApplied(existing.as_ref())
+            }
+            (None, _) => Outcome::Unknown,
+        },
+    };
+    let none = |w: Walk| Ok((w, Vec::new()));
+    if outcome == Outcome::Applied {
+        return none(Walk {
+            stored: (next..).take(chunk.len()).collect(),
+            taken: false,
+            next: next + chunk.len() as u64,
+        });
+    }
+    match (wants.as_slice(), outcome) {
+        ([want], outcome) => match lwt::after_insert(want, next, outcome) {
+            lwt::Next::Taken(s) => none(Walk {
+                stored: Vec::new(),
+                taken: true,
+                next: s + 1,
+            }),
+            // Ours, or unknown: read the slot (ours: for the payload as stored).
+            _ => serial_walk(inner, room, next, &want_refs).await,
+        },
+        _ => serial_walk(inner, room, next, &want_refs).await,
+    }
+}
+
+/// Reads the slots `next..next + wants.len()` at LOCAL_SERIAL and walks them.
+async fn serial_walk(
+    inner: &Inner,
+    room: &str,
+    next: u64,
+    wants: &[&Ident],
+) -> Result<(Walk, Vec<Option<Bytes>>), StoreError> {
+    let last = next + wants.len() as u64 - 1;
+    let rows = read::slots_serial(inner, room, next, last).await?;
+    let idents: Vec<Option<Ident>> = rows
+        .iter()
+        .map(|r| r.as_ref().map(|(i, _)| i.clone()))
+        .collect();
+    let walk = lwt::walk(wants, next, &idents);
+    let payloads = walk
+        .stored
+        .iter()
+        .map(|s| {
+            rows.get(usize::try_from(s - next).unwrap_or(usize::MAX))
+                .and_then(|r| r.as_ref().map(|(_, p)| p.clone()))
+        })
+        .collect();
+    Ok((walk, payloads))
+}
+
+/// Writes the idempotency keys and membership rows of the stored events
+/// (and the lagging watermark), concurrently.
+async fn index_batch(
+    inner: &Inner,
+    room: &str,
+    evs: &[&NewEvent],
+    stored: &[StoredEvent],
+    watermark: Option<u64>,
+) -> Result<(), StoreError> {
+    let rows = evs
+        .iter()
+        .zip(stored)
+        .map(|(ev, s)| index_event(inner, room, s.seq, &ev.from, &ev.msg_id, ev.member.as_ref()));
+    let mark = async {
+        match watermark {
+            Some(w) => write_watermark(inner, room, w).await,
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(try_join_all(rows), mark).map(|_| ())
+}
+
+/// The derived rows of one event: its idempotency key, and its membership
+/// change in both directions (`USING TIMESTAMP seq`: the latest change wins).
+pub(super) async fn index_event(
+    inner: &Inner,
+    room: &str,
+    seq: u64,
+    sender: &str,
+    msg_id: &str,
+    member: Option<&MemberChange>,
+) -> Result<(), StoreError> {
+    let s = big(seq)?;
+    let key = async {
+        inner
+            .session
+            .execute_unpaged(&inner.st.idem_put, (room, sender, msg_id, s))
+            .await
+            .map_err(|e| unavailable("idempotency write", e))
+    };
+    let rows = async {
+        let Some(m) = member else { return Ok(()) };
+        let (role, state) = (read::enum_str(&m.role)?, read::enum_str(&m.state)?);
+        let by_room = inner.session.execute_unpaged(
+            &inner.st.member_put,
+            (room, &m.user, &role, &state, m.muted, s, s),
+        );
+        let by_user = inner.session.execute_unpaged(
+            &inner.st.user_room_put,
+            (&m.user, room, &role, &state, m.muted, s, s),
+        );
+        tokio::try_join!(by_room, by_user).map_err(|e| unavailable("membership write", e))?;
+        Ok(())
+    };
+    tokio::try_join!(key, rows).map(|_| ())
+}
+
+async fn write_watermark(inner: &Inner, room: &str, w: u64) -> Result<(), StoreError> {
+    let w = big(w)?;
+    inner
+        .session
+        .execute_unpaged(&inner.st.index_put, (w, w, room))
+        .await
+        .map_err(|e| unavailable("room index write", e))?;
+    Ok(())
+}
+
+/// Loads a room before its first append (or after a failure): finds the
+/// head from the index watermark, replays `(indexed, head]` into the
+/// idempotency and membership tables, and moves the watermark.
+async fn load(inner: &Inner, room: &Room, st: &mut State) -> Result<u64, StoreError> {
+    let stored: Option<(Option<i64>,)> =
+        read::one(inner, &inner.st.index_get, (&room.id,), "room index read").await?;
+    let w = match stored {
+        Some((Some(w),)) => unbig(w)?,
+        _ => 0,
+    }
+    .max(st.indexed);
+    let head = read::probe(inner, &room.id, bucket_of(w)).await?;
+    let mut lo = w + 1;
+    while lo <= head {
+        let hi = head.min(lo + REPAIR_WINDOW - 1);
+        let rows = read::scan(inner, &room.id, lo, hi).await?;
+        for chunk in rows.chunks(64) {
+            try_join_all(chunk.iter().map(|r| {
+                index_event(
+                    inner,
+                    &room.id,
+                    r.seq,
+                    &r.sender,
+                    &r.msg_id,
+                    r.member.as_ref(),
+                )
+            }))
+            .await?;
+        }
+        if rows.len() as u64 != hi - lo + 1 {
+            tracing::warn!(room = %room.id, lo, hi, found = rows.len(), "scylla: gap in a room's stream");
+        }
+        lo = hi + 1;
+    }
+    if head > w {
+        tracing::info!(room = %room.id, from = w + 1, to = head, "scylla: replayed index rows");
+    }
+    st.indexed = head;
+    if head > st.persisted {
+        write_watermark(inner, &room.id, head).await?;
+        st.persisted = head;
+    }
+    room.hint.fetch_max(head, Ordering::Relaxed);
+    Ok(head)
+}
+
+/// Writes every room's lagging watermark.
+pub(super) async fn flush(inner: &Inner) -> Result<(), StoreError> {
+    let rooms: Vec<Arc<Room>> = inner.rooms.lock().values().cloned().collect();
+    for room in rooms {
+        let mut st = room.state.lock().await;
+        if st.head.is_some() && st.indexed > st.persisted {
+            write_watermark(inner, &room.id, st.indexed).await?;
+            st.persisted = st.indexed;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: usize, body_len: usize) -> NewEvent {
+        let mut body = serde_json::Map::new();
+        body.insert("body".into(), "x".repeat(body_len).into());
+        NewEvent {
+            room: "r".into(),
+            from: "u".into(),
+            msg_id: format!("m{n}"),
+            ts: 1,
+            body,
+            member: None,
+        }
+    }
+
+    #[test]
+    fn chunks_stop_at_bucket_end_and_limits() -> Result<(), StoreError> {
+        let evs: Vec<NewEvent> = (0..100).map(|n| ev(n, 10)).collect();
+        let refs: Vec<&NewEvent> = evs.iter().collect();
+        let c = build_chunk(&refs, 1)?;
+        assert_eq!(c.len(), MAX_LWT_BATCH, "capped at MAX_LWT_BATCH");
+        assert_eq!(c.first().map(|x| x.0), Some(1));
+        let c = build_chunk(&refs, super::super::BUCKET_SIZE - 3)?;
+        assert_eq!(c.len(), 3, "stops at the bucket's last seq");
+        let c = build_chunk(&refs, super::super::BUCKET_SIZE)?;
+        assert_eq!(c.len(), MAX_LWT_BATCH, "a new bucket starts a new chunk");
+        let big: Vec<NewEvent> = (0..10).map(|n| ev(n, 40 * 1024)).collect();
+        let refs: Vec<&NewEvent> = big.iter().collect();
+        assert_eq!(build_chunk(&refs, 1)?.len(), 2, "byte budget");
+        let huge = [ev(0, 200 * 1024)];
+        let refs: Vec<&NewEvent> = huge.iter().collect();
+        assert_eq!(build_chunk(&refs, 1)?.len(), 1, "one event always fits");
+        Ok(())
+    }
+
+    #[test]
+    fn chunk_payload_has_its_seq() -> Result<(), StoreError> {
+        let evs = [ev(0, 1), ev(1, 1)];
+        let refs: Vec<&NewEvent> = evs.iter().collect();
+        let c = build_chunk(&refs, 41)?;
+        for (seq, json) in c {
+            let v: serde_json::Value =
+                serde_json::from_slice(&json).map_err(|e| corrupt("test", e))?;
+            assert_eq!(v["seq"], seq);
+        }
+        Ok(())
+    }
+}
