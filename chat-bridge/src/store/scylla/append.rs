@@ -16,6 +16,7 @@ use crate::store::{Appended, MemberChange, NewEvent, StoreError, StoredEvent};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::MaybeUnset;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -382,7 +383,8 @@ async fn try_chunk(
             ev.msg_id.as_str(),
             big(ev.ts)?,
             json.as_ref(),
-            member_json(ev)?,
+            // Unset, not null: a null would write a tombstone cell per event.
+            MaybeUnset::from_option(member_json(ev)?),
         ));
     }
     let answer = if let [one] = values.as_slice() {

@@ -13,7 +13,7 @@ use scylla::response::query_result::QueryResult;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
+use scylla::value::{CqlValue, MaybeUnset, Row};
 use std::ops::ControlFlow;
 
 /// Most rows `members` returns at once.
@@ -295,7 +295,7 @@ pub(super) async fn create_room(inner: &Inner, info: &RoomInfo) -> Result<bool, 
     let values = (
         &info.id,
         &kind,
-        &info.title,
+        MaybeUnset::from_option(info.title.as_deref()),
         &info.created_by,
         big(info.created_ts)?,
     );
