@@ -137,7 +137,8 @@ fn event(room: &str, from: &str, msg_id: &str) -> NewEvent {
 }
 
 /// Two stores (two bridges that both think they own the room) append to one
-/// room at once: the LWT insert gives each seq to exactly one event.
+/// room at once: the LWT insert gives each seq to exactly one event, and each
+/// event (retries included) has exactly one seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_stores_never_fork_a_room() {
     with_keyspace(|cfg| async move {
@@ -150,11 +151,20 @@ async fn two_stores_never_fork_a_room() {
                 tasks.push(tokio::spawn(async move {
                     let mut seqs = Vec::new();
                     for i in 0..EACH / 3 {
-                        let a = store
-                            .append(event("shared", &format!("b{b}t{t}"), &format!("m{i}")))
-                            .await
-                            .expect("append");
-                        assert!(!a.duplicate);
+                        let e = || event("shared", &format!("b{b}t{t}"), &format!("m{i}"));
+                        // Under contention an append may give up (Unavailable);
+                        // the bridge retries with the same msg_id, as here.
+                        let mut tries = 0;
+                        let a = loop {
+                            match store.append(e()).await {
+                                Ok(a) => break a,
+                                Err(err) if tries < 5 => {
+                                    tries += 1;
+                                    eprintln!("retrying after: {err}");
+                                }
+                                Err(err) => panic!("append: {err}"),
+                            }
+                        };
                         seqs.push(a.event.seq);
                     }
                     seqs

@@ -25,8 +25,12 @@ use tokio::sync::oneshot;
 
 /// Payload bytes in one conditional batch (ScyllaDB warns above 128 KiB).
 const LWT_BATCH_BYTES: usize = 96 * 1024;
-/// Attempts in a row that store nothing before a batch gives up.
-const MAX_STALLS: u32 = 12;
+/// Attempts in a row that find the slot free yet store nothing (failed or
+/// timed-out inserts) before a batch gives up; each waits longer.
+const MAX_STALLS: u32 = 8;
+/// Attempts in a row that lose the slot to another writer before a batch
+/// gives up (another bridge appending to the same room without pause).
+const MAX_LOST: u32 = 64;
 /// Events replayed per read of a repair.
 const REPAIR_WINDOW: u64 = 1000;
 
@@ -278,7 +282,7 @@ async fn place(inner: &Inner, room: &str, head: u64, evs: &[&NewEvent]) -> Place
         head,
         taken: false,
     };
-    let mut stalls = 0;
+    let (mut stalls, mut lost) = (0, 0);
     while p.stored.len() < evs.len() {
         let next = p.head + 1;
         let rest = &evs[p.stored.len()..];
@@ -316,18 +320,27 @@ async fn place(inner: &Inner, room: &str, head: u64, evs: &[&NewEvent]) -> Place
                 }
             }
         }
-        if walk.stored.is_empty() {
+        if !walk.stored.is_empty() {
+            (stalls, lost) = (0, 0);
+        } else if walk.taken {
+            // Someone else progressed: retry at once, from the new head.
+            lost += 1;
+            if lost >= MAX_LOST {
+                p.err = Some(StoreError::Unavailable(format!(
+                    "{room}: lost {lost} slots in a row to another writer"
+                )));
+                break;
+            }
+        } else {
             stalls += 1;
             if stalls >= MAX_STALLS {
                 p.err = Some(StoreError::Unavailable(format!(
-                    "{room}: no progress after {stalls} attempts (contention or timeouts)"
+                    "{room}: no insert succeeded in {stalls} attempts"
                 )));
                 p.taken = true;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(5 << stalls.min(6))).await;
-        } else {
-            stalls = 0;
+            tokio::time::sleep(Duration::from_millis(5 << stalls)).await;
         }
     }
     p
@@ -393,7 +406,9 @@ async fn try_chunk(
             .execute_unpaged(&inner.st.insert_event, one)
             .await
     } else {
-        let mut b = Batch::new(BatchType::Unlogged);
+        // `BEGIN BATCH`: a conditional batch on one partition runs as one Paxos
+        // round (no batchlog), all-or-nothing.
+        let mut b = Batch::new(BatchType::Logged);
         for _ in 0..values.len() {
             b.append_statement(inner.st.insert_event.clone());
         }
