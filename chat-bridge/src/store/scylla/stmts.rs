@@ -56,7 +56,7 @@ const CQL: [(&str, Kind, i32); 20] = [
         0,
     ),
     (
-        "SELECT seq, sender, msg_id FROM {ks}.messages \
+        "SELECT seq, sender, msg_id, payload FROM {ks}.messages \
          WHERE room = ? AND bucket = ? AND seq >= ? AND seq <= ?",
         Kind::SerialRead,
         0,
