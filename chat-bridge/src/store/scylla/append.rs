@@ -8,8 +8,8 @@
 
 use super::lwt::{self, Ident, Outcome, Walk};
 use super::{
-    big, bucket_of, corrupt, last_in_bucket, read, same_err, unavailable, unbig, Inner, MAX_BATCH,
-    MAX_LWT_BATCH,
+    big, bucket_of, corrupt, last_in_bucket, read, same_err, stmts, unavailable, unbig, Inner,
+    MAX_BATCH, MAX_LWT_BATCH,
 };
 use crate::store::event_json;
 use crate::store::{Appended, MemberChange, NewEvent, StoreError, StoredEvent};
@@ -231,24 +231,15 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
 
 /// The stored event of `(room, from, msg_id)`, if its key is stored.
 async fn stored_key(inner: &Inner, ev: &NewEvent) -> Result<Option<StoredEvent>, StoreError> {
-    let seq: Option<(Option<i64>,)> = read::one(
-        inner,
-        &inner.st.idem_get,
-        (&ev.room, &ev.from, &ev.msg_id),
-        "idempotency read",
-    )
-    .await?;
+    let key: stmts::IdemKey = (&ev.room, &ev.from, &ev.msg_id);
+    let seq: Option<(Option<i64>,)> =
+        read::one(inner, &inner.st.idem_get, key, "idempotency read").await?;
     let Some((Some(seq),)) = seq else {
         return Ok(None);
     };
     let seq = unbig(seq)?;
-    let row: Option<(Vec<u8>,)> = read::one(
-        inner,
-        &inner.st.event_at,
-        (&ev.room, big(bucket_of(seq))?, big(seq)?),
-        "event read",
-    )
-    .await?;
+    let at: stmts::EventAt = (&ev.room, big(bucket_of(seq))?, big(seq)?);
+    let row: Option<(Vec<u8>,)> = read::one(inner, &inner.st.event_at, at, "event read").await?;
     match row {
         Some((payload,)) => Ok(Some(StoredEvent {
             seq,
@@ -388,7 +379,7 @@ async fn try_chunk(
     let bucket = big(bucket_of(next))?;
     let mut values = Vec::with_capacity(chunk.len());
     for ((seq, json), ev) in chunk.iter().zip(rest) {
-        values.push((
+        let v: stmts::InsertEvent = (
             room,
             bucket,
             big(*seq)?,
@@ -398,7 +389,8 @@ async fn try_chunk(
             json.as_ref(),
             // Unset, not null: a null would write a tombstone cell per event.
             MaybeUnset::from_option(member_json(ev)?),
-        ));
+        );
+        values.push(v);
     }
     let answer = if let [one] = values.as_slice() {
         inner
@@ -516,21 +508,20 @@ pub(super) async fn index_event(
     let key = async {
         inner
             .session
-            .execute_unpaged(&inner.st.idem_put, (room, sender, msg_id, s))
+            .execute_unpaged(&inner.st.idem_put, {
+                let v: stmts::IdemPut = (room, sender, msg_id, s);
+                v
+            })
             .await
             .map_err(|e| unavailable("idempotency write", e))
     };
     let rows = async {
         let Some(m) = member else { return Ok(()) };
         let (role, state) = (read::enum_str(&m.role)?, read::enum_str(&m.state)?);
-        let by_room = inner.session.execute_unpaged(
-            &inner.st.member_put,
-            (room, &m.user, &role, &state, m.muted, s, s),
-        );
-        let by_user = inner.session.execute_unpaged(
-            &inner.st.user_room_put,
-            (&m.user, room, &role, &state, m.muted, s, s),
-        );
+        let v: stmts::MemberPut = (room, &m.user, &role, &state, m.muted, s, s);
+        let by_room = inner.session.execute_unpaged(&inner.st.member_put, v);
+        let v: stmts::MemberPut = (&m.user, room, &role, &state, m.muted, s, s);
+        let by_user = inner.session.execute_unpaged(&inner.st.user_room_put, v);
         tokio::try_join!(by_room, by_user).map_err(|e| unavailable("membership write", e))?;
         Ok(())
     };
@@ -541,7 +532,10 @@ async fn write_watermark(inner: &Inner, room: &str, w: u64) -> Result<(), StoreE
     let w = big(w)?;
     inner
         .session
-        .execute_unpaged(&inner.st.index_put, (w, w, room))
+        .execute_unpaged(&inner.st.index_put, {
+            let v: stmts::IndexPut = (w, w, room);
+            v
+        })
         .await
         .map_err(|e| unavailable("room index write", e))?;
     Ok(())
@@ -551,8 +545,13 @@ async fn write_watermark(inner: &Inner, room: &str, w: u64) -> Result<(), StoreE
 /// head from the index watermark, replays `(indexed, head]` into the
 /// idempotency and membership tables, and moves the watermark.
 async fn load(inner: &Inner, room: &Room, st: &mut State) -> Result<u64, StoreError> {
-    let stored: Option<(Option<i64>,)> =
-        read::one(inner, &inner.st.index_get, (&room.id,), "room index read").await?;
+    let stored: Option<(Option<i64>,)> = read::one(
+        inner,
+        &inner.st.index_get,
+        (room.id.as_str(),),
+        "room index read",
+    )
+    .await?;
     let w = match stored {
         Some((Some(w),)) => unbig(w)?,
         _ => 0,

@@ -2,7 +2,8 @@
 //! not appends (rooms, markers), and the row helpers the append path shares.
 
 use super::lwt::Ident;
-use super::{big, bucket_of, corrupt, last_in_bucket, unavailable, unbig, Inner};
+use super::stmts::{MemberRow as RawMember, RoomRow as RawRoom};
+use super::{big, bucket_of, corrupt, last_in_bucket, stmts, unavailable, unbig, Inner};
 use crate::store::{
     MarkerKind, Markers, Member, MemberChange, Page, Range, RoomInfo, StoreError, StoredEvent,
     PAGE_MAX,
@@ -138,8 +139,6 @@ pub(super) struct EventRow {
     pub(super) member: Option<MemberChange>,
 }
 
-type RawEvent = (i64, String, String, Vec<u8>, Option<String>);
-
 /// The events `lo..=hi` of `room`, ascending, one bucket at a time, paged.
 pub(super) async fn scan(
     inner: &Inner,
@@ -154,8 +153,8 @@ pub(super) async fn scan(
     for b in bucket_of(lo)..=bucket_of(hi) {
         let (from, to) = (lo.max(b * super::BUCKET_SIZE), hi.min(last_in_bucket(b)));
         let max = usize::try_from(to - from + 1).unwrap_or(usize::MAX);
-        let values = (room, big(b)?, big(from)?, big(to)?);
-        let mut rows: Vec<RawEvent> =
+        let values: stmts::SeqRange = (room, big(b)?, big(from)?, big(to)?);
+        let mut rows: Vec<stmts::EventRow> =
             paged(inner, &inner.st.events_range, values, max, "history read").await?;
         rows.reverse(); // the partition is seq DESC
         for (seq, sender, msg_id, payload, member) in rows {
@@ -181,7 +180,7 @@ pub(super) async fn slots_serial(
     lo: u64,
     hi: u64,
 ) -> Result<Vec<Option<(Ident, Bytes)>>, StoreError> {
-    let values = (room, big(bucket_of(lo))?, big(lo)?, big(hi)?);
+    let values: stmts::SeqRange = (room, big(bucket_of(lo))?, big(lo)?, big(hi)?);
     let res = inner
         .session
         .execute_unpaged(&inner.st.slots_serial, values)
@@ -192,7 +191,7 @@ pub(super) async fn slots_serial(
         .map_err(|e| corrupt("serial read", e))?;
     let mut out = vec![None; usize::try_from(hi - lo + 1).unwrap_or(0)];
     for r in rows
-        .rows::<(i64, String, String, Vec<u8>)>()
+        .rows::<stmts::SlotRow>()
         .map_err(|e| corrupt("serial read", e))?
     {
         let (seq, sender, msg_id, payload) = r.map_err(|e| corrupt("serial read", e))?;
@@ -273,8 +272,6 @@ fn parse_enum<T: serde::de::DeserializeOwned>(
     serde_json::from_value(serde_json::Value::String(s)).map_err(|e| corrupt(what, e))
 }
 
-type RawRoom = (Option<String>, Option<String>, Option<String>, Option<i64>);
-
 fn room_info(
     id: &str,
     (kind, title, created_by, created_ts): RawRoom,
@@ -292,7 +289,7 @@ fn room_info(
 /// unknown outcome the row is read at LOCAL_SERIAL (ours if identical).
 pub(super) async fn create_room(inner: &Inner, info: &RoomInfo) -> Result<bool, StoreError> {
     let kind = enum_str(&info.kind)?;
-    let values = (
+    let values: stmts::RoomPut = (
         &info.id,
         &kind,
         MaybeUnset::from_option(info.title.as_deref()),
@@ -338,14 +335,6 @@ pub(super) async fn room(inner: &Inner, id: &str) -> Result<Option<RoomInfo>, St
     row.map(|r| room_info(id, r)).transpose()
 }
 
-type RawMember = (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<bool>,
-    Option<i64>,
-);
-
 /// `(other, ...)` -> `Member`; `other` is the user (by room) or the room (by user).
 fn member_row(room: Option<&str>, user: Option<&str>, r: RawMember) -> Result<Member, StoreError> {
     let (other, role, state, muted, since) = r;
@@ -380,7 +369,7 @@ pub(super) async fn members(
         return Ok(Vec::new());
     }
     let n = i32::try_from(limit).unwrap_or(i32::MAX);
-    let values = (room, after.unwrap_or(""), n);
+    let values: stmts::MembersPage = (room, after.unwrap_or(""), n);
     let rows: Vec<RawMember> =
         paged(inner, &inner.st.members_page, values, limit, "members read").await?;
     rows.into_iter()
@@ -406,7 +395,7 @@ pub(super) async fn user_rooms(inner: &Inner, user: &str) -> Result<Vec<Member>,
 }
 
 pub(super) async fn markers(inner: &Inner, room: &str, user: &str) -> Result<Markers, StoreError> {
-    let row: Option<(Option<i64>, Option<i64>)> =
+    let row: Option<stmts::MarkersRow> =
         one(inner, &inner.st.marker_get, (room, user), "markers read").await?;
     let (read, delivered) = row.unwrap_or((None, None));
     Ok(Markers {
@@ -436,7 +425,10 @@ pub(super) async fn set_marker(
     let s = big(seq)?;
     inner
         .session
-        .execute_unpaged(stmt, (s, s, room, user))
+        .execute_unpaged(stmt, {
+            let v: stmts::MarkerPut = (s, s, room, user);
+            v
+        })
         .await
         .map_err(|e| unavailable("marker write", e))?;
     Ok((m, true))

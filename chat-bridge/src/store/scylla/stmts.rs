@@ -5,6 +5,57 @@ use futures_util::future::try_join_all;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, Statement};
+use scylla::value::MaybeUnset;
+
+// The bound values and the rows of the statements, as the code uses them;
+// `tests::statements_match_the_schema` checks each against the CQL and the
+// schema file, so a column list and its Rust type cannot drift apart.
+
+/// `insert_event`: room, bucket, seq, sender, msg_id, ts, payload, member change.
+pub(super) type InsertEvent<'a> = (
+    &'a str,
+    i64,
+    i64,
+    &'a str,
+    &'a str,
+    i64,
+    &'a [u8],
+    MaybeUnset<String>,
+);
+/// room, bucket, seq from, seq to.
+pub(super) type SeqRange<'a> = (&'a str, i64, i64, i64);
+/// `slots_serial`: seq, sender, msg_id, payload.
+pub(super) type SlotRow = (i64, String, String, Vec<u8>);
+/// `events_range`: seq, sender, msg_id, payload, member change.
+pub(super) type EventRow = (i64, String, String, Vec<u8>, Option<String>);
+/// room, sender, msg_id.
+pub(super) type IdemKey<'a> = (&'a str, &'a str, &'a str);
+/// room, sender, msg_id, seq.
+pub(super) type IdemPut<'a> = (&'a str, &'a str, &'a str, i64);
+/// timestamp, value, room.
+pub(super) type IndexPut<'a> = (i64, i64, &'a str);
+/// room or user, user or room, role, state, muted, since, timestamp.
+pub(super) type MemberPut<'a> = (&'a str, &'a str, &'a str, &'a str, bool, i64, i64);
+/// member (or room), role, state, muted, since.
+pub(super) type MemberRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<i64>,
+);
+/// room, member after, limit.
+pub(super) type MembersPage<'a> = (&'a str, &'a str, i32);
+/// room, kind, title, created_by, created_ts.
+pub(super) type RoomPut<'a> = (&'a str, &'a str, MaybeUnset<&'a str>, &'a str, i64);
+/// kind, title, created_by, created_ts.
+pub(super) type RoomRow = (Option<String>, Option<String>, Option<String>, Option<i64>);
+/// read, delivered.
+pub(super) type MarkersRow = (Option<i64>, Option<i64>);
+/// timestamp, value, room, member.
+pub(super) type MarkerPut<'a> = (i64, i64, &'a str, &'a str);
+/// A partition and a seq.
+pub(super) type EventAt<'a> = (&'a str, i64, i64);
 
 /// Rows per page of a history or repair read (a page holds at most
 /// `PAGE_MAX` events anyway; this bounds one response to ~200 payloads).
@@ -211,5 +262,159 @@ impl Stmts {
             marker_read_put: next()?,
             marker_delivered_put: next()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::scylla::migrate::{statements, MIGRATIONS};
+    use scylla::deserialize::row::DeserializeRow;
+    use scylla::frame::response::result::{ColumnSpec, ColumnType, NativeType, TableSpec};
+    use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+    use scylla::serialize::writers::RowWriter;
+    use std::collections::HashMap;
+
+    type Schema = HashMap<String, HashMap<String, NativeType>>;
+    /// Point reads bind their keys as `&str`s.
+    type Key1<'a> = (&'a str,);
+    type Key2<'a> = (&'a str, &'a str);
+    type Bucket<'a> = (&'a str, i64);
+
+    /// Table -> column -> type, from the migration files.
+    fn schema() -> Schema {
+        let mut tables = Schema::new();
+        for (_, text) in MIGRATIONS {
+            for stmt in statements(text, "ks", "{}") {
+                let Some(rest) = stmt.strip_prefix("CREATE TABLE IF NOT EXISTS ks.") else {
+                    continue;
+                };
+                let name = rest.split([' ', '(']).next().unwrap_or_default();
+                let cols = tables.entry(name.to_owned()).or_default();
+                for line in rest.lines().skip(1) {
+                    let mut w = line.split_whitespace();
+                    let (Some(col), Some(typ)) = (w.next(), w.next()) else {
+                        continue;
+                    };
+                    let typ = match typ.trim_end_matches(',') {
+                        "text" => NativeType::Text,
+                        "bigint" => NativeType::BigInt,
+                        "blob" => NativeType::Blob,
+                        "boolean" => NativeType::Boolean,
+                        "timestamp" => NativeType::Timestamp,
+                        _ => continue,
+                    };
+                    cols.insert(col.to_owned(), typ);
+                }
+            }
+        }
+        tables
+    }
+
+    fn spec(name: &str, typ: NativeType) -> ColumnSpec<'static> {
+        ColumnSpec::owned(
+            name.to_owned(),
+            ColumnType::Native(typ),
+            TableSpec::owned("ks".into(), "t".into()),
+        )
+    }
+
+    /// (the selected columns, the bound columns) of a statement, typed from the schema.
+    fn shape(cql: &str, schema: &Schema) -> (Vec<ColumnSpec<'static>>, Vec<ColumnSpec<'static>>) {
+        let cql = cql.replace("{ks}", "ks");
+        let words: Vec<&str> = cql
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
+            .filter(|w| !w.is_empty())
+            .collect();
+        let table = words
+            .iter()
+            .find_map(|w| w.strip_prefix("ks."))
+            .unwrap_or_else(|| panic!("no table in {cql}"));
+        let cols = schema
+            .get(table)
+            .unwrap_or_else(|| panic!("{table} is not in the schema"));
+        let col = |c: &str| {
+            spec(
+                c,
+                cols.get(c)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{table}.{c} is not in the schema ({cql})")),
+            )
+        };
+        let mut selected = Vec::new();
+        if words.first() == Some(&"SELECT") {
+            for w in words.iter().skip(1).take_while(|w| **w != "FROM") {
+                selected.push(col(w));
+            }
+        }
+        let mut binds = Vec::new();
+        if words.first() == Some(&"INSERT") {
+            let list: Vec<&str> = words
+                .iter()
+                .skip(3)
+                .take_while(|w| **w != "VALUES")
+                .copied()
+                .collect();
+            binds.extend(list.iter().map(|c| col(c)));
+        }
+        for (i, w) in words.iter().enumerate() {
+            if *w != "?" || words.first() == Some(&"INSERT") && !words[..i].contains(&"USING") {
+                continue;
+            }
+            let prev = words.get(i.wrapping_sub(1)).copied().unwrap_or_default();
+            binds.push(match prev {
+                "TIMESTAMP" => spec("[timestamp]", NativeType::BigInt),
+                "LIMIT" => spec("[limit]", NativeType::Int),
+                "=" | ">" | ">=" | "<" | "<=" => {
+                    col(words.get(i.wrapping_sub(2)).copied().unwrap_or_default())
+                }
+                other => panic!("bind marker after {other:?} in {cql}"),
+            });
+        }
+        (selected, binds)
+    }
+
+    fn check<V: SerializeRow + Default, R>(i: usize, schema: &Schema)
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let (cql, _, _) = CQL[i];
+        let (selected, binds) = shape(cql, schema);
+        let mut buf = Vec::new();
+        V::default()
+            .serialize(
+                &RowSerializationContext::from_specs(&binds),
+                &mut RowWriter::new(&mut buf),
+            )
+            .unwrap_or_else(|e| panic!("values of `{cql}`: {e}"));
+        if !selected.is_empty() {
+            R::type_check(&selected).unwrap_or_else(|e| panic!("row of `{cql}`: {e}"));
+        }
+    }
+
+    #[test]
+    fn statements_match_the_schema() {
+        let s = schema();
+        assert_eq!(s.len(), 8, "tables: {:?}", s.keys());
+        check::<InsertEvent<'_>, ()>(0, &s);
+        check::<SeqRange<'_>, SlotRow>(1, &s);
+        check::<Bucket<'_>, (i64,)>(2, &s);
+        check::<SeqRange<'_>, EventRow>(3, &s);
+        check::<EventAt<'_>, (Vec<u8>,)>(4, &s);
+        check::<IdemKey<'_>, (Option<i64>,)>(5, &s);
+        check::<IdemPut<'_>, ()>(6, &s);
+        check::<Key1<'_>, (Option<i64>,)>(7, &s);
+        check::<IndexPut<'_>, ()>(8, &s);
+        check::<MemberPut<'_>, ()>(9, &s);
+        check::<MemberPut<'_>, ()>(10, &s);
+        check::<Key2<'_>, MemberRow>(11, &s);
+        check::<MembersPage<'_>, MemberRow>(12, &s);
+        check::<Key1<'_>, MemberRow>(13, &s);
+        check::<RoomPut<'_>, ()>(14, &s);
+        check::<Key1<'_>, RoomRow>(15, &s);
+        check::<Key1<'_>, RoomRow>(16, &s);
+        check::<Key2<'_>, MarkersRow>(17, &s);
+        check::<MarkerPut<'_>, ()>(18, &s);
+        check::<MarkerPut<'_>, ()>(19, &s);
     }
 }
