@@ -74,6 +74,7 @@ mod append;
 mod config;
 mod lwt;
 mod migrate;
+mod place;
 mod read;
 mod stmts;
 mod tls;
