@@ -52,11 +52,7 @@ fn fresh_keyspace() -> String {
 }
 
 async fn drop_keyspace(cfg: &ScyllaConfig) {
-    let mut b = scylla::client::session_builder::SessionBuilder::new().known_nodes(&cfg.nodes);
-    if !cfg.username.is_empty() {
-        b = b.user(&cfg.username, &cfg.password);
-    }
-    let dropped = match b.build().await {
+    let dropped = match cfg.session().await {
         Ok(s) => s
             .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", cfg.keyspace), ())
             .await

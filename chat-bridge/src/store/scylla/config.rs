@@ -162,8 +162,9 @@ impl ScyllaConfig {
     /// Opens a session: token- and shard-aware routing (the driver's default
     /// policy, restricted to `local_dc` when set), LOCAL_QUORUM, LOCAL_SERIAL
     /// for lightweight transactions, the request timeout, TLS and
-    /// authentication when configured.
-    pub(super) async fn session(&self) -> Result<Session, StoreError> {
+    /// authentication when configured. The store and `migrate` use it; so
+    /// can tools (the ScyllaDB tests drop their keyspaces through it).
+    pub async fn session(&self) -> Result<Session, StoreError> {
         self.validate()?;
         let mut policy = DefaultPolicy::builder().token_aware(true);
         if !self.local_dc.is_empty() {
