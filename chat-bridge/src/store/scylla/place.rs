@@ -190,7 +190,8 @@ async fn try_chunk(
             tracing::debug!(room, seq = next, error = %e, "scylla: insert outcome unknown");
             Outcome::Unknown
         }
-        Ok(res) => match read::lwt_answer(res)? {
+        // An answer that does not decode counts as no answer: the slot is read.
+        Ok(res) => match read::lwt_answer(res).unwrap_or((None, None)) {
             (Some(true), _) => Outcome::Applied,
             // A batch answers with rows in an order that differs between
             // ScyllaDB and Cassandra: only a single insert's row is used.
