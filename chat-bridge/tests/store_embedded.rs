@@ -37,23 +37,7 @@ macro_rules! conformance_tests {
     )*};
 }
 
-conformance_tests!(
-    seq_starts_at_one_and_is_gap_free,
-    concurrent_appends_one_room,
-    rooms_are_independent,
-    idempotent_retry,
-    idempotent_retry_concurrent,
-    same_msg_id_other_sender_is_new,
-    stored_json,
-    paging_edges,
-    paging_clamps_limit,
-    create_room_once,
-    membership,
-    membership_transitions,
-    markers_move_forward,
-    flush_works,
-    append_many_keeps_order,
-);
+chat_bridge::for_each_conformance_check!(conformance_tests);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all_on_fresh_stores() {

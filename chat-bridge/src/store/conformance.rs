@@ -15,27 +15,44 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// Calls `$m!(check, check, ...)` with the name of every check, so an
+/// implementation's test file gets one `#[test]` per check without repeating
+/// the list: `chat_bridge::for_each_conformance_check!(my_tests);`.
+#[macro_export]
+macro_rules! for_each_conformance_check {
+    ($m:ident) => {
+        $m!(
+            seq_starts_at_one_and_is_gap_free,
+            concurrent_appends_one_room,
+            rooms_are_independent,
+            idempotent_retry,
+            idempotent_retry_concurrent,
+            same_msg_id_other_sender_is_new,
+            stored_json,
+            paging_edges,
+            paging_clamps_limit,
+            create_room_once,
+            membership,
+            membership_transitions,
+            markers_move_forward,
+            flush_works,
+            append_many_keeps_order,
+        );
+    };
+}
+
 /// Runs every check, each against a fresh store from `make`.
 pub async fn run_all<F, Fut>(make: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<dyn Store>>,
 {
-    seq_starts_at_one_and_is_gap_free(make().await).await;
-    concurrent_appends_one_room(make().await).await;
-    rooms_are_independent(make().await).await;
-    idempotent_retry(make().await).await;
-    idempotent_retry_concurrent(make().await).await;
-    same_msg_id_other_sender_is_new(make().await).await;
-    stored_json(make().await).await;
-    paging_edges(make().await).await;
-    paging_clamps_limit(make().await).await;
-    create_room_once(make().await).await;
-    membership(make().await).await;
-    membership_transitions(make().await).await;
-    markers_move_forward(make().await).await;
-    flush_works(make().await).await;
-    append_many_keeps_order(make().await).await;
+    macro_rules! run {
+        ($($check:ident),* $(,)?) => {$(
+            $check(make().await).await;
+        )*};
+    }
+    for_each_conformance_check!(run);
 }
 
 /// An id unique to this process run and call: `tag-<time>-<counter>`.

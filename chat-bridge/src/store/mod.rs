@@ -17,12 +17,16 @@
 //! * **Markers only move forward.** [`Store::set_marker`] ignores a `seq`
 //!   lower than or equal to the stored one.
 //!
-//! Implementations: [`embedded`] (the default, on local disk). A ScyllaDB
-//! store implements the same trait; [`conformance`] is the test suite every
-//! implementation must pass.
+//! Implementations: [`embedded`] (the default, on local disk) and
+//! [`scylla`] (ScyllaDB, for deployments past one machine); [`conformance`]
+//! is the test suite every implementation must pass.
 
 pub mod conformance;
 pub mod embedded;
+mod payload;
+pub mod scylla;
+
+pub(crate) use payload::event_json;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

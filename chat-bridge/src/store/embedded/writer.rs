@@ -253,7 +253,7 @@ impl Writer {
             .checked_add(1)
             .ok_or_else(|| StoreError::Conflict(format!("{}: seq space exhausted", ev.room)))?;
         let ek = keys::event(&ev.room, seq)?;
-        let json = Bytes::from(keys::event_json(ev, seq)?);
+        let json = Bytes::from(super::super::payload::event_json(ev, seq)?);
         let member = match &ev.member {
             None => None,
             Some(mc) => {
