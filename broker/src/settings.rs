@@ -13,6 +13,7 @@
 use crate::config::BrokerConfig;
 use chat_bridge::bridge::BridgeConfig;
 use chat_bridge::store::embedded::FsyncPolicy;
+use chat_bridge::store::scylla::ScyllaConfig;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ pub enum Backend {
     /// fjall on local disk under `data_dir`.
     #[default]
     Embedded,
+    /// ScyllaDB (`[store.scylla]`); run `chatmq migrate` first.
+    Scylla,
 }
 
 /// `[store]`.
@@ -70,6 +73,7 @@ pub struct StoreSettings {
     /// Directory of the embedded store (`--data-dir` overrides it).
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
+    pub scylla: ScyllaConfig,
 }
 
 impl Default for StoreSettings {
@@ -78,6 +82,7 @@ impl Default for StoreSettings {
             backend: Backend::Embedded,
             data_dir: PathBuf::from("data"),
             fsync: FsyncPolicy::Always,
+            scylla: ScyllaConfig::default(),
         }
     }
 }
@@ -163,6 +168,11 @@ mod tests {
                 ("CHAT__STORE__BACKEND", "embedded"),
                 ("CHAT__STORE__DATA_DIR", "/var/lib/chatmq"),
                 ("CHAT__STORE__FSYNC", "never"),
+                ("CHAT__STORE__SCYLLA__NODES", "10.0.0.1:9042,10.0.0.2:9042"),
+                ("CHAT__STORE__SCYLLA__KEYSPACE", "chat_prod"),
+                ("CHAT__STORE__SCYLLA__LOCAL_DC", "dc1"),
+                ("CHAT__STORE__SCYLLA__PASSWORD", "scylla-pw"),
+                ("CHAT__STORE__SCYLLA__REQUEST_TIMEOUT_MS", "2500"),
                 ("OTHER__BROKER__PREFIX", "ignored"),
             ]),
         )
@@ -182,6 +192,13 @@ mod tests {
         assert_eq!(s.server.grace_period_ms, 1234);
         assert_eq!(s.store.data_dir, PathBuf::from("/var/lib/chatmq"));
         assert_eq!(s.store.fsync, FsyncPolicy::Never);
+        assert_eq!(s.store.scylla.nodes, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+        assert_eq!(s.store.scylla.keyspace, "chat_prod");
+        assert_eq!(s.store.scylla.local_dc, "dc1");
+        assert_eq!(s.store.scylla.password, "scylla-pw");
+        assert_eq!(s.store.scylla.request_timeout_ms, 2500);
+        let s = load(&[], env(&[("CHAT__STORE__BACKEND", "scylla")])).expect("scylla");
+        assert_eq!(s.store.backend, Backend::Scylla);
     }
 
     #[test]

@@ -313,3 +313,61 @@ async fn readyz_is_503_while_draining_and_the_grace_period_bounds_shutdown() -> 
     );
     Ok(())
 }
+
+/// rumqttd's cursor jump (a subscriber fell further behind than its filter's
+/// log holds, and lost messages) is counted in
+/// `chatmq_rumqttd_cursor_jumps_total`: the loss is visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_jump_is_counted() -> Result<()> {
+    let srv = TestServer::builder()
+        .toml("[broker.router]\nsegment_bytes = 1024\nsegments = 2\n")
+        .start()
+        .await?;
+    let port = srv.tcp_port();
+    let connect = |clean: bool| {
+        let mut o = rumqttc::MqttOptions::new("jumper", "127.0.0.1", port);
+        o.set_credentials("carol", pw("carol"));
+        o.set_clean_session(clean);
+        rumqttc::AsyncClient::new(o, 100)
+    };
+    async fn until_suback(el: &mut rumqttc::EventLoop) -> Result<()> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), el.poll()).await?? {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => return Ok(()),
+                _ => continue,
+            }
+        }
+    }
+    // a persistent session subscribes, then goes away
+    let (c, mut el) = connect(false);
+    c.subscribe("devices/d1/telemetry", rumqttc::QoS::AtLeastOnce)
+        .await?;
+    until_suback(&mut el).await?;
+    c.disconnect().await?;
+    while el.poll().await.is_ok() {}
+    // 40 KiB published while it is away, into a 2 KiB log
+    let pubr = srv.user_v4("dave", "dave-pub").await?;
+    for i in 0..200 {
+        pubr.publish_raw("devices/d1/telemetry", format!("{i:0>200}"))
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // it comes back and reads on from where it was
+    let (_c, mut el) = connect(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut jumps = 0.0;
+    while tokio::time::Instant::now() < deadline && jumps == 0.0 {
+        let _ = tokio::time::timeout(Duration::from_millis(100), el.poll()).await;
+        jumps = metric(
+            &srv.http_get("/metrics").await?.1,
+            "chatmq_rumqttd_cursor_jumps_total",
+        );
+    }
+    assert!(jumps >= 1.0, "the cursor jump is counted");
+    assert!(
+        srv.log_tail().contains("cursor jump"),
+        "and logged at ERROR:\n{}",
+        srv.log_tail()
+    );
+    Ok(())
+}

@@ -12,6 +12,7 @@ use broker::{Broker, Listeners};
 use chat_bridge::chat::{AccessSink, Chat, SendLimits};
 use chat_bridge::metrics::{BridgeMetrics, MeteredStore};
 use chat_bridge::store::embedded::{EmbeddedConfig, EmbeddedStore};
+use chat_bridge::store::scylla::ScyllaStore;
 use chat_bridge::store::{MemberState, RoomKind, Store};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
@@ -146,8 +147,16 @@ async fn shutdown_signal() {
     }
 }
 
-fn open_store(cfg: &Settings, metrics: &Arc<BridgeMetrics>) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(
+    cfg: &Settings,
+    metrics: &Arc<BridgeMetrics>,
+) -> anyhow::Result<Arc<dyn Store>> {
     let inner: Arc<dyn Store> = match cfg.store.backend {
+        Backend::Scylla => Arc::new(
+            ScyllaStore::connect(&cfg.store.scylla)
+                .await
+                .map_err(|e| anyhow::anyhow!("store.scylla: {e}"))?,
+        ),
         Backend::Embedded => {
             let dir = &cfg.store.data_dir;
             std::fs::create_dir_all(dir).with_context(|| format!("data dir {}", dir.display()))?;
@@ -167,6 +176,18 @@ async fn migrate(cfg: &Settings) -> anyhow::Result<()> {
     match cfg.store.backend {
         Backend::Embedded => {
             println!("store.backend = \"embedded\": nothing to migrate");
+            Ok(())
+        }
+        Backend::Scylla => {
+            let applied = chat_bridge::store::scylla::migrate(&cfg.store.scylla)
+                .await
+                .map_err(|e| anyhow::anyhow!("store.scylla: {e}"))?;
+            if applied.is_empty() {
+                println!("keyspace {}: up to date", cfg.store.scylla.keyspace);
+            }
+            for v in applied {
+                println!("keyspace {}: applied {v}", cfg.store.scylla.keyspace);
+            }
             Ok(())
         }
     }
@@ -284,7 +305,7 @@ async fn run(
     let mut bridge_task = None;
     let mut store_handle = None;
     if matches!(cli.mode, Mode::All | Mode::Bridge) {
-        let store = open_store(&cfg, &bridge_metrics)?;
+        let store = open_store(&cfg, &bridge_metrics).await?;
         let sink: Arc<dyn AccessSink> = if cli.mode == Mode::All {
             access.set_loader(loader(store.clone()));
             Arc::new(Sink(access.clone()))
