@@ -250,27 +250,29 @@ async fn process(
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
         metrics.batch_size.observe(buf.len() as f64);
-        let mut groups: HashMap<String, Vec<Publish>> = HashMap::new();
-        for p in buf.drain(..) {
-            if drain.take(&client, &p).await {
-                ack(&client, &p, &metrics).await;
+        let msgs: Vec<Publish> = std::mem::take(&mut buf);
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, p) in msgs.iter().enumerate() {
+            if drain.take(&client, p).await {
                 continue;
             }
             metrics
                 .received
                 .with_label_values(&[kind_of(&p.topic, &chat)])
                 .inc();
-            let topic = String::from_utf8_lossy(&p.topic).into_owned();
-            groups.entry(chat.order_key(&topic)).or_default().push(p);
+            let topic = String::from_utf8_lossy(&p.topic);
+            groups.entry(chat.order_key(&topic)).or_default().push(i);
         }
-        let tasks = groups.into_values().map(|ps| {
+        let msgs_ref = &msgs;
+        let tasks = groups.into_values().map(|idx| {
             let client = client.clone();
             let chat = chat.clone();
             let metrics = metrics.clone();
             async move {
-                let items = ps
+                let items = idx
                     .iter()
-                    .map(|p| {
+                    .map(|&i| {
+                        let p = &msgs_ref[i];
                         let (response_topic, corr) = match &p.properties {
                             Some(props) => {
                                 (props.response_topic.clone(), props.correlation_data.clone())
@@ -285,16 +287,22 @@ async fn process(
                         }
                     })
                     .collect();
-                let outs = chat.handle_group(items).await;
-                for (p, outs) in ps.iter().zip(outs) {
+                for outs in chat.handle_group(items).await {
                     metrics.published.inc_by(outs.len() as u64);
                     publish_all(&client, outs).await;
-                    ack(&client, p, &metrics).await;
                 }
             }
         });
         futures_util::future::join_all(tasks).await;
+        // rumqttd requires acks in the order it delivered (an ack out of
+        // order makes it drop the connection), so the batch is acked in
+        // arrival order once every group of it is stored and published.
+        for p in &msgs {
+            ack(&client, p, &metrics).await;
+        }
         drain.answer(&client).await;
+        buf = msgs;
+        buf.clear();
     }
 }
 
