@@ -9,7 +9,7 @@ use crate::registry::Registry;
 use crate::transport::Kind;
 use parking_lot::Mutex;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
-use rumqttd::protocol::{LastWill, Packet, Publish};
+use rumqttd::protocol::{LastWill, Packet, PubAck, PubAckReason, Publish};
 use rumqttd::{Notification, RouterConfig, SegmentConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -86,9 +86,9 @@ pub struct Shared {
     /// CONNECT until then, so no send or request is published before anyone
     /// listens (rumqttd drops messages that match no subscription).
     pub bridge_ready: watch::Receiver<bool>,
-    /// The broker's own link, for presence and wills. A std mutex: held only
-    /// to push one packet, never across an await.
-    internal: Mutex<LinkTx>,
+    /// Packets for the broker's own router link (presence, wills, the drain
+    /// nonce, acks of what it receives), written by one task in order.
+    internal: tokio::sync::mpsc::Sender<Packet>,
     connect_rate: Mutex<HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
     /// The last nonce the bridge answered on `{prefix}/hooks/drained`.
     drained: watch::Receiver<bytes::Bytes>,
@@ -107,13 +107,8 @@ impl Shared {
     }
 
     fn internal_publish(&self, publish: Publish) {
-        let mut tx = self.internal.lock();
-        let mut buf = tx.buffer();
-        buf.push_back(Packet::Publish(publish, None));
-        drop(buf);
-        // An empty-filter unsubscribe is a cheap way to wake the router for our buffer.
-        if let Err(e) = tx.try_unsubscribe("$internal/wake") {
-            warn!(error = %e, "internal publish not delivered");
+        if let Err(e) = self.internal.try_send(Packet::Publish(publish, None)) {
+            warn!(error = %e, "internal publish dropped");
         }
     }
 
@@ -231,15 +226,48 @@ impl Broker {
             .map_err(|e| StartError::Router(e.to_string()))?;
         let hooks_access = access.clone();
         let (drained_tx, drained) = watch::channel(bytes::Bytes::new());
+        // One task writes the internal link, so its packets (and the acks
+        // rumqttd wants in delivery order) reach the router in order, and a
+        // full router channel delays them instead of dropping them.
+        let (internal, mut outbox) = tokio::sync::mpsc::channel::<Packet>(65_536);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while outbox.recv_many(&mut batch, 256).await > 0 {
+                if send_all(&mut internal_tx, &mut batch).await.is_err() {
+                    warn!("the router dropped the broker's internal link");
+                    return;
+                }
+            }
+        });
+        let acks = internal.clone();
         tokio::spawn(async move {
             while let Ok(n) = internal_rx.next().await {
-                if let Some(Notification::Forward(f)) = n {
-                    let topic = &f.publish.topic[..];
-                    if topic == access_topic.as_bytes() {
-                        apply_access_hook(&hooks_access, &f.publish.payload);
-                    } else if topic == drained_topic.as_bytes() {
-                        drained_tx.send_replace(f.publish.payload.clone());
+                match n {
+                    Some(Notification::Forward(f)) => {
+                        let topic = &f.publish.topic[..];
+                        if topic == access_topic.as_bytes() {
+                            apply_access_hook(&hooks_access, &f.publish.payload);
+                        } else if topic == drained_topic.as_bytes() {
+                            drained_tx.send_replace(f.publish.payload.clone());
+                        }
+                        // rumqttd delivers at the publisher's QoS: a QoS 1
+                        // delivery unacked would stall this link at 100
+                        if let Some(pkid) = forward_pkid(&f.publish) {
+                            let ack = PubAck {
+                                pkid,
+                                reason: PubAckReason::Success,
+                            };
+                            if acks.send(Packet::PubAck(ack, None)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
+                    Some(Notification::Unschedule) => {
+                        if internal_rx.wake().await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => {}
                 }
             }
         });
@@ -258,7 +286,7 @@ impl Broker {
             metrics,
             live_users: Default::default(),
             bridge_ready,
-            internal: Mutex::new(internal_tx),
+            internal,
             connect_rate: Mutex::new(HashMap::new()),
             drained,
         });
@@ -400,4 +428,26 @@ fn router_config(cfg: &BrokerConfig) -> RouterConfig {
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     }
+}
+
+/// rumqttd keeps a forward's packet id private; its serialized form has it.
+pub(crate) fn forward_pkid(p: &Publish) -> Option<u16> {
+    let raw = p.serialize();
+    let qos = (raw.first()? >> 1) & 0b11;
+    if qos == 0 {
+        return None;
+    }
+    Some(u16::from_be_bytes([*raw.get(1)?, *raw.get(2)?]))
+}
+
+/// Hands queued packets to the router with a single wake-up.
+pub(crate) async fn send_all(link_tx: &mut LinkTx, packets: &mut Vec<Packet>) -> Result<(), ()> {
+    let Some(last) = packets.pop() else {
+        return Ok(());
+    };
+    {
+        let mut buf = link_tx.buffer();
+        buf.extend(packets.drain(..));
+    }
+    link_tx.send(last).await.map(|_| ()).map_err(|_| ())
 }

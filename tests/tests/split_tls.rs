@@ -61,6 +61,43 @@ async fn broker_and_bridge_run_apart() -> Result<()> {
     Ok(())
 }
 
+/// The split broker acknowledges the bridge's QoS 1 access hooks: rumqttd
+/// stops delivering to a link after 100 unacknowledged ones, and the broker
+/// would stop learning who joined which room.
+#[tokio::test(flavor = "multi_thread")]
+async fn split_broker_keeps_learning_after_many_hooks() -> Result<()> {
+    let broker = TestServer::builder().mode("broker").start().await?;
+    let port = broker.tcp_port();
+    let _bridge = TestServer::builder()
+        .mode("bridge")
+        .toml(&format!(
+            "[bridge]\nbroker = \"127.0.0.1:{port}\"\nclient_id = \"ext-bridge-2\"\nusername = \"ext-bridge\"\npassword = \"pw-svc\"\nsends_per_sec = 1000.0\nsends_burst = 1000.0\n"
+        ))
+        .start()
+        .await?;
+    let mut alice = broker.user_v4("alice", "alice-hooks").await?;
+    let mut bob = broker.user_v4("bob", "bob-hooks").await?;
+    for i in 0..130 {
+        alice
+            .rpc("rooms.create", json!({"room": format!("h{i}"), "kind": "group"}))
+            .await?;
+    }
+    alice
+        .rpc("rooms.invite", json!({"room": "h129", "user": "bob"}))
+        .await?;
+    bob.rpc("rooms.join", json!({"room": "h129"})).await?;
+    let mut subscribed = false;
+    for _ in 0..50 {
+        if bob.subscribe("chat/rooms/h129/events").await? {
+            subscribed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(subscribed, "the broker learned of bob's join after 130+ hooks");
+    Ok(())
+}
+
 fn have(cmd: &str) -> bool {
     std::process::Command::new("sh")
         .arg("-c")

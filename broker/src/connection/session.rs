@@ -5,11 +5,11 @@ use super::{Conn, End};
 use crate::acl::Decision;
 use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
-use crate::server::Shared;
+use crate::server::{forward_pkid, send_all, Shared};
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, SubAck, Subscribe,
+    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, SubAck, Subscribe,
     SubscribeReasonCode,
 };
 use rumqttd::Notification;
@@ -343,26 +343,4 @@ enum Outcome {
     Continue,
     Unscheduled,
     Disconnect,
-}
-
-/// rumqttd keeps a forward's packet id private; its serialized form has it.
-fn forward_pkid(p: &Publish) -> Option<u16> {
-    let raw = p.serialize();
-    let qos = (raw.first()? >> 1) & 0b11;
-    if qos == 0 {
-        return None;
-    }
-    Some(u16::from_be_bytes([*raw.get(1)?, *raw.get(2)?]))
-}
-
-/// Hands queued packets to the router with a single wake-up.
-async fn send_all(link_tx: &mut LinkTx, packets: &mut Vec<Packet>) -> Result<(), ()> {
-    let Some(last) = packets.pop() else {
-        return Ok(());
-    };
-    {
-        let mut buf = link_tx.buffer();
-        buf.extend(packets.drain(..));
-    }
-    link_tx.send(last).await.map(|_| ()).map_err(|_| ())
 }
