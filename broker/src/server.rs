@@ -262,11 +262,7 @@ impl Broker {
                             }
                         }
                     }
-                    Some(Notification::Unschedule) => {
-                        if internal_rx.wake().await.is_err() {
-                            return;
-                        }
-                    }
+                    Some(Notification::Unschedule) if internal_rx.wake().await.is_err() => return,
                     _ => {}
                 }
             }

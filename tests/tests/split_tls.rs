@@ -79,7 +79,10 @@ async fn split_broker_keeps_learning_after_many_hooks() -> Result<()> {
     let mut bob = broker.user_v4("bob", "bob-hooks").await?;
     for i in 0..130 {
         alice
-            .rpc("rooms.create", json!({"room": format!("h{i}"), "kind": "group"}))
+            .rpc(
+                "rooms.create",
+                json!({"room": format!("h{i}"), "kind": "group"}),
+            )
             .await?;
     }
     alice
@@ -94,7 +97,10 @@ async fn split_broker_keeps_learning_after_many_hooks() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(subscribed, "the broker learned of bob's join after 130+ hooks");
+    assert!(
+        subscribed,
+        "the broker learned of bob's join after 130+ hooks"
+    );
     Ok(())
 }
 
