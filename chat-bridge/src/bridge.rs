@@ -66,6 +66,11 @@ pub async fn run(
     opts.set_credentials(cfg.username.clone(), cfg.password.clone());
     opts.set_clean_start(false);
     opts.set_manual_acks(true);
+    // rumqttc leaves Nagle on: the bridge's small events and acks would wait
+    // for the broker's delayed ACK (tens of ms per batch)
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    opts.set_network_options(net);
     opts.set_keep_alive(Duration::from_secs(30));
     // replies carry at most wire::REPLY_EVENTS_MAX bytes of events
     opts.set_max_packet_size(Some(2 << 20));
