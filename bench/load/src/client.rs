@@ -101,6 +101,7 @@ impl Conn {
         let (client, mut el) = AsyncClient::new(opts, o.channel);
         el.network_options
             .set_connection_timeout(o.connect_timeout.as_secs().max(1));
+        el.network_options.set_tcp_nodelay(true);
         let mut c = Conn {
             client,
             el,

@@ -12,7 +12,6 @@ use crate::spawn_all;
 use anyhow::{bail, Result};
 use rumqttc::AsyncClient;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -22,7 +21,7 @@ use tokio::time::Instant;
 const OPTS: ConnOpts = ConnOpts {
     inflight: 10,
     channel: 8,
-    connect_timeout: Duration::from_secs(60),
+    connect_timeout: Duration::from_secs(30),
 };
 
 /// Events published per catch-up room while the clients are away.
@@ -104,6 +103,7 @@ pub async fn run(
     let storm = storm(target, p, filled).await?;
     let storm = Storm {
         server_peak_rss_mib: server.sample()?.hwm_kib as f64 / 1024.0,
+        server_log: server.log_problems(),
         ..storm
     };
     Ok(Connections {
@@ -135,7 +135,7 @@ async fn come_back(
         let res = async {
             let mut c = connect_user(&target, i, rooms, "storm").await?;
             let params = json!({"rooms": {room.as_str(): cursor}, "limit_per_room": 100});
-            let r = c.request("sync", params, Duration::from_secs(60)).await?;
+            let r = c.request("sync", params, Duration::from_secs(30)).await?;
             let got = r["result"]["rooms"][room.as_str()]["events"]
                 .as_array()
                 .map_or(0, Vec::len) as u64;
@@ -156,15 +156,6 @@ async fn come_back(
     None
 }
 
-/// Error text without the client id, numbers blanked, so kinds can be counted.
-fn kind(e: &str) -> String {
-    let e = e.split_once(": ").map_or(e, |(_, rest)| rest);
-    e.chars()
-        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-        .take(100)
-        .collect()
-}
-
 async fn storm(target: &Target, p: &Prefill, filled: &Filled) -> Result<Storm> {
     let n = p.users;
     let rooms = p.catchup_rooms;
@@ -181,15 +172,18 @@ async fn storm(target: &Target, p: &Prefill, filled: &Filled) -> Result<Storm> {
         .collect();
     let mut per_client = Histogram::new();
     let mut last = Duration::ZERO;
-    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    let mut kinds = Vec::new();
     let (mut errors, mut attempts, mut back) = (0, 0, Vec::new());
     for t in tasks {
         let (conn, errs) = t.await?;
         attempts += errs.len() as u64 + u64::from(conn.is_some());
         errors += errs.len() as u64;
-        for e in errs {
-            *kinds.entry(kind(&e)).or_default() += 1;
-        }
+        // without the client id
+        kinds.extend(
+            errs.iter().map(|e| {
+                crate::message_kind(e.split_once(": ").map_or(e.as_str(), |(_, r)| r), 100)
+            }),
+        );
         if let Some((c, took)) = conn {
             per_client.record(took.as_micros() as u64);
             last = last.max(took);
@@ -198,9 +192,6 @@ async fn storm(target: &Target, p: &Prefill, filled: &Filled) -> Result<Storm> {
     }
     let caught_up = back.len();
     drop(back);
-    let mut error_kinds: Vec<(String, u64)> = kinds.into_iter().collect();
-    error_kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
-    error_kinds.truncate(5);
     Ok(Storm {
         clients: n,
         caught_up,
@@ -209,7 +200,8 @@ async fn storm(target: &Target, p: &Prefill, filled: &Filled) -> Result<Storm> {
         per_client: Latency::of(&per_client),
         attempts,
         errors,
-        error_kinds,
+        error_kinds: crate::top_kinds(kinds, 5),
         server_peak_rss_mib: 0.0,
+        server_log: Vec::new(),
     })
 }

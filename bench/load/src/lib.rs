@@ -26,6 +26,7 @@ pub mod setup;
 pub mod summary;
 
 use anyhow::Result;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -58,4 +59,56 @@ where
         out.push(t.await??);
     }
     Ok(out)
+}
+
+/// `s` with each run of digits as one `#` and `{…}` span fields dropped, at most `max`
+/// chars: messages that differ only in ids and numbers become one kind.
+pub fn message_kind(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut depth = 0u32;
+    for c in s.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            c if c.is_ascii_digit() => {
+                if !out.ends_with('#') {
+                    out.push('#');
+                }
+            }
+            c => out.push(c),
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    out
+}
+
+/// How often each kind occurs, most frequent first, at most `top` kinds.
+pub fn top_kinds(kinds: impl IntoIterator<Item = String>, top: usize) -> Vec<(String, u64)> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for k in kinds {
+        *counts.entry(k).or_default() += 1;
+    }
+    let mut v: Vec<_> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(top);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_ignore_numbers_and_span_fields() {
+        let k = |s| message_kind(s, 80);
+        assert_eq!(
+            k("ack{pkid=4}: out of order ack 4"),
+            k("ack{pkid=17}: out of order ack 17")
+        );
+        let top = top_kinds(["a 1", "b", "a 2"].map(|s| message_kind(s, 80)), 5);
+        assert_eq!(top, vec![("a #".to_string(), 2), ("b".to_string(), 1)]);
+    }
 }

@@ -285,8 +285,9 @@ pub async fn run(
         server_peak_rss_mib: s1.hwm_kib as f64 / 1024.0,
         bench_cpu_pct: 100.0 * (b1.cpu_secs - b0.cpu_secs) / secs,
         sent,
-        lost: sent.saturating_sub(tracked),
+        undelivered: sent.saturating_sub(tracked),
         stalls: shared.stalls.load(Ordering::Relaxed),
         errors,
+        server_log: Vec::new(),
     })
 }

@@ -55,11 +55,14 @@ pub struct LoadResult {
     /// The load generator's own CPU, % of one core.
     pub bench_cpu_pct: f64,
     pub sent: u64,
-    /// Sent but never seen by the room's first subscriber after the drain.
-    pub lost: u64,
+    /// Sent but not seen by the room's first subscriber by the end of the
+    /// drain (15 s after the window): lost, or still queued.
+    pub undelivered: u64,
     /// Times a publisher's window stayed empty for 2 s (lost or stuck messages).
     pub stalls: u64,
     pub errors: Vec<String>,
+    /// The server log's most frequent WARN/ERROR kinds during the run.
+    pub server_log: Vec<(String, u64)>,
 }
 
 /// Request round trips over MQTT.
@@ -111,6 +114,8 @@ pub struct Storm {
     pub errors: u64,
     pub error_kinds: Vec<(String, u64)>,
     pub server_peak_rss_mib: f64,
+    /// The server log's most frequent WARN/ERROR kinds (history, idle, storm).
+    pub server_log: Vec<(String, u64)>,
 }
 
 /// The machine the run was on.
@@ -155,7 +160,8 @@ pub struct Report {
     pub machine: Machine,
     pub fsync: String,
     pub load: Vec<LoadResult>,
-    pub fixed_rate: Option<LoadResult>,
+    /// Chat path at a fixed offered rate (the configured rooms, then one room).
+    pub fixed_rate: Vec<LoadResult>,
     pub history: Option<History>,
     pub connections: Option<Connections>,
     pub notes: Vec<String>,

@@ -49,7 +49,7 @@ pub async fn run(s: &Settings, sections: Sections) -> Report {
         machine: Machine::detect(),
         fsync: s.fsync.clone(),
         load: Vec::new(),
-        fixed_rate: None,
+        fixed_rate: Vec::new(),
         history: None,
         connections: None,
         notes: Vec::new(),
@@ -72,6 +72,7 @@ pub async fn run(s: &Settings, sections: Sections) -> Report {
     }
     r.targets = summary::targets(&r);
     r.notes.extend(summary::generator_notes(&r));
+    r.notes.extend(summary::log_notes(&r));
     r
 }
 
@@ -90,9 +91,10 @@ async fn chatmq_load(
 ) -> Result<crate::report::LoadResult> {
     let mut server = Server::chatmq(&s.server_bin, &s.work.join(dir), fsync)?;
     let target = Target::chatmq(server.port, JWT_SECRET);
-    let res = load::run(name, &target, server.pid(), path, p).await;
+    let mut res = load::run(name, &target, server.pid(), path, p).await?;
     server.check_alive()?;
-    res
+    res.server_log = server.log_problems();
+    Ok(res)
 }
 
 async fn load_scenarios(s: &Settings, r: &mut Report) {
@@ -128,18 +130,37 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
         None => r.notes.push("Mosquitto skipped (--no-mosquitto).".into()),
     }
     if let Some(f) = &s.extra_fsync {
-        let name = format!("chat path, chatmq, fsync {f}");
+        let name = format!("{}, fsync {f}", summary::CHAT);
         let res = chatmq_load(s, "chat-extra", &name, f, LoadPath::Chat, &s.load).await;
         record(&name, res);
     }
-    let fixed = LoadParams {
-        rate: Some(s.rate),
+    // The same publishers and fan-out in ONE room: a single group per bridge
+    // batch, so the bridge's acks stay in order (see the notes).
+    let one_room = LoadParams {
+        rooms: 1,
+        subscribers: (s.load.subscribers / s.load.rooms.max(1)).max(1),
         ..s.load.clone()
     };
-    let name = format!("chat path, chatmq, {:.0} msgs/s offered", s.rate);
-    match chatmq_load(s, "fixed", &name, &s.fsync, LoadPath::Chat, &fixed).await {
-        Ok(l) => r.fixed_rate = Some(l),
-        Err(e) => r.errors.push(format!("{name}: {e:#}")),
+    let res = chatmq_load(
+        s,
+        "chat-1room",
+        summary::CHAT_ONE_ROOM,
+        &s.fsync,
+        LoadPath::Chat,
+        &one_room,
+    )
+    .await;
+    record(summary::CHAT_ONE_ROOM, res);
+    for (dir, base) in [("fixed", &s.load), ("fixed-1room", &one_room)] {
+        let p = LoadParams {
+            rate: Some(s.rate),
+            ..base.clone()
+        };
+        let name = summary::fixed_name(s.rate, p.rooms);
+        match chatmq_load(s, dir, &name, &s.fsync, LoadPath::Chat, &p).await {
+            Ok(l) => r.fixed_rate.push(l),
+            Err(e) => r.errors.push(format!("{name}: {e:#}")),
+        }
     }
 }
 

@@ -178,7 +178,8 @@ impl Server {
     }
 
     /// Starts Mosquitto on a free loopback port with a generated config
-    /// (no persistence, anonymous, queues large enough not to drop under load).
+    /// (no persistence, anonymous, queues large enough not to drop under
+    /// load, TCP_NODELAY like chatmq's listeners).
     pub fn mosquitto(bin: &Path, dir: &Path) -> Result<Server> {
         std::fs::create_dir_all(dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -186,7 +187,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nset_tcp_nodelay true\nallow_anonymous true\npersistence false\n\
                  max_inflight_messages 100\nmax_queued_messages 100000\n\
                  log_dest stderr\nlog_type error\nlog_type warning\n"
             ),
@@ -239,6 +240,19 @@ impl Server {
         Ok(())
     }
 
+    /// The most frequent WARN/ERROR kinds in the server's log (numbers
+    /// blanked), the demo-users warning left out.
+    pub fn log_problems(&self) -> Vec<(String, u64)> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let kinds = log.lines().filter_map(|l| {
+            let l = strip_ansi(l);
+            let at = l.find(" WARN ").or_else(|| l.find(" ERROR "))?;
+            let msg = l[at..].trim_start();
+            (!msg.contains("demo users")).then(|| crate::message_kind(msg, 140))
+        });
+        crate::top_kinds(kinds, 4)
+    }
+
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
@@ -251,4 +265,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }

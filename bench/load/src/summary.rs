@@ -8,6 +8,12 @@ use std::fmt::Write;
 pub const RAW: &str = "raw pass-through, chatmq";
 pub const CHAT: &str = "chat path, chatmq";
 pub const MOSQUITTO: &str = "raw pass-through, mosquitto";
+pub const CHAT_ONE_ROOM: &str = "chat path, chatmq, all in 1 room";
+
+/// Name of a fixed-rate run.
+pub fn fixed_name(rate: f64, rooms: usize) -> String {
+    format!("chat path, chatmq, {rate:.0} msgs/s offered, {rooms} room(s)")
+}
 
 fn find<'a>(r: &'a Report, name: &str) -> Option<&'a LoadResult> {
     r.load.iter().find(|l| l.name == name)
@@ -67,7 +73,7 @@ fn below(v: Option<f64>, goal: f64, unit: &str) -> Option<(String, bool, String)
 /// The product's targets, evaluated on what the report holds.
 pub fn targets(r: &Report) -> Vec<Target> {
     let (raw, chat, mosq) = (find(r, RAW), find(r, CHAT), find(r, MOSQUITTO));
-    let fixed = r.fixed_rate.as_ref();
+    let fixed = r.fixed_rate.first();
     let rate = fixed.and_then(|f| f.offered_per_s).unwrap_or(5000.0);
     vec![
         target(
@@ -131,10 +137,17 @@ pub fn generator_notes(r: &Report) -> Vec<String> {
 }
 
 fn row(s: &mut String, l: &LoadResult) {
+    let offered = l
+        .offered_per_s
+        .map_or("max".to_string(), |r| format!("{r:.0}/s"));
     let _ = writeln!(
         s,
-        "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
+        "| {} | {}/{}/{} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
         l.name,
+        l.publishers,
+        l.subscribers,
+        l.rooms,
+        offered,
         l.delivered_per_s,
         l.latency.p50_ms,
         l.latency.p99_ms,
@@ -142,8 +155,27 @@ fn row(s: &mut String, l: &LoadResult) {
         l.server_cpu_pct,
         l.server_peak_rss_mib,
         l.bench_cpu_pct,
-        l.lost
+        l.undelivered
     );
+}
+
+/// One line per scenario whose server logged warnings or errors.
+pub fn log_notes(r: &Report) -> Vec<String> {
+    let storm = r
+        .connections
+        .as_ref()
+        .map(|c| ("history, connections, storm", &c.storm.server_log));
+    r.load
+        .iter()
+        .chain(&r.fixed_rate)
+        .map(|l| (l.name.as_str(), &l.server_log))
+        .chain(storm)
+        .filter(|(_, log)| !log.is_empty())
+        .map(|(name, log)| {
+            let kinds: Vec<String> = log.iter().map(|(k, n)| format!("{n} x `{k}`")).collect();
+            format!("`{name}`: server log: {}", kinds.join("; "))
+        })
+        .collect()
 }
 
 /// The Markdown tables of a report.
@@ -155,18 +187,19 @@ pub fn markdown(r: &Report) -> String {
         "Machine: {} cores ({}), {:.0} GiB RAM, Linux {}; store fsync `{}`.\n",
         m.nproc, m.cpu, m.ram_gib, m.kernel, r.fsync
     );
-    if let Some(l) = r.load.first().or(r.fixed_rate.as_ref()) {
+    if let Some(l) = r.load.first().or(r.fixed_rate.first()) {
         let _ = writeln!(
             s,
-            "Pub/sub load: {} publishers, {} subscribers, {} rooms ({:.0} deliveries per publish), {}-byte payloads, QoS 1, \
-             closed loop with {} messages in flight per publisher; {:.0} s measured after warm-up. Latency is publish -> delivery.\n",
-            l.publishers, l.subscribers, l.rooms, l.fanout, l.payload_bytes,
-            l.window.unwrap_or(0), l.seconds
+            "Pub/sub load: {:.0} deliveries per publish, {}-byte payloads, QoS 1; `max` = closed loop with {} messages \
+             in flight per publisher, `N/s` = fixed offered rate; {:.0} s measured after warm-up. \
+             Latency is publish -> delivery (from the scheduled send time at a fixed rate). \
+             CPU is % of one core over the measured window.\n",
+            l.fanout, l.payload_bytes, l.window.unwrap_or(0), l.seconds
         );
     }
-    s.push_str("| scenario | delivered msg/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server peak RSS MiB | generator CPU % | lost |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for l in r.load.iter().chain(r.fixed_rate.as_ref()) {
+    s.push_str("| scenario | pubs/subs/rooms | offered | delivered msg/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server peak RSS MiB | generator CPU % | undelivered |\n");
+    s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for l in r.load.iter().chain(&r.fixed_rate) {
         row(&mut s, l);
     }
     if let Some(h) = &r.history {
