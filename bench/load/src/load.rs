@@ -17,7 +17,7 @@
 use crate::client::{ConnOpts, Target};
 use crate::hist::Histogram;
 use crate::report::{Latency, LoadResult};
-use crate::server::proc_sample;
+use crate::server::{machine_busy_secs, proc_sample, ProcSample};
 use crate::{now_us, setup};
 use anyhow::{bail, Result};
 use bytes::Bytes;
@@ -108,6 +108,25 @@ pub fn parse_body(p: &[u8]) -> Option<(usize, u64)> {
     let ts = std::str::from_utf8(it.next()?).ok()?.parse().ok()?;
     it.next()?;
     Some((publisher, ts))
+}
+
+/// CPU counters at one instant: server, this process, the whole machine.
+struct Sample {
+    server: ProcSample,
+    bench: ProcSample,
+    machine: f64,
+    at: Instant,
+}
+
+impl Sample {
+    fn take(server_pid: u32) -> Result<Sample> {
+        Ok(Sample {
+            server: proc_sample(Some(server_pid))?,
+            bench: proc_sample(None)?,
+            machine: machine_busy_secs(),
+            at: Instant::now(),
+        })
+    }
 }
 
 /// Runs one load against `target` and returns what it measured. `server_pid`
@@ -221,19 +240,11 @@ pub async fn run(
     }
 
     tokio::time::sleep(p.warmup).await;
-    let (s0, b0, t0) = (
-        proc_sample(Some(server_pid))?,
-        proc_sample(None)?,
-        Instant::now(),
-    );
+    let w0 = Sample::take(server_pid)?;
     shared.phase.store(MEASURE, Ordering::Relaxed);
     tokio::time::sleep(p.duration).await;
     shared.phase.store(DONE, Ordering::Relaxed);
-    let (s1, b1, t1) = (
-        proc_sample(Some(server_pid))?,
-        proc_sample(None)?,
-        Instant::now(),
-    );
+    let w1 = Sample::take(server_pid)?;
     shared.stop.store(true, Ordering::Relaxed);
     let mut pub_handles = Vec::new();
     for w in writers {
@@ -265,7 +276,9 @@ pub async fn run(
             hist.merge(&h);
         }
     }
-    let secs = (t1 - t0).as_secs_f64();
+    let secs = (w1.at - w0.at).as_secs_f64();
+    let server_cpu = w1.server.cpu_secs - w0.server.cpu_secs;
+    let bench_cpu = w1.bench.cpu_secs - w0.bench.cpu_secs;
     let sent = shared.sent.load(Ordering::Relaxed);
     let tracked = shared.tracked.load(Ordering::Relaxed);
     Ok(LoadResult {
@@ -281,9 +294,10 @@ pub async fn run(
         delivered_per_s: shared.delivered_in_window.load(Ordering::Relaxed) as f64 / secs,
         fanout,
         latency: Latency::of(&hist),
-        server_cpu_pct: 100.0 * (s1.cpu_secs - s0.cpu_secs) / secs,
-        server_peak_rss_mib: s1.hwm_kib as f64 / 1024.0,
-        bench_cpu_pct: 100.0 * (b1.cpu_secs - b0.cpu_secs) / secs,
+        server_cpu_pct: 100.0 * server_cpu / secs,
+        server_peak_rss_mib: w1.server.hwm_kib as f64 / 1024.0,
+        bench_cpu_pct: 100.0 * bench_cpu / secs,
+        other_cpu_pct: 100.0 * (w1.machine - w0.machine - server_cpu - bench_cpu).max(0.0) / secs,
         sent,
         undelivered: sent.saturating_sub(tracked),
         stalls: shared.stalls.load(Ordering::Relaxed),

@@ -61,7 +61,7 @@ struct Cli {
     /// Events in the history room [default: 1000000, quick 50000]
     #[arg(long, global = true)]
     history_events: Option<u64>,
-    /// Round trips per history measurement [default: 200, quick 50]
+    /// Round trips of `history` latest 50 (half as many 1000-event pages) [default: 1000, quick 200]
     #[arg(long, global = true)]
     history_requests: Option<usize>,
     #[arg(long, global = true, default_value_t = 100)]
@@ -75,6 +75,10 @@ struct Cli {
     /// Scratch directory for configs, data and logs [default: a temp dir]
     #[arg(long, global = true)]
     work: Option<PathBuf>,
+    /// Only these load scenarios, comma-separated: raw, chat, mosquitto,
+    /// chat-1room, fixed, fixed-1room [default: all]
+    #[arg(long, global = true, value_delimiter = ',')]
+    only: Option<Vec<String>>,
     /// Keep the scratch directory (server logs, configs) after the run
     #[arg(long, global = true)]
     keep_work: bool,
@@ -149,7 +153,8 @@ fn main() {
             catchup_per_room: cli.catchup_per_room,
             users: cli.connections.unwrap_or(if q { 1000 } else { 10_000 }),
         },
-        history_requests: cli.history_requests.unwrap_or(if q { 50 } else { 200 }),
+        history_requests: cli.history_requests.unwrap_or(if q { 200 } else { 1000 }),
+        only: cli.only.clone(),
         command: std::iter::once("chatmq-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()

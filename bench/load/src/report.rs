@@ -54,6 +54,9 @@ pub struct LoadResult {
     pub server_peak_rss_mib: f64,
     /// The load generator's own CPU, % of one core.
     pub bench_cpu_pct: f64,
+    /// CPU used by everything else on the machine meanwhile (other users'
+    /// builds...), % of one core: the noise in this measurement.
+    pub other_cpu_pct: f64,
     pub sent: u64,
     /// Sent but not seen by the room's first subscriber by the end of the
     /// drain (15 s after the window): lost, or still queued.
@@ -128,6 +131,12 @@ pub struct Machine {
     pub nofile_limit: u64,
 }
 
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 impl Machine {
     pub fn detect() -> Self {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
@@ -158,6 +167,9 @@ pub struct Report {
     pub command: String,
     pub started_unix: u64,
     pub machine: Machine,
+    /// /proc/loadavg (1, 5, 15 min) when the run started and ended.
+    pub loadavg_start: String,
+    pub loadavg_end: String,
     pub fsync: String,
     pub load: Vec<LoadResult>,
     /// Chat path at a fixed offered rate (the configured rooms, then one room).

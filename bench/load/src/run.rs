@@ -4,7 +4,7 @@
 use crate::client::Target;
 use crate::history::{self, Prefill};
 use crate::load::{self, LoadParams, Path as LoadPath};
-use crate::report::{Machine, Report};
+use crate::report::{loadavg, Machine, Report};
 use crate::server::{Server, JWT_SECRET};
 use crate::{conns, summary};
 use anyhow::{Context, Result};
@@ -33,6 +33,9 @@ pub struct Settings {
     pub rate: f64,
     pub prefill: Prefill,
     pub history_requests: usize,
+    /// Run only these load scenarios (raw, chat, mosquitto, chat-1room,
+    /// fixed, fixed-1room); `None` = all.
+    pub only: Option<Vec<String>>,
     pub command: String,
 }
 
@@ -47,6 +50,8 @@ pub async fn run(s: &Settings, sections: Sections) -> Report {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         machine: Machine::detect(),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
         fsync: s.fsync.clone(),
         load: Vec::new(),
         fixed_rate: Vec::new(),
@@ -70,6 +75,7 @@ pub async fn run(s: &Settings, sections: Sections) -> Report {
             r.errors.push(format!("history/connections: {e:#}"));
         }
     }
+    r.loadavg_end = loadavg();
     r.targets = summary::targets(&r);
     r.notes.extend(summary::generator_notes(&r));
     r.notes.extend(summary::log_notes(&r));
@@ -102,11 +108,17 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
         Ok(l) => r.load.push(l),
         Err(e) => r.errors.push(format!("{name}: {e:#}")),
     };
-    let res = chatmq_load(s, "raw", summary::RAW, &s.fsync, LoadPath::Raw, &s.load).await;
-    record(summary::RAW, res);
-    let res = chatmq_load(s, "chat", summary::CHAT, &s.fsync, LoadPath::Chat, &s.load).await;
-    record(summary::CHAT, res);
+    let want = |key: &str| s.only.as_ref().is_none_or(|o| o.iter().any(|k| k == key));
+    if want("raw") {
+        let res = chatmq_load(s, "raw", summary::RAW, &s.fsync, LoadPath::Raw, &s.load).await;
+        record(summary::RAW, res);
+    }
+    if want("chat") {
+        let res = chatmq_load(s, "chat", summary::CHAT, &s.fsync, LoadPath::Chat, &s.load).await;
+        record(summary::CHAT, res);
+    }
     match &s.mosquitto {
+        _ if !want("mosquitto") => {}
         Some(bin) if bin.is_file() => {
             let res = async {
                 let server = Server::mosquitto(bin, &s.work.join("mosquitto"))?;
@@ -129,7 +141,7 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
         )),
         None => r.notes.push("Mosquitto skipped (--no-mosquitto).".into()),
     }
-    if let Some(f) = &s.extra_fsync {
+    if let Some(f) = s.extra_fsync.as_ref().filter(|_| want("chat")) {
         let name = format!("{}, fsync {f}", summary::CHAT);
         let res = chatmq_load(s, "chat-extra", &name, f, LoadPath::Chat, &s.load).await;
         record(&name, res);
@@ -141,17 +153,22 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
         subscribers: (s.load.subscribers / s.load.rooms.max(1)).max(1),
         ..s.load.clone()
     };
-    let res = chatmq_load(
-        s,
-        "chat-1room",
-        summary::CHAT_ONE_ROOM,
-        &s.fsync,
-        LoadPath::Chat,
-        &one_room,
-    )
-    .await;
-    record(summary::CHAT_ONE_ROOM, res);
+    if want("chat-1room") {
+        let res = chatmq_load(
+            s,
+            "chat-1room",
+            summary::CHAT_ONE_ROOM,
+            &s.fsync,
+            LoadPath::Chat,
+            &one_room,
+        )
+        .await;
+        record(summary::CHAT_ONE_ROOM, res);
+    }
     for (dir, base) in [("fixed", &s.load), ("fixed-1room", &one_room)] {
+        if !want(dir) {
+            continue;
+        }
         let p = LoadParams {
             rate: Some(s.rate),
             ..base.clone()

@@ -58,6 +58,23 @@ pub fn proc_sample(pid: Option<u32>) -> Result<ProcSample> {
     })
 }
 
+/// Seconds of CPU the whole machine spent busy (all cores; /proc/stat:
+/// everything but idle and iowait).
+pub fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    total.saturating_sub(idle) as f64 / TICKS_PER_SEC
+}
+
 /// A server process the benchmark started; killed on drop.
 pub struct Server {
     pub name: String,

@@ -124,12 +124,12 @@ pub fn generator_notes(r: &Report) -> Vec<String> {
     }
     let cores = r.machine.nproc as f64 * 100.0;
     for l in &r.load {
-        let total = l.server_cpu_pct + l.bench_cpu_pct;
+        let total = l.server_cpu_pct + l.bench_cpu_pct + l.other_cpu_pct;
         if total > 0.85 * cores {
             notes.push(format!(
-                "`{}`: server {:.0} % + generator {:.0} % of {:.0} % CPU: the machine is saturated, \
-                 so the generator's own CPU ({:.0} %) takes cycles the server could use.",
-                l.name, l.server_cpu_pct, l.bench_cpu_pct, cores, l.bench_cpu_pct
+                "`{}`: server {:.0} % + generator {:.0} % + other processes {:.0} % of {:.0} % CPU: \
+                 the machine is saturated, so the server got only what the generator and the rest left it.",
+                l.name, l.server_cpu_pct, l.bench_cpu_pct, l.other_cpu_pct, cores
             ));
         }
     }
@@ -142,7 +142,7 @@ fn row(s: &mut String, l: &LoadResult) {
         .map_or("max".to_string(), |r| format!("{r:.0}/s"));
     let _ = writeln!(
         s,
-        "| {} | {}/{}/{} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
+        "| {} | {}/{}/{} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
         l.name,
         l.publishers,
         l.subscribers,
@@ -155,6 +155,7 @@ fn row(s: &mut String, l: &LoadResult) {
         l.server_cpu_pct,
         l.server_peak_rss_mib,
         l.bench_cpu_pct,
+        l.other_cpu_pct,
         l.undelivered
     );
 }
@@ -184,8 +185,8 @@ pub fn markdown(r: &Report) -> String {
     let m = &r.machine;
     let _ = writeln!(
         s,
-        "Machine: {} cores ({}), {:.0} GiB RAM, Linux {}; store fsync `{}`.\n",
-        m.nproc, m.cpu, m.ram_gib, m.kernel, r.fsync
+        "Machine: {} cores ({}), {:.0} GiB RAM, Linux {}; load average {} at the start, {} at the end; store fsync `{}`.\n",
+        m.nproc, m.cpu, m.ram_gib, m.kernel, r.loadavg_start, r.loadavg_end, r.fsync
     );
     if let Some(l) = r.load.first().or(r.fixed_rate.first()) {
         let _ = writeln!(
@@ -193,12 +194,13 @@ pub fn markdown(r: &Report) -> String {
             "Pub/sub load: {:.0} deliveries per publish, {}-byte payloads, QoS 1; `max` = closed loop with {} messages \
              in flight per publisher, `N/s` = fixed offered rate; {:.0} s measured after warm-up. \
              Latency is publish -> delivery (from the scheduled send time at a fixed rate). \
-             CPU is % of one core over the measured window.\n",
+             CPU is % of one core over the measured window; `other` is everything else running on the machine \
+             meanwhile (noise).\n",
             l.fanout, l.payload_bytes, l.window.unwrap_or(0), l.seconds
         );
     }
-    s.push_str("| scenario | pubs/subs/rooms | offered | delivered msg/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server peak RSS MiB | generator CPU % | undelivered |\n");
-    s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| scenario | pubs/subs/rooms | offered | delivered msg/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server peak RSS MiB | generator CPU % | other CPU % | undelivered |\n");
+    s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for l in r.load.iter().chain(&r.fixed_rate) {
         row(&mut s, l);
     }
