@@ -98,7 +98,10 @@ pub fn fsync_toml(policy: &str) -> Result<String> {
 }
 
 /// The chatmq config the benchmark runs: loopback listeners, JWT users, no
-/// limit that the load would hit, the given fsync policy.
+/// limit that the load would hit, the given fsync policy. `max_packet_bytes`
+/// is raised because with the default (66560) a 1000-event `history` reply
+/// is larger than the broker accepts from the bridge, which then reconnects
+/// in a loop (see bench/results/profile.md, section 0).
 pub fn chatmq_config(fsync: &str) -> Result<String> {
     Ok(format!(
         r#"[broker]
