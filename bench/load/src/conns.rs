@@ -1,0 +1,207 @@
+//! Connections: N idle authenticated clients (each subscribed to its reply
+//! topic and its room) to measure server memory per connection; then all of
+//! them go away, their rooms move on, and they come back at once, each
+//! with a `sync` from its cursor (the reconnect storm).
+
+use crate::client::{Conn, ConnOpts, Target};
+use crate::hist::Histogram;
+use crate::history::{catchup_room, conn_user, Filled, Prefill, CATCHER};
+use crate::report::{Connections, Latency, Storm};
+use crate::server::Server;
+use crate::spawn_all;
+use anyhow::{bail, Result};
+use rumqttc::AsyncClient;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+const OPTS: ConnOpts = ConnOpts {
+    inflight: 10,
+    channel: 8,
+    connect_timeout: Duration::from_secs(30),
+};
+
+/// Events published per catch-up room while the clients are away.
+pub const MISSED_PER_ROOM: u64 = 10;
+
+async fn connect_user(target: &Target, i: usize, rooms: usize, suffix: &str) -> Result<Conn> {
+    let user = conn_user(i);
+    let mut c = Conn::login(target, &user, &format!("{user}-{suffix}"), OPTS).await?;
+    let events = format!("chat/rooms/{}/events", catchup_room(i % rooms));
+    c.subscribe(&[c.reply_topic(), events]).await?;
+    Ok(c)
+}
+
+type Idle = (AsyncClient, JoinHandle<Result<()>>);
+
+async fn disconnect_all(conns: Vec<Idle>) {
+    for (c, _) in &conns {
+        let _ = c.try_disconnect();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (_, t) in conns {
+        t.abort();
+    }
+}
+
+/// The catch-up client sends `per_room` messages to every room while the
+/// connection users are away; returns when each send is acknowledged.
+async fn advance_rooms(target: &Target, filled: &Filled, per_room: u64) -> Result<()> {
+    let mut c = Conn::login(target, CATCHER, "catcher-sender", ConnOpts::default()).await?;
+    c.subscribe(&[c.reply_topic()]).await?;
+    for (room, _) in &filled.rooms {
+        for n in 0..per_room {
+            let r = c
+                .request_on(
+                    &format!("chat/rooms/{room}/send/{CATCHER}"),
+                    json!({"msg_id": format!("away-{n}"), "body": "while you were away"}),
+                    Duration::from_secs(30),
+                )
+                .await?;
+            if r["ok"] != true {
+                bail!("send to {room} failed: {r}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Idle connections, then the reconnect storm.
+pub async fn run(
+    target: &Target,
+    server: &mut Server,
+    p: &Prefill,
+    filled: &Filled,
+) -> Result<Connections> {
+    let n = p.users;
+    let rooms = p.catchup_rooms;
+    let rss0 = server.sample()?.rss_kib;
+    let t0 = Instant::now();
+    // setup, not measured: bounded concurrency
+    let gate = Arc::new(Semaphore::new(256));
+    let idle: Vec<Idle> = spawn_all((0..n).map(|i| {
+        let (target, gate) = (target.clone(), gate.clone());
+        async move {
+            let _permit = gate.acquire().await?;
+            Ok(connect_user(&target, i, rooms, "idle")
+                .await?
+                .spawn_reader(|_, _| {}))
+        }
+    }))
+    .await?;
+    let connect_seconds = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.check_alive()?;
+    let rss1 = server.sample()?.rss_kib;
+    let connected = idle.iter().filter(|(_, t)| !t.is_finished()).count();
+    disconnect_all(idle).await;
+
+    advance_rooms(target, filled, MISSED_PER_ROOM).await?;
+    let storm = storm(target, p, filled).await?;
+    let storm = Storm {
+        server_peak_rss_mib: server.sample()?.hwm_kib as f64 / 1024.0,
+        server_log: server.log_problems(),
+        ..storm
+    };
+    Ok(Connections {
+        target: n,
+        connected,
+        connect_seconds,
+        rss_before_mib: rss0 as f64 / 1024.0,
+        rss_after_mib: rss1 as f64 / 1024.0,
+        rss_per_conn_kib: rss1.saturating_sub(rss0) as f64 / connected.max(1) as f64,
+        storm,
+    })
+}
+
+/// One client of the storm: connect, subscribe, `sync` from its cursor; the
+/// reply must hold exactly the missed events. Up to 3 attempts.
+async fn come_back(
+    target: Target,
+    i: usize,
+    rooms: usize,
+    cursor: u64,
+    errors: &mut Vec<String>,
+) -> Option<(Conn, Duration)> {
+    let start = Instant::now();
+    let room = catchup_room(i % rooms);
+    for attempt in 0..3u64 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+        }
+        let res = async {
+            let mut c = connect_user(&target, i, rooms, "storm").await?;
+            let params = json!({"rooms": {room.as_str(): cursor}, "limit_per_room": 100});
+            let r = c.request("sync", params, Duration::from_secs(30)).await?;
+            let got = r["result"]["rooms"][room.as_str()]["events"]
+                .as_array()
+                .map_or(0, Vec::len) as u64;
+            if r["ok"] != true || got != MISSED_PER_ROOM {
+                bail!(
+                    "sync answered {got} events: {}",
+                    r.to_string().chars().take(200).collect::<String>()
+                );
+            }
+            Ok(c)
+        }
+        .await;
+        match res {
+            Ok(c) => return Some((c, start.elapsed())),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    None
+}
+
+async fn storm(target: &Target, p: &Prefill, filled: &Filled) -> Result<Storm> {
+    let n = p.users;
+    let rooms = p.catchup_rooms;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let target = target.clone();
+            let cursor = filled.rooms[i % rooms].1;
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let back = come_back(target, i, rooms, cursor, &mut errors).await;
+                (back, errors)
+            })
+        })
+        .collect();
+    let mut per_client = Histogram::new();
+    let mut last = Duration::ZERO;
+    let mut kinds = Vec::new();
+    let (mut errors, mut attempts, mut back) = (0, 0, Vec::new());
+    for t in tasks {
+        let (conn, errs) = t.await?;
+        attempts += errs.len() as u64 + u64::from(conn.is_some());
+        errors += errs.len() as u64;
+        // without the client id
+        kinds.extend(
+            errs.iter().map(|e| {
+                crate::message_kind(e.split_once(": ").map_or(e.as_str(), |(_, r)| r), 100)
+            }),
+        );
+        if let Some((c, took)) = conn {
+            per_client.record(took.as_micros() as u64);
+            last = last.max(took);
+            back.push(c);
+        }
+    }
+    let caught_up = back.len();
+    drop(back);
+    Ok(Storm {
+        clients: n,
+        caught_up,
+        missed_per_client: MISSED_PER_ROOM,
+        all_caught_up_seconds: last.as_secs_f64(),
+        per_client: Latency::of(&per_client),
+        attempts,
+        errors,
+        error_kinds: crate::top_kinds(kinds, 5),
+        server_peak_rss_mib: 0.0,
+        server_log: Vec::new(),
+    })
+}

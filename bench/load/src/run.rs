@@ -1,0 +1,214 @@
+//! The settings of a run and the order of its scenarios. Every scenario gets
+//! a fresh server (so peak RSS is its own) in its own directory under `work`.
+
+use crate::client::Target;
+use crate::history::{self, Prefill};
+use crate::load::{self, LoadParams, Path as LoadPath};
+use crate::report::{loadavg, Machine, Report};
+use crate::server::{Server, JWT_SECRET};
+use crate::{conns, summary};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Which parts to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sections {
+    pub load: bool,
+    pub history: bool,
+    pub connections: bool,
+}
+
+/// Everything a run needs, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server_bin: PathBuf,
+    /// `None`: skip Mosquitto.
+    pub mosquitto: Option<PathBuf>,
+    pub work: PathBuf,
+    pub fsync: String,
+    /// Run the chat path once more with this fsync policy (e.g. `interval5`).
+    pub extra_fsync: Option<String>,
+    pub load: LoadParams,
+    /// Offered events/s of the fixed-rate chat run.
+    pub rate: f64,
+    pub prefill: Prefill,
+    pub history_requests: usize,
+    /// Run only these load scenarios (raw, chat, mosquitto, chat-1room,
+    /// fixed, fixed-1room); `None` = all.
+    pub only: Option<Vec<String>>,
+    pub command: String,
+}
+
+/// Runs the chosen sections; a failed scenario is recorded in `notes` (and
+/// makes `errors` non-empty) and the others still run.
+pub async fn run(s: &Settings, sections: Sections) -> Report {
+    crate::now_us(); // start the clock before anything is timestamped
+    let nofile = raise_nofile();
+    let mut r = Report {
+        command: s.command.clone(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        machine: Machine::detect(),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+        fsync: s.fsync.clone(),
+        load: Vec::new(),
+        fixed_rate: Vec::new(),
+        history: None,
+        connections: None,
+        notes: Vec::new(),
+        errors: Vec::new(),
+        targets: Vec::new(),
+    };
+    if sections.connections && (nofile as usize) < s.prefill.users + 512 {
+        r.notes.push(format!(
+            "RLIMIT_NOFILE is {nofile}: too low for {} connections plus their reconnects",
+            s.prefill.users
+        ));
+    }
+    if sections.load {
+        load_scenarios(s, &mut r).await;
+    }
+    if sections.history || sections.connections {
+        if let Err(e) = stored_scenarios(s, sections, &mut r).await {
+            r.errors.push(format!("history/connections: {e:#}"));
+        }
+    }
+    r.loadavg_end = loadavg();
+    r.targets = summary::targets(&r);
+    r.notes.extend(summary::generator_notes(&r));
+    r.notes.extend(summary::log_notes(&r));
+    r
+}
+
+/// Raises the soft fd limit to the hard one (children inherit it).
+fn raise_nofile() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
+}
+
+async fn chatmq_load(
+    s: &Settings,
+    dir: &str,
+    name: &str,
+    fsync: &str,
+    path: LoadPath,
+    p: &LoadParams,
+) -> Result<crate::report::LoadResult> {
+    let mut server = Server::chatmq(&s.server_bin, &s.work.join(dir), fsync)?;
+    let target = Target::chatmq(server.port, JWT_SECRET);
+    let mut res = load::run(name, &target, server.pid(), path, p).await?;
+    server.check_alive()?;
+    res.server_log = server.log_problems();
+    Ok(res)
+}
+
+async fn load_scenarios(s: &Settings, r: &mut Report) {
+    let mut record = |name: &str, res: Result<crate::report::LoadResult>| match res {
+        Ok(l) => r.load.push(l),
+        Err(e) => r.errors.push(format!("{name}: {e:#}")),
+    };
+    let want = |key: &str| s.only.as_ref().is_none_or(|o| o.iter().any(|k| k == key));
+    if want("raw") {
+        let res = chatmq_load(s, "raw", summary::RAW, &s.fsync, LoadPath::Raw, &s.load).await;
+        record(summary::RAW, res);
+    }
+    if want("chat") {
+        let res = chatmq_load(s, "chat", summary::CHAT, &s.fsync, LoadPath::Chat, &s.load).await;
+        record(summary::CHAT, res);
+    }
+    match &s.mosquitto {
+        _ if !want("mosquitto") => {}
+        Some(bin) if bin.is_file() => {
+            let res = async {
+                let server = Server::mosquitto(bin, &s.work.join("mosquitto"))?;
+                let target = Target::anonymous(server.port);
+                load::run(
+                    summary::MOSQUITTO,
+                    &target,
+                    server.pid(),
+                    LoadPath::Raw,
+                    &s.load,
+                )
+                .await
+            }
+            .await;
+            record(summary::MOSQUITTO, res);
+        }
+        Some(bin) => r.notes.push(format!(
+            "Mosquitto skipped: {} not found (Debian package `mosquitto`).",
+            bin.display()
+        )),
+        None => r.notes.push("Mosquitto skipped (--no-mosquitto).".into()),
+    }
+    if let Some(f) = s.extra_fsync.as_ref().filter(|_| want("chat")) {
+        let name = format!("{}, fsync {f}", summary::CHAT);
+        let res = chatmq_load(s, "chat-extra", &name, f, LoadPath::Chat, &s.load).await;
+        record(&name, res);
+    }
+    // The same publishers and fan-out in ONE room: a single group per bridge
+    // batch, so the bridge's acks stay in order (see the notes).
+    let one_room = LoadParams {
+        rooms: 1,
+        subscribers: (s.load.subscribers / s.load.rooms.max(1)).max(1),
+        ..s.load.clone()
+    };
+    if want("chat-1room") {
+        let res = chatmq_load(
+            s,
+            "chat-1room",
+            summary::CHAT_ONE_ROOM,
+            &s.fsync,
+            LoadPath::Chat,
+            &one_room,
+        )
+        .await;
+        record(summary::CHAT_ONE_ROOM, res);
+    }
+    for (dir, base) in [("fixed", &s.load), ("fixed-1room", &one_room)] {
+        if !want(dir) {
+            continue;
+        }
+        let p = LoadParams {
+            rate: Some(s.rate),
+            ..base.clone()
+        };
+        let name = summary::fixed_name(s.rate, p.rooms);
+        match chatmq_load(s, dir, &name, &s.fsync, LoadPath::Chat, &p).await {
+            Ok(l) => r.fixed_rate.push(l),
+            Err(e) => r.errors.push(format!("{name}: {e:#}")),
+        }
+    }
+}
+
+async fn stored_scenarios(s: &Settings, sections: Sections, r: &mut Report) -> Result<()> {
+    let dir = s.work.join("stored");
+    let filled = history::prefill(&dir.join("data"), &s.prefill)
+        .await
+        .context("pre-filling the store")?;
+    let mut server = Server::chatmq(&s.server_bin, &dir, &s.fsync)?;
+    let target = Target::chatmq(server.port, JWT_SECRET);
+    if sections.history {
+        match history::run(&target, &s.prefill, &filled, s.history_requests).await {
+            Ok(h) => r.history = Some(h),
+            Err(e) => r.errors.push(format!("history: {e:#}")),
+        }
+    }
+    if sections.connections {
+        match conns::run(&target, &mut server, &s.prefill, &filled).await {
+            Ok(c) => r.connections = Some(c),
+            Err(e) => r.errors.push(format!("connections: {e:#}")),
+        }
+    }
+    server.check_alive()
+}
+
+/// Writes `<out>/<stem>.json` and `<out>/<stem>.md`.
+pub fn write(r: &Report, out: &Path, stem: &str) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out)?;
+    let json = out.join(format!("{stem}.json"));
+    let md = out.join(format!("{stem}.md"));
+    std::fs::write(&json, serde_json::to_string_pretty(r)? + "\n")?;
+    std::fs::write(&md, summary::markdown(r))?;
+    Ok((json, md))
+}
