@@ -39,7 +39,16 @@ type LinkFn = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), Strin
 #[derive(Clone)]
 pub struct RouterHandle {
     build: Arc<LinkFn>,
+    /// Links being built at once. rumqttd answers them one by one; without a
+    /// bound a reconnect storm parks thousands of blocking threads and the
+    /// late ones time out while the router is still working through them.
+    building: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most router links built at the same time.
+const LINKS_BUILDING: usize = 64;
+/// How long a link build may take once it has its turn.
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl RouterHandle {
     /// Returns the link and whether a previous session was resumed.
@@ -48,13 +57,34 @@ impl RouterHandle {
         client_id: &str,
         clean: bool,
     ) -> Result<(LinkTx, LinkRx, bool), String> {
+        let _turn = self
+            .building
+            .acquire()
+            .await
+            .map_err(|_| "router closed".to_string())?;
         let build = self.build.clone();
         let id = client_id.to_owned();
-        let task = tokio::task::spawn_blocking(move || build(&id, clean));
-        let (tx, rx, ack) = tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .map_err(|_| "router did not answer".to_string())?
-            .map_err(|e| e.to_string())??;
+        let mut task = tokio::task::spawn_blocking(move || build(&id, clean));
+        let (tx, rx, ack) = match tokio::time::timeout(LINK_TIMEOUT, &mut task).await {
+            Ok(joined) => joined.map_err(|e| e.to_string())??,
+            Err(_) => {
+                // The build cannot be cancelled: when it completes, end the
+                // late link so it cannot collide with the client's retry.
+                tokio::spawn(async move {
+                    if let Ok(Ok((mut tx, _rx, _))) = task.await {
+                        let bye = Packet::Disconnect(
+                            rumqttd::protocol::Disconnect {
+                                reason_code:
+                                    rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+                            },
+                            None,
+                        );
+                        let _ = tx.send(bye).await;
+                    }
+                });
+                return Err("router did not answer".into());
+            }
+        };
         let present = match ack {
             Notification::DeviceAck(a) => match Packet::from(a) {
                 Packet::ConnAck(c, _) => c.session_present,
@@ -209,7 +239,10 @@ impl Broker {
                 .build()
                 .map_err(|e| e.to_string())
         });
-        let router = RouterHandle { build };
+        let router = RouterHandle {
+            build,
+            building: Arc::new(tokio::sync::Semaphore::new(LINKS_BUILDING)),
+        };
         let (mut internal_tx, mut internal_rx, _) = router
             .link("chat-broker-internal", true)
             .await
