@@ -12,6 +12,7 @@
 //! - [`auth`]: static users, service accounts, JWT.
 //! - [`acl`]: the topic rules and the membership view they read.
 //! - [`metrics`]: Prometheus meters; [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`local_bridge`]: the all-in-one process's bridge on a router link (no MQTT hop).
 //! - [`registry`]: client id -> user binding, per-user counts, session takeover.
 //! - [`names`]: id syntax.
 
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod config;
 mod connection;
 pub mod http;
+pub mod local_bridge;
 pub mod metrics;
 pub mod names;
 pub mod registry;

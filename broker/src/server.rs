@@ -244,7 +244,8 @@ impl Broker {
             building: Arc::new(tokio::sync::Semaphore::new(LINKS_BUILDING)),
         };
         let (mut internal_tx, mut internal_rx, _) = router
-            .link("chat-broker-internal", true)
+            // '@' is refused in clients' ids: no client can take this link over
+            .link("chatmq@internal", true)
             .await
             .map_err(StartError::Router)?;
         let access_topic = format!("{}/hooks/access", config.prefix);

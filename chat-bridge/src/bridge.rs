@@ -1,12 +1,18 @@
-//! The bridge's MQTT side: a persistent-session MQTT 5 client of the broker
-//! (embedded or external) with manual acks. A send is acked to the broker only
-//! after it is durable (or refused) and its event published, so a crash in
-//! between makes the broker redeliver it; the store's idempotency key turns
-//! the redelivery into the same `seq`.
+//! The bridge's MQTT side. A send is acked to the broker only after it is
+//! durable (or refused) and its event published, so a crash in between makes
+//! the broker redeliver it; the store's idempotency key turns the redelivery
+//! into the same `seq`.
+//!
+//! The core ([`process`]) takes [`Taken`] messages and answers through an
+//! [`Outlet`], whatever carries them: [`run`] is a persistent-session MQTT 5
+//! client (rumqttc) of a broker running apart; in one process the broker
+//! gives the bridge a router link of its own instead (`broker::local_bridge`),
+//! without a second MQTT hop over loopback.
 
 use crate::chat::{Chat, Incoming, Out};
-use crate::metrics::BridgeMetrics;
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -47,7 +53,68 @@ impl Default for BridgeConfig {
     }
 }
 
-/// Runs the bridge until `shutdown` flips. `ready` is set once subscribed.
+/// One message the bridge took from the broker.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    /// MQTT 5 response topic and correlation data, if any.
+    pub response_topic: Option<String>,
+    pub corr: Option<Bytes>,
+    /// QoS and packet id, for the acknowledgement.
+    pub qos: u8,
+    pub pkid: u16,
+}
+
+/// Where the bridge's messages go: its publishes and its acknowledgements.
+#[async_trait]
+pub trait Outlet: Send + Sync + 'static {
+    /// Publishes at QoS 1, in order.
+    async fn publish(&self, outs: Vec<Out>);
+    /// Acknowledges taken messages, in the order given (rumqttd drops a
+    /// connection whose acks come out of order).
+    async fn ack(&self, taken: &[Taken]);
+}
+
+/// The filters the bridge subscribes to, at QoS 1.
+pub fn filters(prefix: &str) -> [String; 3] {
+    [
+        format!("{prefix}/rooms/+/send/+"),
+        format!("{prefix}/rpc/+/+"),
+        format!("{prefix}/hooks/drain"),
+    ]
+}
+
+struct Rumqttc(AsyncClient);
+
+#[async_trait]
+impl Outlet for Rumqttc {
+    async fn publish(&self, outs: Vec<Out>) {
+        publish_all(&self.0, outs).await;
+    }
+
+    async fn ack(&self, taken: &[Taken]) {
+        for t in taken {
+            let qos = match t.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            let mut p = Publish::new(
+                String::from_utf8_lossy(&t.topic).into_owned(),
+                qos,
+                Bytes::new(),
+                None,
+            );
+            p.pkid = t.pkid;
+            if let Err(e) = self.0.ack(&p).await {
+                warn!(error = %e, "ack failed");
+            }
+        }
+    }
+}
+
+/// Runs the bridge as an MQTT client until `shutdown` flips. `ready` is set once subscribed.
 pub async fn run(
     cfg: BridgeConfig,
     prefix: String,
@@ -79,14 +146,10 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
 
     let metrics = chat.metrics().clone();
-    let (tx, rx) = mpsc::channel::<Publish>(cfg.batch * 2);
-    let drain = Drain::new(&prefix);
-    let worker = tokio::spawn(process(client.clone(), chat, rx, cfg.batch, drain));
-    let filters = [
-        format!("{prefix}/rooms/+/send/+"),
-        format!("{prefix}/rpc/+/+"),
-        format!("{prefix}/hooks/drain"),
-    ];
+    let (tx, rx) = mpsc::channel::<Taken>(cfg.batch * 2);
+    let outlet: Arc<dyn Outlet> = Arc::new(Rumqttc(client.clone()));
+    let worker = tokio::spawn(process(outlet, chat, rx, cfg.batch, prefix.clone()));
+    let filters = filters(&prefix);
     loop {
         let ev = tokio::select! {
             _ = shutdown.changed() => break,
@@ -112,7 +175,19 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.backlog.inc();
-                if tx.send(p).await.is_err() {
+                let (response_topic, corr) = match p.properties {
+                    Some(props) => (props.response_topic, props.correlation_data),
+                    None => (None, None),
+                };
+                let t = Taken {
+                    topic: p.topic,
+                    payload: p.payload,
+                    response_topic,
+                    corr,
+                    qos: p.qos as u8,
+                    pkid: p.pkid,
+                };
+                if tx.send(t).await.is_err() {
                     break;
                 }
             }
@@ -185,20 +260,22 @@ impl Drain {
     }
 
     /// Takes a control message out of the stream; true if `p` was one.
-    async fn take(&mut self, client: &AsyncClient, p: &Publish) -> bool {
+    async fn take(&mut self, outlet: &dyn Outlet, p: &Taken) -> bool {
         if p.topic == self.request.as_bytes() {
             if self.seen.len() > 16 {
                 self.seen.clear();
             }
             self.seen.insert(p.payload.clone(), [false; 2]);
-            for m in &self.marks {
-                if let Err(e) = client
-                    .publish(m.clone(), QoS::AtLeastOnce, false, p.payload.clone())
-                    .await
-                {
-                    warn!(error = %e, "drain mark not published");
-                }
-            }
+            let marks = self
+                .marks
+                .iter()
+                .map(|m| Out {
+                    topic: m.clone(),
+                    payload: p.payload.clone(),
+                    corr: None,
+                })
+                .collect();
+            outlet.publish(marks).await;
             return true;
         }
         match self.marks.iter().position(|m| p.topic == m.as_bytes()) {
@@ -213,7 +290,7 @@ impl Drain {
     }
 
     /// After a batch is handled: answers every drain whose marks both came back.
-    async fn answer(&mut self, client: &AsyncClient) {
+    async fn answer(&mut self, outlet: &dyn Outlet) {
         let complete: Vec<bytes::Bytes> = self
             .seen
             .iter()
@@ -223,12 +300,12 @@ impl Drain {
         for nonce in complete {
             self.seen.remove(&nonce);
             info!("drained: everything taken in before the drain is stored");
-            if let Err(e) = client
-                .publish(self.done.clone(), QoS::AtLeastOnce, false, nonce)
-                .await
-            {
-                warn!(error = %e, "drained notice not published");
-            }
+            let done = Out {
+                topic: self.done.clone(),
+                payload: nonce,
+                corr: None,
+            };
+            outlet.publish(vec![done]).await;
         }
     }
 }
@@ -243,22 +320,24 @@ fn kind_of(topic: &[u8], chat: &Chat) -> &'static str {
 }
 
 /// Takes what is pending, groups it by room (sends) or user (requests), and
-/// handles the groups concurrently, each in arrival order.
-async fn process(
-    client: AsyncClient,
+/// handles the groups concurrently, each in arrival order; then acks the
+/// batch in arrival order. Returns when `rx` closes.
+pub async fn process(
+    outlet: Arc<dyn Outlet>,
     chat: Arc<Chat>,
-    mut rx: mpsc::Receiver<Publish>,
+    mut rx: mpsc::Receiver<Taken>,
     batch: usize,
-    mut drain: Drain,
+    prefix: String,
 ) {
+    let mut drain = Drain::new(&prefix);
     let metrics = chat.metrics().clone();
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
         metrics.batch_size.observe(buf.len() as f64);
-        let msgs: Vec<Publish> = std::mem::take(&mut buf);
+        let msgs: Vec<Taken> = std::mem::take(&mut buf);
         let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, p) in msgs.iter().enumerate() {
-            if drain.take(&client, p).await {
+            if drain.take(outlet.as_ref(), p).await {
                 continue;
             }
             metrics
@@ -270,7 +349,7 @@ async fn process(
         }
         let msgs_ref = &msgs;
         let tasks = groups.into_values().map(|idx| {
-            let client = client.clone();
+            let outlet = outlet.clone();
             let chat = chat.clone();
             let metrics = metrics.clone();
             async move {
@@ -278,44 +357,34 @@ async fn process(
                     .iter()
                     .map(|&i| {
                         let p = &msgs_ref[i];
-                        let (response_topic, corr) = match &p.properties {
-                            Some(props) => {
-                                (props.response_topic.clone(), props.correlation_data.clone())
-                            }
-                            None => (None, None),
-                        };
                         Incoming {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.clone(),
-                            response_topic,
-                            corr,
+                            response_topic: p.response_topic.clone(),
+                            corr: p.corr.clone(),
                         }
                     })
                     .collect();
-                for outs in chat.handle_group(items).await {
-                    metrics.published.inc_by(outs.len() as u64);
-                    publish_all(&client, outs).await;
-                }
+                let outs: Vec<Out> = chat
+                    .handle_group(items)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                metrics.published.inc_by(outs.len() as u64);
+                outlet.publish(outs).await;
             }
         });
         futures_util::future::join_all(tasks).await;
         // rumqttd requires acks in the order it delivered (an ack out of
         // order makes it drop the connection), so the batch is acked in
         // arrival order once every group of it is stored and published.
-        for p in &msgs {
-            ack(&client, p, &metrics).await;
-        }
-        drain.answer(&client).await;
+        outlet.ack(&msgs).await;
+        metrics.backlog.sub(msgs.len() as i64);
+        drain.answer(outlet.as_ref()).await;
         buf = msgs;
         buf.clear();
     }
-}
-
-async fn ack(client: &AsyncClient, p: &Publish, metrics: &BridgeMetrics) {
-    if let Err(e) = client.ack(p).await {
-        warn!(error = %e, "ack failed");
-    }
-    metrics.backlog.dec();
 }
 
 async fn publish_all(client: &AsyncClient, outs: Vec<Out>) {

@@ -265,18 +265,8 @@ async fn run(
                     .or_insert_with(|| p.to_owned());
             }
         }
-        let mut auth = Authenticator::new(&cfg.broker.auth)
+        let auth = Authenticator::new(&cfg.broker.auth)
             .map_err(|e| anyhow::anyhow!("broker.auth: {e}"))?;
-        if cli.mode == Mode::All {
-            // the in-process bridge logs in with a fresh random password
-            cfg.bridge.password = format!("{:032x}", random_u128());
-            let prefix = cfg.broker.prefix.clone();
-            auth.add_service(
-                &cfg.bridge.username,
-                &cfg.bridge.password,
-                vec![format!("{prefix}/#")],
-            );
-        }
         let listeners = Listeners::bind(&cfg.broker).await?;
         let b = Broker::start(
             cfg.broker.clone(),
@@ -292,13 +282,6 @@ async fn run(
         names.sort();
         for (name, addr) in names {
             println!("listening {name} {addr}");
-        }
-        if cli.mode == Mode::All {
-            let tcp = b
-                .addrs
-                .get("tcp")
-                .context("the all-in-one mode needs broker.tcp for its bridge")?;
-            cfg.bridge.broker = format!("127.0.0.1:{}", tcp.port());
         }
         broker = Some(b);
     }
@@ -346,9 +329,19 @@ async fn run(
         );
         let prefix = cfg.broker.prefix.clone();
         let bcfg = cfg.bridge.clone();
-        bridge_task = Some(tokio::spawn(async move {
-            chat_bridge::bridge::run(bcfg, prefix, chat, bridge_stop_rx, ready_tx).await
-        }));
+        bridge_task = Some(match &broker {
+            // in one process the bridge gets a router link, not an MQTT client
+            Some(b) => {
+                let shared = b.shared.clone();
+                tokio::spawn(async move {
+                    broker::local_bridge::run(shared, bcfg.batch, chat, bridge_stop_rx, ready_tx)
+                        .await
+                })
+            }
+            None => tokio::spawn(async move {
+                chat_bridge::bridge::run(bcfg, prefix, chat, bridge_stop_rx, ready_tx).await
+            }),
+        });
         tokio::select! {
             r = bridge_ready.wait_for(|r| *r) => { r.map_err(|_| anyhow::anyhow!("bridge stopped"))?; }
             _ = shutdown_signal() => { let _ = bridge_stop.send(true); return Ok(()); }
@@ -383,21 +376,4 @@ async fn run(
     drop(broker);
     tracing::info!("stopped");
     Ok(())
-}
-
-fn random_u128() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = 0u128;
-    for i in 0..2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        out = (out << 64) | h.finish() as u128;
-    }
-    out
 }

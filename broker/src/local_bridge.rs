@@ -1,0 +1,264 @@
+//! The bridge of the all-in-one process on a router link of its own.
+//!
+//! Run apart, the bridge is an MQTT client of the broker. In one process that
+//! is a second MQTT hop over loopback for every message: encode, two TCP
+//! stacks, decode, and a broker connection task, about a third of the
+//! server's CPU on the chat path (bench/results/profile.md). Here the bridge
+//! talks to rumqttd's router directly, through the same kind of link our
+//! connection tasks use, with the same subscriptions at QoS 1, acks in
+//! delivery order and QoS 1 publishes; the chat logic is the same
+//! [`chat_bridge::bridge::process`].
+//!
+//! The bridge is trusted like the broker's internal link: its publishes do
+//! not pass the ACL (the MQTT service account of a bridge running apart has
+//! `{prefix}/#`).
+
+use crate::codec::{self, Version};
+use crate::server::{forward_pkid, send_all, Shared};
+use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
+use chat_bridge::bridge::{filters, process, Outlet, Taken};
+use chat_bridge::chat::{Chat, Out};
+use rumqttd::local::LinkTx;
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, PubAckReason, QoS, RetainForwardRule,
+    Subscribe,
+};
+use rumqttd::Notification;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Mutex};
+use tracing::{info, warn};
+
+struct Local {
+    tx: Mutex<LinkTx>,
+    pkid: AtomicU16,
+}
+
+impl Local {
+    fn next_pkid(&self) -> u16 {
+        loop {
+            let id = self.pkid.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    async fn send(&self, mut packets: Vec<Packet>) {
+        let mut tx = self.tx.lock().await;
+        if send_all(&mut tx, &mut packets).await.is_err() {
+            warn!("the router dropped the bridge's link");
+        }
+    }
+}
+
+/// An MQTT 5 QoS 1 PUBLISH, encoded, then read back through rumqttd's own
+/// codec: its `Publish` keeps QoS and packet id private, and rumqttd
+/// delivers at the publisher's QoS, so events must enter the router as QoS 1.
+pub(crate) fn qos1_publish(
+    topic: &str,
+    payload: &[u8],
+    corr: Option<&[u8]>,
+    pkid: u16,
+) -> Option<Packet> {
+    let mut props = BytesMut::new();
+    if let Some(c) = corr {
+        props.put_u8(0x09);
+        props.put_u16(u16::try_from(c.len()).ok()?);
+        props.put_slice(c);
+    }
+    let mut body = BytesMut::with_capacity(topic.len() + payload.len() + props.len() + 16);
+    body.put_u16(u16::try_from(topic.len()).ok()?);
+    body.put_slice(topic.as_bytes());
+    body.put_u16(pkid);
+    put_varint(&mut body, props.len());
+    body.put_slice(&props);
+    body.put_slice(payload);
+    let mut frame = BytesMut::with_capacity(body.len() + 5);
+    frame.put_u8(0x32);
+    put_varint(&mut frame, body.len());
+    frame.put_slice(&body);
+    let max = frame.len();
+    match codec::read(Version::V5, &mut frame, max) {
+        Ok(Some(inc)) => Some(inc.packet),
+        _ => None,
+    }
+}
+
+fn put_varint(out: &mut BytesMut, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.put_u8(b);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+#[async_trait]
+impl Outlet for Local {
+    async fn publish(&self, outs: Vec<Out>) {
+        let mut packets = Vec::with_capacity(outs.len());
+        for o in outs {
+            match qos1_publish(&o.topic, &o.payload, o.corr.as_deref(), self.next_pkid()) {
+                Some(p) => packets.push(p),
+                None => warn!(topic = %o.topic, "bridge publish could not be encoded"),
+            }
+        }
+        self.send(packets).await;
+    }
+
+    async fn ack(&self, taken: &[Taken]) {
+        let acks = taken
+            .iter()
+            .filter(|t| t.qos > 0)
+            .map(|t| {
+                Packet::PubAck(
+                    PubAck {
+                        pkid: t.pkid,
+                        reason: PubAckReason::Success,
+                    },
+                    None,
+                )
+            })
+            .collect();
+        self.send(acks).await;
+    }
+}
+
+/// Runs the in-process bridge until `shutdown` flips; `ready` is set once
+/// its filters are subscribed.
+pub async fn run(
+    shared: Arc<Shared>,
+    batch: usize,
+    chat: Arc<Chat>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: watch::Sender<bool>,
+) -> Result<(), String> {
+    let prefix = shared.config.prefix.clone();
+    // '@' is refused in clients' ids: no client can take this link over
+    let (mut link_tx, mut link_rx, _) = shared.router.link("chatmq@bridge", true).await?;
+    let subscribe = Subscribe {
+        pkid: 1,
+        filters: filters(&prefix)
+            .into_iter()
+            .map(|path| Filter {
+                path,
+                qos: QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::Never,
+            })
+            .collect(),
+    };
+    link_tx
+        .send(Packet::Subscribe(subscribe, None))
+        .await
+        .map_err(|e| e.to_string())?;
+    let outlet = Arc::new(Local {
+        tx: Mutex::new(link_tx),
+        pkid: AtomicU16::new(1),
+    });
+    let metrics = chat.metrics().clone();
+    let (tx, rx) = mpsc::channel::<Taken>(batch * 2);
+    let worker = tokio::spawn(process(
+        outlet.clone() as Arc<dyn Outlet>,
+        chat,
+        rx,
+        batch,
+        prefix,
+    ));
+    info!("bridge linked to the router in-process");
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.changed() => break,
+            n = link_rx.next() => n,
+        };
+        match n {
+            Ok(Some(Notification::Forward(f))) => {
+                let pkid = forward_pkid(&f.publish).unwrap_or(0);
+                let (response_topic, corr) = match f.properties {
+                    Some(p) => (p.response_topic, p.correlation_data),
+                    None => (None, None),
+                };
+                let t = Taken {
+                    topic: f.publish.topic,
+                    payload: f.publish.payload,
+                    response_topic,
+                    corr,
+                    qos: if pkid == 0 { 0 } else { 1 },
+                    pkid,
+                };
+                metrics.backlog.inc();
+                if tx.send(t).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(Notification::DeviceAck(ack))) => {
+                if let Packet::SubAck(..) = Packet::from(ack) {
+                    metrics.connected.set(1);
+                    let _ = ready.send(true);
+                }
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                if link_rx.wake().await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "the router dropped the bridge's link");
+                break;
+            }
+        }
+    }
+    metrics.connected.set(0);
+    let _ = ready.send(false);
+    drop(tx);
+    // what was taken in is stored, published and acked before we go
+    if tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .is_err()
+    {
+        warn!("bridge stopped before finishing its batch");
+    }
+    let bye = Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+    };
+    outlet.send(vec![Packet::Disconnect(bye, None)]).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos1_publish_reads_back_with_its_fields() {
+        let p = qos1_publish("chat/rooms/r1/events", b"{\"seq\":1}", Some(b"c-7"), 513)
+            .expect("encodes");
+        let Packet::Publish(publish, props) = p else {
+            panic!("not a publish: {p:?}");
+        };
+        assert_eq!(&publish.topic[..], b"chat/rooms/r1/events");
+        assert_eq!(&publish.payload[..], b"{\"seq\":1}");
+        assert_eq!(
+            forward_pkid(&publish),
+            Some(513),
+            "QoS 1 with its packet id"
+        );
+        assert_eq!(
+            props.and_then(|p| p.correlation_data).as_deref(),
+            Some(&b"c-7"[..])
+        );
+        let big = vec![b'x'; 300_000];
+        let p = qos1_publish("t", &big, None, 1).expect("a long payload encodes");
+        assert!(matches!(p, Packet::Publish(ref q, _) if q.payload.len() == 300_000));
+    }
+}
