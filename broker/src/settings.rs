@@ -224,6 +224,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_configs_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let s = load(&[root.join("examples/scylla/chatmq.toml")], env(&[]))
+            .expect("examples/scylla/chatmq.toml loads");
+        assert_eq!(s.store.backend, Backend::Scylla);
+        assert_eq!(s.store.scylla.nodes, ["scylla:9042"]);
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         let e = load(
             &[],
