@@ -114,22 +114,8 @@ impl Outlet for Local {
         self.send(packets).await;
     }
 
-    async fn ack(&self, taken: &[Taken]) {
-        let acks = taken
-            .iter()
-            .filter(|t| t.qos > 0)
-            .map(|t| {
-                Packet::PubAck(
-                    PubAck {
-                        pkid: t.pkid,
-                        reason: PubAckReason::Success,
-                    },
-                    None,
-                )
-            })
-            .collect();
-        self.send(acks).await;
-    }
+    /// Acked on receipt instead (see [`run`]).
+    async fn ack(&self, _taken: &[Taken]) {}
 }
 
 /// Runs the in-process bridge until `shutdown` flips; `ready` is set once
@@ -195,6 +181,21 @@ pub async fn run(
                     qos: if pkid == 0 { 0 } else { 1 },
                     pkid,
                 };
+                // Acked at once, in delivery order. The bridge acks a send
+                // only after it is stored so that a broker keeping its
+                // session redelivers it after a bridge crash; in one process
+                // a crash loses the router's memory with the bridge, so a
+                // later ack would protect nothing, and it would hold the
+                // bridge to rumqttd's 100 unacked deliveries per link.
+                // Shutdown still drains everything taken in (the drain
+                // handshake).
+                if t.qos > 0 {
+                    let ack = PubAck {
+                        pkid,
+                        reason: PubAckReason::Success,
+                    };
+                    outlet.send(vec![Packet::PubAck(ack, None)]).await;
+                }
                 metrics.backlog.inc();
                 if tx.send(t).await.is_err() {
                     break;
