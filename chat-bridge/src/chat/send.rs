@@ -1,11 +1,21 @@
 //! Sends: validation, membership, rate limit, append.
 
 use super::{now_ms, Chat, Out, ReplyTo};
-use crate::store::{MemberState, NewEvent, StoredEvent};
+use crate::store::{Member, MemberState, NewEvent, RoomInfo, StoredEvent};
 use crate::wire::{self, opt_str, opt_u64, Code, Refusal};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::time::Instant;
+
+/// The room and members a batch of sends to one room has read: sends do not
+/// change membership, so each is read once per batch, not once per send.
+#[derive(Default)]
+pub(super) struct SendCache {
+    room_id: String,
+    room: Option<Option<RoomInfo>>,
+    members: HashMap<String, Option<Member>>,
+}
 
 /// What a send's answer needs once the store has spoken.
 pub(super) struct SendCtx {
@@ -24,6 +34,7 @@ impl Chat {
         payload: &[u8],
         rt: Option<String>,
         corr: Option<Bytes>,
+        cache: &mut SendCache,
     ) -> (SendCtx, Result<NewEvent, Refusal>) {
         let parsed = Self::parse(payload);
         let obj = parsed.as_ref().ok();
@@ -33,7 +44,7 @@ impl Chat {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let result = match parsed {
-            Ok(o) => self.prepare(room, user, o).await,
+            Ok(o) => self.prepare(room, user, o, cache).await,
             Err(e) => Err(e),
         };
         let ctx = SendCtx {
@@ -96,10 +107,18 @@ impl Chat {
         items: Vec<(String, String, super::Incoming)>,
     ) -> Vec<Vec<Out>> {
         let mut prepared = Vec::with_capacity(items.len());
+        let mut cache = SendCache::default();
         for (room, user, inc) in items {
             prepared.push(
-                self.prepare_send(&room, &user, &inc.payload, inc.response_topic, inc.corr)
-                    .await,
+                self.prepare_send(
+                    &room,
+                    &user,
+                    &inc.payload,
+                    inc.response_topic,
+                    inc.corr,
+                    &mut cache,
+                )
+                .await,
             );
         }
         let events: Vec<NewEvent> = prepared
@@ -141,6 +160,7 @@ impl Chat {
         room: &str,
         user: &str,
         o: Map<String, Value>,
+        cache: &mut SendCache,
     ) -> Result<NewEvent, Refusal> {
         let msg_id = match opt_str(&o, "msg_id")? {
             Some(m) if wire::valid_msg_id(m) => m.to_owned(),
@@ -220,10 +240,29 @@ impl Chat {
             }
             Some(_) => return Err(Refusal::bad("meta must be an object")),
         }
-        let info = self.store.room(room).await?.ok_or_else(|| {
-            Refusal::new(Code::NotMember, format!("you are not a member of {room}"))
-        })?;
-        let m = self.store.member(room, user).await?;
+        if cache.room_id != room {
+            *cache = SendCache {
+                room_id: room.to_owned(),
+                ..SendCache::default()
+            };
+        }
+        let info = match &cache.room {
+            Some(r) => r.clone(),
+            None => {
+                let r = self.store.room(room).await?;
+                cache.room = Some(r.clone());
+                r
+            }
+        }
+        .ok_or_else(|| Refusal::new(Code::NotMember, format!("you are not a member of {room}")))?;
+        let m = match cache.members.get(user) {
+            Some(m) => m.clone(),
+            None => {
+                let m = self.store.member(room, user).await?;
+                cache.members.insert(user.to_owned(), m.clone());
+                m
+            }
+        };
         match m.as_ref().map(|m| (m.state, m.muted)) {
             Some((MemberState::Joined, false)) => {}
             Some((MemberState::Joined, true)) => {
