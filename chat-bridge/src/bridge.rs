@@ -310,8 +310,8 @@ impl Drain {
     }
 }
 
-fn kind_of(topic: &[u8], chat: &Chat) -> &'static str {
-    let key = chat.order_key(&String::from_utf8_lossy(topic));
+/// The `received` metric's kind for an [`Chat::order_key`].
+fn kind_of(key: &str) -> &'static str {
     match key.as_bytes().first() {
         Some(b'r') => "send",
         Some(b'u') => "request",
@@ -340,12 +340,9 @@ pub async fn process(
             if drain.take(outlet.as_ref(), p).await {
                 continue;
             }
-            metrics
-                .received
-                .with_label_values(&[kind_of(&p.topic, &chat)])
-                .inc();
-            let topic = String::from_utf8_lossy(&p.topic);
-            groups.entry(chat.order_key(&topic)).or_default().push(i);
+            let key = chat.order_key(&String::from_utf8_lossy(&p.topic));
+            metrics.received.with_label_values(&[kind_of(&key)]).inc();
+            groups.entry(key).or_default().push(i);
         }
         let msgs_ref = &msgs;
         let tasks = groups.into_values().map(|idx| {
