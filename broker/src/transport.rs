@@ -99,11 +99,12 @@ fn check_upgrade(req: &Request, mut resp: Response) -> Result<Response, ErrorRes
 }
 
 impl Io {
-    /// Reads more bytes into `buf`; `Ok(0)` when the peer closed.
-    pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// Reads more bytes into `buf`, with room for at least `want` of them
+    /// (a WebSocket frame comes whole); `Ok(0)` when the peer closed.
+    pub async fn read(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
         match self {
             Io::Stream(s) => {
-                buf.reserve(4096);
+                buf.reserve(want);
                 s.read_buf(buf).await
             }
             Io::Ws(ws) => loop {

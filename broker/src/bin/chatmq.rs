@@ -22,6 +22,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// glibc malloc, with large blocks (rumqttd's preallocated per-connection
+/// queues) mapped on their own so untouched pages cost nothing: see the
+/// `pagealloc` crate.
+#[global_allocator]
+static ALLOC: pagealloc::PageAlloc = pagealloc::PageAlloc;
+
 #[derive(Parser)]
 #[command(version, about = "MQTT broker with durable, sequenced chat rooms")]
 struct Cli {
