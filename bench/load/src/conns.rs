@@ -69,6 +69,18 @@ async fn advance_rooms(target: &Target, filled: &Filled, per_room: u64) -> Resul
     Ok(())
 }
 
+/// For memory profiling: with `CHATMQ_BENCH_SMAPS=DIR`, the server's
+/// `/proc/<pid>/smaps` is copied to `DIR/smaps-{tag}` before the idle
+/// connections and while they are connected.
+fn keep_smaps(server: &Server, tag: &str) {
+    if let Some(dir) = std::env::var_os("CHATMQ_BENCH_SMAPS") {
+        let to = std::path::Path::new(&dir).join(format!("smaps-{tag}"));
+        if let Err(e) = std::fs::copy(format!("/proc/{}/smaps", server.pid()), &to) {
+            eprintln!("could not keep smaps in {}: {e}", to.display());
+        }
+    }
+}
+
 /// Idle connections, then the reconnect storm.
 pub async fn run(
     target: &Target,
@@ -79,6 +91,7 @@ pub async fn run(
     let n = p.users;
     let rooms = p.catchup_rooms;
     let rss0 = server.sample()?.rss_kib;
+    keep_smaps(server, "before");
     let t0 = Instant::now();
     // setup, not measured: bounded concurrency
     let gate = Arc::new(Semaphore::new(256));
@@ -96,6 +109,7 @@ pub async fn run(
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.check_alive()?;
     let rss1 = server.sample()?.rss_kib;
+    keep_smaps(server, "idle");
     let connected = idle.iter().filter(|(_, t)| !t.is_finished()).count();
     disconnect_all(idle).await;
 
