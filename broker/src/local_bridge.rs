@@ -25,6 +25,7 @@ use rumqttd::protocol::{
     Subscribe,
 };
 use rumqttd::Notification;
+use futures_util::FutureExt;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,62 +162,80 @@ pub async fn run(
         prefix,
     ));
     info!("bridge linked to the router in-process");
-    loop {
+    let mut acks = Vec::new();
+    let mut taken = Vec::new();
+    'link: loop {
         let n = tokio::select! {
             _ = shutdown.changed() => break,
             n = link_rx.next() => n,
         };
-        match n {
-            Ok(Some(Notification::Forward(f))) => {
-                let pkid = forward_pkid(&f.publish).unwrap_or(0);
-                let (response_topic, corr) = match f.properties {
-                    Some(p) => (p.response_topic, p.correlation_data),
-                    None => (None, None),
-                };
-                let t = Taken {
-                    topic: f.publish.topic,
-                    payload: f.publish.payload,
-                    response_topic,
-                    corr,
-                    qos: if pkid == 0 { 0 } else { 1 },
-                    pkid,
-                };
-                // Acked at once, in delivery order. The bridge acks a send
-                // only after it is stored so that a broker keeping its
-                // session redelivers it after a bridge crash; in one process
-                // a crash loses the router's memory with the bridge, so a
-                // later ack would protect nothing, and it would hold the
-                // bridge to rumqttd's 100 unacked deliveries per link.
-                // Shutdown still drains everything taken in (the drain
-                // handshake).
-                if t.qos > 0 {
-                    let ack = PubAck {
-                        pkid,
-                        reason: PubAckReason::Success,
+        // Everything the router has handed over already is taken in one go,
+        // so that its acks reach the router as one event, not one each.
+        let mut next = Some(n);
+        let mut wake = false;
+        let mut gone = false;
+        while let Some(n) = next.take() {
+            match n {
+                Ok(Some(Notification::Forward(f))) => {
+                    let pkid = forward_pkid(&f.publish).unwrap_or(0);
+                    let (response_topic, corr) = match f.properties {
+                        Some(p) => (p.response_topic, p.correlation_data),
+                        None => (None, None),
                     };
-                    outlet.send(vec![Packet::PubAck(ack, None)]).await;
+                    // Acked at once, in delivery order. The bridge acks a
+                    // send only after it is stored so that a broker keeping
+                    // its session redelivers it after a bridge crash; in one
+                    // process a crash loses the router's memory with the
+                    // bridge, so a later ack would protect nothing, and it
+                    // would hold the bridge to rumqttd's 100 unacked
+                    // deliveries per link. Shutdown still drains everything
+                    // taken in (the drain handshake).
+                    if pkid != 0 {
+                        let ack = PubAck {
+                            pkid,
+                            reason: PubAckReason::Success,
+                        };
+                        acks.push(Packet::PubAck(ack, None));
+                    }
+                    taken.push(Taken {
+                        topic: f.publish.topic,
+                        payload: f.publish.payload,
+                        response_topic,
+                        corr,
+                        qos: if pkid == 0 { 0 } else { 1 },
+                        pkid,
+                    });
                 }
-                metrics.backlog.inc();
-                if tx.send(t).await.is_err() {
+                Ok(Some(Notification::DeviceAck(ack))) => {
+                    if let Packet::SubAck(..) = Packet::from(ack) {
+                        metrics.connected.set(1);
+                        let _ = ready.send(true);
+                    }
+                }
+                Ok(Some(Notification::Unschedule)) => wake = true,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "the router dropped the bridge's link");
+                    gone = true;
                     break;
                 }
             }
-            Ok(Some(Notification::DeviceAck(ack))) => {
-                if let Packet::SubAck(..) = Packet::from(ack) {
-                    metrics.connected.set(1);
-                    let _ = ready.send(true);
-                }
+            if taken.len() < batch {
+                next = link_rx.next().now_or_never();
             }
-            Ok(Some(Notification::Unschedule)) => {
-                if link_rx.wake().await.is_err() {
-                    break;
-                }
+        }
+        if !acks.is_empty() {
+            outlet.send(std::mem::take(&mut acks)).await;
+        }
+        metrics.backlog.add(taken.len() as i64);
+        for t in taken.drain(..) {
+            if tx.send(t).await.is_err() {
+                break 'link;
             }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(error = %e, "the router dropped the bridge's link");
-                break;
-            }
+        }
+        // after the acks, which are what frees the link's window
+        if gone || (wake && link_rx.wake().await.is_err()) {
+            break;
         }
     }
     metrics.connected.set(0);

@@ -75,8 +75,9 @@ pub struct Chat {
     prefix: String,
     sink: Arc<dyn AccessSink>,
     limits: SendLimits,
-    /// (user, room) -> token bucket. A std mutex: never held across an await.
-    buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
+    /// Send rate buckets: user -> room -> (tokens, last refill). A std
+    /// mutex: never held across an await.
+    buckets: Mutex<HashMap<String, HashMap<String, (f64, Instant)>>>,
     counter: std::sync::atomic::AtomicU64,
     metrics: Arc<BridgeMetrics>,
 }

@@ -121,9 +121,17 @@ impl Chat {
                 .await,
             );
         }
-        let events: Vec<NewEvent> = prepared
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok().cloned())
+        // the events move to the store; `prepared` keeps whether each was valid
+        let mut events = Vec::with_capacity(prepared.len());
+        let prepared: Vec<(SendCtx, Result<(), Refusal>)> = prepared
+            .into_iter()
+            .map(|(ctx, r)| match r {
+                Ok(ev) => {
+                    events.push(ev);
+                    (ctx, Ok(()))
+                }
+                Err(r) => (ctx, Err(r)),
+            })
             .collect();
         let mut appended = match self.store.append_many(events).await {
             Ok(v) => v.into_iter(),
@@ -304,11 +312,24 @@ impl Chat {
         let now = Instant::now();
         let mut g = self.buckets.lock();
         if g.len() > 200_000 {
-            g.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
+            g.retain(|_, rooms| {
+                rooms.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
+                !rooms.is_empty()
+            });
         }
-        let (tokens, last) = g
-            .entry((user.to_owned(), room.to_owned()))
-            .or_insert((self.limits.burst, now));
+        // looked up by reference: keys are only allocated on a first send
+        if !g.contains_key(user) {
+            g.insert(user.to_owned(), HashMap::new());
+        }
+        let Some(rooms) = g.get_mut(user) else {
+            return false;
+        };
+        if !rooms.contains_key(room) {
+            rooms.insert(room.to_owned(), (self.limits.burst, now));
+        }
+        let Some((tokens, last)) = rooms.get_mut(room) else {
+            return false;
+        };
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.limits.per_sec)
             .min(self.limits.burst);
         *last = now;
