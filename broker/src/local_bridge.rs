@@ -19,14 +19,13 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use chat_bridge::bridge::{filters, process, Outlet, Taken};
 use chat_bridge::chat::{Chat, Out};
+use futures_util::FutureExt;
 use rumqttd::local::LinkTx;
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, PubAckReason, QoS, RetainForwardRule,
-    Subscribe,
+    Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, PubAckReason, Publish,
+    PublishProperties, QoS, RetainForwardRule, Subscribe,
 };
 use rumqttd::Notification;
-use futures_util::FutureExt;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Mutex};
@@ -34,19 +33,11 @@ use tracing::{info, warn};
 
 struct Local {
     tx: Mutex<LinkTx>,
-    pkid: AtomicU16,
+    /// A QoS 1 PUBLISH to copy for each event (see [`qos1_publish`]).
+    template: Publish,
 }
 
 impl Local {
-    fn next_pkid(&self) -> u16 {
-        loop {
-            let id = self.pkid.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                return id;
-            }
-        }
-    }
-
     async fn send(&self, mut packets: Vec<Packet>) {
         let mut tx = self.tx.lock().await;
         if send_all(&mut tx, &mut packets).await.is_err() {
@@ -104,14 +95,24 @@ fn put_varint(out: &mut BytesMut, mut n: usize) {
 
 #[async_trait]
 impl Outlet for Local {
+    /// Each event is a copy of the QoS 1 template with its own topic and
+    /// payload (no encoding). The router does not track the packet ids of
+    /// QoS 1 publishes coming in (it acks them, and the bridge ignores those
+    /// acks), so the template's one id serves every event.
     async fn publish(&self, outs: Vec<Out>) {
-        let mut packets = Vec::with_capacity(outs.len());
-        for o in outs {
-            match qos1_publish(&o.topic, &o.payload, o.corr.as_deref(), self.next_pkid()) {
-                Some(p) => packets.push(p),
-                None => warn!(topic = %o.topic, "bridge publish could not be encoded"),
-            }
-        }
+        let packets = outs
+            .into_iter()
+            .map(|o| {
+                let mut p = self.template.clone();
+                p.topic = o.topic.into();
+                p.payload = o.payload;
+                let props = o.corr.map(|c| PublishProperties {
+                    correlation_data: Some(c),
+                    ..Default::default()
+                });
+                Packet::Publish(p, props)
+            })
+            .collect();
         self.send(packets).await;
     }
 
@@ -148,9 +149,13 @@ pub async fn run(
         .send(Packet::Subscribe(subscribe, None))
         .await
         .map_err(|e| e.to_string())?;
+    let template = match qos1_publish("-", b"", None, 1) {
+        Some(Packet::Publish(p, _)) => p,
+        _ => return Err("cannot build the bridge's QoS 1 publish".into()),
+    };
     let outlet = Arc::new(Local {
         tx: Mutex::new(link_tx),
-        pkid: AtomicU16::new(1),
+        template,
     });
     let metrics = chat.metrics().clone();
     let (tx, rx) = mpsc::channel::<Taken>(batch * 2);

@@ -69,6 +69,9 @@ impl Default for SendLimits {
     }
 }
 
+/// A send rate bucket: tokens left, last refill.
+type Bucket = (f64, Instant);
+
 /// The service. Cheap to share behind an `Arc`.
 pub struct Chat {
     store: Arc<dyn Store>,
@@ -77,7 +80,7 @@ pub struct Chat {
     limits: SendLimits,
     /// Send rate buckets: user -> room -> (tokens, last refill). A std
     /// mutex: never held across an await.
-    buckets: Mutex<HashMap<String, HashMap<String, (f64, Instant)>>>,
+    buckets: Mutex<HashMap<String, HashMap<String, Bucket>>>,
     counter: std::sync::atomic::AtomicU64,
     metrics: Arc<BridgeMetrics>,
 }

@@ -254,24 +254,22 @@ impl Chat {
                 ..SendCache::default()
             };
         }
-        let info = match &cache.room {
-            Some(r) => r.clone(),
-            None => {
-                let r = self.store.room(room).await?;
-                cache.room = Some(r.clone());
-                r
-            }
+        // read once per batch, looked at by reference (no copy per send)
+        if cache.room.is_none() {
+            cache.room = Some(self.store.room(room).await?);
         }
-        .ok_or_else(|| Refusal::new(Code::NotMember, format!("you are not a member of {room}")))?;
-        let m = match cache.members.get(user) {
-            Some(m) => m.clone(),
-            None => {
-                let m = self.store.member(room, user).await?;
-                cache.members.insert(user.to_owned(), m.clone());
-                m
-            }
-        };
-        match m.as_ref().map(|m| (m.state, m.muted)) {
+        if !matches!(cache.room, Some(Some(_))) {
+            return Err(Refusal::new(
+                Code::NotMember,
+                format!("you are not a member of {room}"),
+            ));
+        }
+        if !cache.members.contains_key(user) {
+            let m = self.store.member(room, user).await?;
+            cache.members.insert(user.to_owned(), m);
+        }
+        let m = cache.members.get(user).and_then(Option::as_ref);
+        match m.map(|m| (m.state, m.muted)) {
             Some((MemberState::Joined, false)) => {}
             Some((MemberState::Joined, true)) => {
                 return Err(Refusal::new(
@@ -288,7 +286,7 @@ impl Chat {
             _ => {
                 return Err(Refusal::new(
                     Code::NotMember,
-                    format!("you are not a member of {}", info.id),
+                    format!("you are not a member of {room}"),
                 ))
             }
         }
