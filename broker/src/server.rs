@@ -438,7 +438,9 @@ fn apply_access_hook(access: &Access, payload: &[u8]) {
     }
 }
 
-fn router_config(cfg: &BrokerConfig) -> RouterConfig {
+/// The router configuration `chatmq` runs with (public for
+/// `examples/link_memory.rs`, which measures rumqttd alone with it).
+pub fn router_config(cfg: &BrokerConfig) -> RouterConfig {
     let r = &cfg.router;
     let bridge = SegmentConfig {
         max_segment_size: r.bridge_segment_bytes,
