@@ -24,6 +24,14 @@ const OPTS: ConnOpts = ConnOpts {
     connect_timeout: Duration::from_secs(30),
 };
 
+/// The client id suffix of every connection user: the storm's clients are
+/// the idle ones coming back, and a client that reconnects keeps its client
+/// id (as MQTT clients do, and must to resume a session), so its reply topic
+/// is the one it had. Fresh ids would make every reconnect a new reply
+/// topic and a new rumqttd filter, which costs the router a scan of every
+/// topic it knows (see bench/results/profile.md, section 5).
+const DEVICE: &str = "phone";
+
 /// Events published per catch-up room while the clients are away.
 pub const MISSED_PER_ROOM: u64 = 10;
 
@@ -99,7 +107,7 @@ pub async fn run(
         let (target, gate) = (target.clone(), gate.clone());
         async move {
             let _permit = gate.acquire().await?;
-            Ok(connect_user(&target, i, rooms, "idle")
+            Ok(connect_user(&target, i, rooms, DEVICE)
                 .await?
                 .spawn_reader(|_, _| {}))
         }
@@ -147,7 +155,7 @@ async fn come_back(
             tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
         }
         let res = async {
-            let mut c = connect_user(&target, i, rooms, "storm").await?;
+            let mut c = connect_user(&target, i, rooms, DEVICE).await?;
             let params = json!({"rooms": {room.as_str(): cursor}, "limit_per_room": 100});
             let r = c.request("sync", params, Duration::from_secs(30)).await?;
             let got = r["result"]["rooms"][room.as_str()]["events"]
