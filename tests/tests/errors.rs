@@ -215,3 +215,56 @@ async fn send_rate_limit_refuses_with_rate_limited() -> Result<()> {
     );
     Ok(())
 }
+
+/// A client may send SUBSCRIBE right behind CONNECT without waiting for
+/// CONNACK; when both arrive in one read, the SUBSCRIBE is answered at once,
+/// not when the client next sends something (here: never, keep-alive 60 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribe_in_the_same_segment_as_connect_is_answered() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start().await?;
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        assert!(body.len() < 128);
+        let mut p = vec![first, body.len() as u8];
+        p.extend_from_slice(body);
+        p
+    }
+    let mut connect = Vec::new();
+    string(&mut connect, b"MQTT");
+    connect.extend_from_slice(&[4, 0xC2, 0, 60]); // 3.1.1, user+password+clean, keep-alive 60 s
+    string(&mut connect, b"alice-pipelined");
+    string(&mut connect, b"alice");
+    string(&mut connect, tests::pw("alice").as_bytes());
+    let mut subscribe = vec![0, 7]; // packet id 7
+    string(&mut subscribe, b"chat/users/alice/inbox");
+    subscribe.push(1);
+    let mut both = packet(0x10, &connect);
+    both.extend(packet(0x82, &subscribe));
+
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", srv.tcp_port())).await?;
+    s.set_nodelay(true)?;
+    s.write_all(&both).await?;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    // CONNACK (4 bytes) then SUBACK (5 bytes)
+    while got.len() < 9 {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .map_err(|_| anyhow::anyhow!("no SUBACK within 5 s; got {got:02x?}"))??;
+        anyhow::ensure!(n > 0, "closed; got {got:02x?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(&got[..4], &[0x20, 2, 0, 0], "CONNACK accepted: {got:02x?}");
+    assert_eq!(
+        &got[4..8],
+        &[0x90, 3, 0, 7],
+        "SUBACK for packet 7: {got:02x?}"
+    );
+    assert!(got[8] <= 1, "inbox subscription granted: {got:02x?}");
+    Ok(())
+}

@@ -20,8 +20,10 @@
 //! time, not per message.
 //!
 //! If the kernel refuses a mapping (`vm.max_map_count`, or memory), the
-//! block comes from glibc instead and its address is remembered in a small
-//! table, so that freeing it goes back to glibc.
+//! block comes from glibc instead, placed [`FALLBACK_OFFSET`] bytes into a
+//! page-aligned glibc block: a mapping always starts on a page boundary and
+//! a fallback block never does, so `dealloc` tells them apart by address
+//! alone, with no table to fill up.
 //!
 //! This crate is the project's only `unsafe` code: a `GlobalAlloc` cannot
 //! be written without it. Everything else forbids `unsafe`.
@@ -33,32 +35,55 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Blocks of this size or more are mapped on their own.
 pub const LARGE: usize = 16 * 1024;
 
-/// Alignments up to this are guaranteed by a fresh mapping (the smallest
-/// page size Linux uses).
-const MAP_ALIGN: usize = 4096;
+/// The page size this relies on: mappings start on a multiple of it.
+const PAGE: usize = 4096;
 
-/// Capacity of the table of large blocks that had to come from glibc.
-const FALLBACK_SLOTS: usize = 4096;
+/// Where a fallback block starts inside its page-aligned glibc block: never
+/// on a page boundary, and aligned for any alignment the large path takes.
+const FALLBACK_OFFSET: usize = PAGE / 2;
 
 /// The allocator. Install it with
 /// `#[global_allocator] static A: pagealloc::PageAlloc = pagealloc::PageAlloc;`.
 pub struct PageAlloc;
 
-static FALLBACK: [AtomicUsize; FALLBACK_SLOTS] = [const { AtomicUsize::new(0) }; FALLBACK_SLOTS];
-static FALLBACK_LIVE: AtomicUsize = AtomicUsize::new(0);
 static MAPPED_LIVE: AtomicUsize = AtomicUsize::new(0);
+static FALLBACK_LIVE: AtomicUsize = AtomicUsize::new(0);
+static UNMAP_FAILED: AtomicUsize = AtomicUsize::new(0);
 
-/// Large blocks currently mapped on their own, and large blocks currently
-/// served by glibc because a mapping was refused (for tests and metrics).
-pub fn stats() -> (usize, usize) {
-    (
-        MAPPED_LIVE.load(Ordering::Relaxed),
-        FALLBACK_LIVE.load(Ordering::Relaxed),
-    )
+/// Counters for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Large blocks currently mapped on their own.
+    pub mapped: usize,
+    /// Large blocks currently in glibc because a mapping was refused.
+    pub fallback: usize,
+    /// Frees whose `munmap` the kernel refused (the pages were released
+    /// with `madvise` instead; the address range stays reserved).
+    pub unmap_failed: usize,
 }
 
+pub fn stats() -> Stats {
+    Stats {
+        mapped: MAPPED_LIVE.load(Ordering::Relaxed),
+        fallback: FALLBACK_LIVE.load(Ordering::Relaxed),
+        unmap_failed: UNMAP_FAILED.load(Ordering::Relaxed),
+    }
+}
+
+/// Blocks that take the large path: big enough, and aligned at most to
+/// [`FALLBACK_OFFSET`] (larger alignments stay with glibc).
 fn is_large(layout: &Layout) -> bool {
-    layout.size() >= LARGE && layout.align() <= MAP_ALIGN
+    layout.size() >= LARGE && layout.align() <= FALLBACK_OFFSET
+}
+
+/// Whether a large block is a mapping (page aligned) or a fallback.
+fn is_mapping(p: *mut u8) -> bool {
+    (p as usize).is_multiple_of(PAGE)
+}
+
+/// The glibc layout behind a fallback block of `layout`.
+fn fallback_layout(layout: &Layout) -> Option<Layout> {
+    Layout::from_size_align(layout.size().checked_add(FALLBACK_OFFSET)?, PAGE).ok()
 }
 
 fn map(size: usize) -> *mut u8 {
@@ -81,74 +106,76 @@ fn map(size: usize) -> *mut u8 {
     // time where the system enables them for every mapping. Advice only:
     // its failure changes nothing.
     // SAFETY: `p` is the start of a mapping of `size` bytes made above.
-    unsafe { libc::madvise(p, size, libc::MADV_NOHUGEPAGE) };
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::madvise(p, size, libc::MADV_NOHUGEPAGE)
+    };
     MAPPED_LIVE.fetch_add(1, Ordering::Relaxed);
     p.cast()
 }
 
-/// Removes `p` from the fallback table; true when it was there.
-fn take_fallback(p: *mut u8) -> bool {
-    if FALLBACK_LIVE.load(Ordering::Acquire) == 0 {
-        return false;
+fn unmap(p: *mut u8, size: usize) {
+    // SAFETY: `p` is a mapping of `size` bytes made by `map`, no longer used.
+    if unsafe { libc::munmap(p.cast(), size) } != 0 {
+        // Unmapping part of a merged mapping splits it, which the kernel
+        // refuses at `vm.max_map_count`: give the pages back at least.
+        UNMAP_FAILED.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same range; the memory is not used any more.
+        unsafe { libc::madvise(p.cast(), size, libc::MADV_DONTNEED) };
     }
-    let addr = p as usize;
-    for slot in &FALLBACK {
-        if slot
-            .compare_exchange(addr, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            FALLBACK_LIVE.fetch_sub(1, Ordering::AcqRel);
-            return true;
-        }
-    }
-    false
-}
-
-/// Records a large block served by glibc; false when the table is full.
-fn put_fallback(p: *mut u8) -> bool {
-    let addr = p as usize;
-    for slot in &FALLBACK {
-        if slot
-            .compare_exchange(0, addr, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            FALLBACK_LIVE.fetch_add(1, Ordering::AcqRel);
-            return true;
-        }
-    }
-    false
+    MAPPED_LIVE.fetch_sub(1, Ordering::Relaxed);
 }
 
 impl PageAlloc {
-    /// A large block from glibc, recorded so that `dealloc` returns it there.
+    /// A large block from glibc, when the kernel refused a mapping.
     ///
     /// # Safety
-    /// `layout` has a non-zero size.
+    /// `layout` is large (see [`is_large`]).
     unsafe fn fallback(&self, layout: Layout, zeroed: bool) -> *mut u8 {
-        // SAFETY: the caller's layout is non-zero sized.
-        let p = unsafe {
+        let Some(outer) = fallback_layout(&layout) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: `outer` is non-zero sized.
+        let base = unsafe {
             if zeroed {
-                System.alloc_zeroed(layout)
+                System.alloc_zeroed(outer)
             } else {
-                System.alloc(layout)
+                System.alloc(outer)
             }
         };
-        if p.is_null() || put_fallback(p) {
-            return p;
+        if base.is_null() {
+            return base;
         }
-        // The table is full: report an allocation failure rather than hand
-        // out a block that would later be unmapped.
-        // SAFETY: `p` came from `System` with this layout just above.
-        unsafe { System.dealloc(p, layout) };
-        ptr::null_mut()
+        FALLBACK_LIVE.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `outer` is `FALLBACK_OFFSET` longer than the block.
+        unsafe { base.add(FALLBACK_OFFSET) }
+    }
+
+    /// Frees a large block, mapping or fallback.
+    ///
+    /// # Safety
+    /// `p` was returned by this allocator for the large `layout`.
+    unsafe fn free_large(&self, p: *mut u8, layout: Layout) {
+        if is_mapping(p) {
+            unmap(p, layout.size());
+            return;
+        }
+        if let Some(outer) = fallback_layout(&layout) {
+            FALLBACK_LIVE.fetch_sub(1, Ordering::Relaxed);
+            // SAFETY: `fallback` returned `base + FALLBACK_OFFSET` for a
+            // glibc block of `outer`.
+            unsafe { System.dealloc(p.sub(FALLBACK_OFFSET), outer) };
+        }
     }
 }
 
-// SAFETY: every block is either a fresh mapping of at least `layout.size()`
-// bytes, page aligned (so aligned for any `layout.align() <= MAP_ALIGN`),
-// or comes from `System` with the caller's layout; `dealloc` and `realloc`
-// tell the two apart by the layout's size class and the fallback table,
-// and return each to where it came from.
+// SAFETY: a small block comes from `System` with the caller's layout. A
+// large block is a fresh mapping of at least `layout.size()` bytes (page
+// aligned, so aligned for any large layout), or a fallback inside a glibc
+// block (aligned to `FALLBACK_OFFSET`, which bounds a large layout's
+// alignment). `dealloc` and `realloc` tell small from large by the layout,
+// and mapping from fallback by the address, and return each where it came
+// from.
 unsafe impl GlobalAlloc for PageAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_large(&layout) {
@@ -179,16 +206,8 @@ unsafe impl GlobalAlloc for PageAlloc {
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         if is_large(&layout) {
-            if take_fallback(p) {
-                // SAFETY: recorded by `fallback`, which got it from `System`
-                // with this layout.
-                unsafe { System.dealloc(p, layout) };
-                return;
-            }
-            // SAFETY: a large block not in the table is a mapping made by
-            // `map` with this size, which the caller no longer uses.
-            unsafe { libc::munmap(p.cast(), layout.size()) };
-            MAPPED_LIVE.fetch_sub(1, Ordering::Relaxed);
+            // SAFETY: a large block of this allocator with this layout.
+            unsafe { self.free_large(p, layout) };
             return;
         }
         // SAFETY: small blocks all come from `System` with this layout.
@@ -202,7 +221,8 @@ unsafe impl GlobalAlloc for PageAlloc {
         match (is_large(&layout), is_large(&new)) {
             // SAFETY: small blocks come from `System` with this layout.
             (false, false) => unsafe { System.realloc(p, layout, new_size) },
-            (true, true) if !take_fallback_peek(p) => {
+            #[cfg(target_os = "linux")]
+            (true, true) if is_mapping(p) => {
                 // Both mapped: let the kernel move or grow the pages.
                 // SAFETY: `p` is a mapping of `layout.size()` bytes made by
                 // `map`; on success the old range is no longer ours.
@@ -219,15 +239,6 @@ unsafe impl GlobalAlloc for PageAlloc {
             _ => unsafe { self.move_to(p, layout, new) },
         }
     }
-}
-
-/// True when `p` is in the fallback table (without removing it).
-fn take_fallback_peek(p: *mut u8) -> bool {
-    if FALLBACK_LIVE.load(Ordering::Acquire) == 0 {
-        return false;
-    }
-    let addr = p as usize;
-    FALLBACK.iter().any(|s| s.load(Ordering::Acquire) == addr)
 }
 
 impl PageAlloc {
@@ -271,7 +282,7 @@ mod tests {
             assert!(!s.is_null());
             let l = A.alloc(large);
             assert!(!l.is_null());
-            assert_eq!(l as usize % MAP_ALIGN, 0, "a mapping is page aligned");
+            assert_eq!(l as usize % PAGE, 0, "a mapping is page aligned");
             ptr::write_bytes(l, 0xAB, LARGE);
             ptr::write_bytes(s, 0xCD, LARGE - 1);
             assert_eq!(*l.add(LARGE - 1), 0xAB);
@@ -288,14 +299,14 @@ mod tests {
         unsafe {
             let p = A.alloc(l);
             assert!(!p.is_null());
-            let pages = size / MAP_ALIGN;
+            let pages = size / PAGE;
             let mut vec = vec![0u8; pages];
             assert_eq!(libc::mincore(p.cast(), size, vec.as_mut_ptr()), 0);
             assert!(
                 vec.iter().all(|v| v & 1 == 0),
                 "no page resident before use"
             );
-            *p.add(5 * MAP_ALIGN) = 1;
+            *p.add(5 * PAGE) = 1;
             assert_eq!(libc::mincore(p.cast(), size, vec.as_mut_ptr()), 0);
             let resident: Vec<usize> = (0..pages).filter(|i| vec[*i] & 1 == 1).collect();
             assert_eq!(resident, vec![5], "only the written page is resident");
@@ -334,20 +345,38 @@ mod tests {
 
     #[test]
     fn a_refused_mapping_falls_back_to_glibc_and_is_freed_there() {
+        let l = layout(LARGE * 4, 64);
         // SAFETY: each block is used within its layout and freed once.
         unsafe {
-            let l = layout(LARGE * 4, 8);
             let p = A.fallback(l, false);
             assert!(!p.is_null());
-            assert!(take_fallback_peek(p));
+            assert!(!is_mapping(p), "a fallback block is never page aligned");
+            assert_eq!(p as usize % l.align(), 0, "and aligned as asked");
             ptr::write_bytes(p, 7, l.size());
-            // grows inside glibc's side, then is freed by glibc
+            // moves to a mapping when it grows, contents kept
             let q = A.realloc(p, l, LARGE * 5);
             assert!(!q.is_null());
-            assert!(!take_fallback_peek(p) || p == q);
             assert!((0..l.size()).all(|i| *q.add(i) == 7));
-            A.dealloc(q, layout(LARGE * 5, 8));
-            assert!(!take_fallback_peek(q));
+            A.dealloc(q, layout(LARGE * 5, 64));
+            // freed straight from a fallback too
+            let z = A.fallback(l, true);
+            assert!(!z.is_null() && !is_mapping(z));
+            assert!((0..l.size()).all(|i| *z.add(i) == 0));
+            A.dealloc(z, l);
+        }
+    }
+
+    #[test]
+    fn many_fallbacks_at_once_need_no_table() {
+        // more than any fixed table would hold
+        let l = layout(LARGE, 8);
+        // SAFETY: each block is used within its layout and freed once.
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..10_000).map(|_| A.fallback(l, false)).collect();
+            assert!(blocks.iter().all(|p| !p.is_null() && !is_mapping(*p)));
+            for p in blocks {
+                A.dealloc(p, l);
+            }
         }
     }
 

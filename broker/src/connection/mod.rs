@@ -388,8 +388,9 @@ fn rand_u64() -> u64 {
 /// Smallest and largest read the session asks for at once.
 const READ_MIN: usize = 512;
 const READ_MAX: usize = 8 * 1024;
-/// A write buffer grown past this by a burst is let go once it is flushed.
-const WRITE_KEEP: usize = 64 * 1024;
+/// A write buffer grown past this by a burst is let go once it is flushed
+/// (a kept buffer stays resident for the connection's life).
+const WRITE_KEEP: usize = 4 * 1024;
 
 /// The socket side: buffers and the protocol level.
 ///

@@ -55,6 +55,9 @@ impl Session {
         let grace = Duration::from_millis(keep_alive as u64 * 1500);
         let mut ka_deadline = Instant::now() + grace;
         let mut to_router: Vec<Packet> = Vec::new();
+        // Packets that came in the same read as CONNECT are handled at once,
+        // not when the next bytes arrive.
+        let mut pending = !conn.rbuf.is_empty();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return End::Stopped(DisconnectReasonCode::ServerShuttingDown),
@@ -63,7 +66,13 @@ impl Session {
                     debug!("keep-alive timeout");
                     return End::Unclean;
                 }
-                r = conn.read_more() => {
+                r = async {
+                    if std::mem::take(&mut pending) {
+                        Ok(conn.rbuf.len())
+                    } else {
+                        conn.read_more().await
+                    }
+                } => {
                     match r {
                         Ok(0) | Err(_) => return End::Unclean,
                         Ok(_) => {}
