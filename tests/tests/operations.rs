@@ -81,6 +81,10 @@ async fn metrics_health_and_readiness() -> Result<()> {
     at_least("chatmq_errors_total{code=\"not_member\"}", 1.0);
     at_least("chatmq_bridge_connected", 1.0);
     at_least("chatmq_bridge_received_total{kind=\"send\"}", 1.0);
+    // the router's preallocated queues are mapped on their own, none refused
+    at_least("chatmq_alloc_mapped_blocks", 1.0);
+    assert_eq!(metric(&m, "chatmq_alloc_fallback_blocks"), 0.0);
+    assert_eq!(metric(&m, "chatmq_alloc_unmap_failed"), 0.0);
     assert_eq!(metric(&m, "chatmq_rumqttd_cursor_jumps_total"), 0.0);
     assert!(
         m.contains("chatmq_rumqttd_cursor_jumps_total 0"),

@@ -228,6 +228,35 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
+/// The allocator's counters (`pagealloc::stats`) as gauges, every 5 s.
+fn allocator_metrics(registry: &prometheus::Registry) {
+    use chat_bridge::metrics::gauge;
+    let mapped = gauge(
+        registry,
+        "chatmq_alloc_mapped_blocks",
+        "Blocks of 16 KiB or more mapped on their own by the allocator",
+    );
+    let fallback = gauge(
+        registry,
+        "chatmq_alloc_fallback_blocks",
+        "Large blocks served by glibc because the kernel refused a mapping (vm.max_map_count)",
+    );
+    let unmap_failed = gauge(
+        registry,
+        "chatmq_alloc_unmap_failed",
+        "Frees whose munmap the kernel refused (pages released, address range kept)",
+    );
+    tokio::spawn(async move {
+        loop {
+            let s = pagealloc::stats();
+            mapped.set(s.mapped as i64);
+            fallback.set(s.fallback as i64);
+            unmap_failed.set(s.unmap_failed as i64);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+}
+
 async fn run(
     cli: Cli,
     mut cfg: Settings,
@@ -238,6 +267,7 @@ async fn run(
         return migrate(&cfg).await;
     }
     let bridge_metrics = BridgeMetrics::new(&registry);
+    allocator_metrics(&registry);
     let health = Health::new();
     // users_stop cuts users off (the broker's shutdown); bridge_stop stops the bridge
     let (users_stop, users_stop_rx) = watch::channel(false);
