@@ -151,6 +151,20 @@ impl PageAlloc {
         unsafe { base.add(FALLBACK_OFFSET) }
     }
 
+    /// A large block: a mapping of its own (which reads as zeros), or a
+    /// fallback when the kernel refuses one.
+    ///
+    /// # Safety
+    /// `layout` is large (see [`is_large`]).
+    unsafe fn alloc_large(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let p = map(layout.size());
+        if !p.is_null() {
+            return p;
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.fallback(layout, zeroed) }
+    }
+
     /// Frees a large block, mapping or fallback.
     ///
     /// # Safety
@@ -179,12 +193,8 @@ impl PageAlloc {
 unsafe impl GlobalAlloc for PageAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_large(&layout) {
-            let p = map(layout.size());
-            if !p.is_null() {
-                return p;
-            }
-            // SAFETY: large layouts are non-zero sized.
-            return unsafe { self.fallback(layout, false) };
+            // SAFETY: the layout is large.
+            return unsafe { self.alloc_large(layout, false) };
         }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.alloc(layout) }
@@ -192,13 +202,8 @@ unsafe impl GlobalAlloc for PageAlloc {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if is_large(&layout) {
-            // A fresh anonymous mapping reads as zeros.
-            let p = map(layout.size());
-            if !p.is_null() {
-                return p;
-            }
-            // SAFETY: large layouts are non-zero sized.
-            return unsafe { self.fallback(layout, true) };
+            // SAFETY: the layout is large.
+            return unsafe { self.alloc_large(layout, true) };
         }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.alloc_zeroed(layout) }
