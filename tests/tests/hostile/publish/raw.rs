@@ -8,12 +8,25 @@ use tests::{pw, TIMEOUT};
 use tokio::sync::mpsc;
 
 /// A publish the client received.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Got {
     pub topic: String,
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+}
+
+impl std::fmt::Debug for Got {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{} {:?} qos {} retain {}]",
+            self.topic,
+            self.text(),
+            self.qos,
+            self.retain
+        )
+    }
 }
 
 impl Got {
