@@ -56,7 +56,10 @@ async fn later_typing(srv: &TestServer, v5: bool, cid: &str) -> Result<()> {
         .until("alice's live typing", |g| g.text().contains("live"))
         .await?;
     let live = got.pop().ok_or_else(|| anyhow!("empty"))?;
-    assert!(got.is_empty(), "no retained typing for a later subscriber: {got:?}");
+    assert!(
+        got.is_empty(),
+        "no retained typing for a later subscriber: {got:?}"
+    );
     assert_eq!(
         granted,
         vec![Some(0), Some(1), None],
@@ -79,7 +82,10 @@ async fn retained_typing(v5: bool) -> Result<()> {
     // the retain flag is stripped, the message itself still goes out
     later_typing(&srv, v5, "bob-later").await?;
     let (_, body) = srv.http_get("/metrics").await?;
-    assert!(metric(&body, "chatmq_retain_stripped_total") >= 3.0, "{body}");
+    assert!(
+        metric(&body, "chatmq_retain_stripped_total") >= 3.0,
+        "{body}"
+    );
     others_served(&srv, &alice, &mut bob, "m-typing").await
 }
 
@@ -95,8 +101,21 @@ async fn retained_typing_is_not_kept_v5() -> Result<()> {
 
 async fn mosquitto_pub(port: u16, version: &str, cid: &str, topic: &str, msg: &str) -> Result<()> {
     let args = [
-        "-h", "127.0.0.1", "-V", version, "-q", "1", "-r", "-u", "alice", "-i", cid, "-t", topic,
-        "-m", msg,
+        "-h",
+        "127.0.0.1",
+        "-V",
+        version,
+        "-q",
+        "1",
+        "-r",
+        "-u",
+        "alice",
+        "-i",
+        cid,
+        "-t",
+        topic,
+        "-m",
+        msg,
     ];
     let out = tokio::time::timeout(
         TIMEOUT,
@@ -178,7 +197,11 @@ async fn users_cannot_publish_presence() -> Result<()> {
 
 /// Subscribes carol to `filter`, then alice publishes a live marker on
 /// `marker`; returns `(topic, payload)` of the retained messages before it.
-async fn retained_seen(srv: &TestServer, filter: &str, marker: &str) -> Result<Vec<(String, String)>> {
+async fn retained_seen(
+    srv: &TestServer,
+    filter: &str,
+    marker: &str,
+) -> Result<Vec<(String, String)>> {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let port = srv.tcp_port();
@@ -189,9 +212,15 @@ async fn retained_seen(srv: &TestServer, filter: &str, marker: &str) -> Result<V
     let mut got = carol.until("the marker", |g| g.topic == marker).await?;
     got.pop();
     for g in &got {
-        assert!(g.retain, "only retained messages come before the marker: {g:?}");
+        assert!(
+            g.retain,
+            "only retained messages come before the marker: {g:?}"
+        );
     }
-    let mut v: Vec<(String, String)> = got.into_iter().map(|g| (g.topic.clone(), g.text())).collect();
+    let mut v: Vec<(String, String)> = got
+        .into_iter()
+        .map(|g| (g.topic.clone(), g.text()))
+        .collect();
     v.sort();
     Ok(v)
 }
@@ -205,15 +234,23 @@ async fn retained_on_open_topics_are_bounded_per_user() -> Result<()> {
     let mut a5 = Raw::connect(port, "alice", "alice-dev5", true, None).await?;
     let t = |i: &str| format!("dev/alice/{i}");
     for i in 0..32 {
-        let r = a5.publish(&t(&i.to_string()), &format!("v{i}"), 1, true).await?;
+        let r = a5
+            .publish(&t(&i.to_string()), &format!("v{i}"), 1, true)
+            .await?;
         assert_eq!(r, "Success", "retained #{i} is within the bound");
     }
-    assert_eq!(a5.publish(&t("32"), "over", 1, true).await?, "QuotaExceeded");
+    assert_eq!(
+        a5.publish(&t("32"), "over", 1, true).await?,
+        "QuotaExceeded"
+    );
     // replacing one of one's own retained messages and clearing one are fine
     assert_eq!(a5.publish(&t("0"), "v0-new", 1, true).await?, "Success");
     assert_eq!(a5.publish(&t("1"), "", 1, true).await?, "Success");
     assert_eq!(a5.publish(&t("32"), "v32", 1, true).await?, "Success");
-    assert_eq!(a5.publish(&t("33"), "over", 1, true).await?, "QuotaExceeded");
+    assert_eq!(
+        a5.publish(&t("33"), "over", 1, true).await?,
+        "QuotaExceeded"
+    );
     // 3.1.1 has no negative PUBACK: acknowledged and dropped
     let mut a4 = Raw::connect(port, "alice", "alice-dev4", false, None).await?;
     assert_eq!(a4.publish(&t("v4"), "over", 1, true).await?, "Success");
@@ -222,7 +259,9 @@ async fn retained_on_open_topics_are_bounded_per_user() -> Result<()> {
     assert_eq!(b5.publish("dev/bob/1", "bob's", 1, true).await?, "Success");
 
     let seen = retained_seen(&srv, "dev/alice/#", &t("marker")).await?;
-    let mut want: Vec<(String, String)> = (2..=32).map(|i| (t(&i.to_string()), format!("v{i}"))).collect();
+    let mut want: Vec<(String, String)> = (2..=32)
+        .map(|i| (t(&i.to_string()), format!("v{i}")))
+        .collect();
     want.push((t("0"), "v0-new".into()));
     want.sort();
     assert_eq!(seen, want, "exactly the retained messages within the bound");
@@ -230,7 +269,11 @@ async fn retained_on_open_topics_are_bounded_per_user() -> Result<()> {
     assert_eq!(seen, vec![("dev/bob/1".to_string(), "bob's".to_string())]);
 
     let (_, body) = srv.http_get("/metrics").await?;
-    assert_eq!(metric(&body, "chatmq_retained_refused_total"), 3.0, "{body}");
+    assert_eq!(
+        metric(&body, "chatmq_retained_refused_total"),
+        3.0,
+        "{body}"
+    );
     assert_eq!(metric(&body, "chatmq_retained_messages"), 33.0, "{body}");
     others_served(&srv, &alice, &mut bob, "m-bound").await
 }
@@ -246,8 +289,14 @@ async fn retained_bytes_are_bounded_per_user() -> Result<()> {
     let big = "x".repeat(600);
     // topic and payload count: 11 + 600 bytes
     assert_eq!(a5.publish("dev/alice/a", &big, 1, true).await?, "Success");
-    assert_eq!(a5.publish("dev/alice/b", &big, 1, true).await?, "QuotaExceeded");
-    assert_eq!(a5.publish("dev/alice/a", "small", 1, true).await?, "Success");
+    assert_eq!(
+        a5.publish("dev/alice/b", &big, 1, true).await?,
+        "QuotaExceeded"
+    );
+    assert_eq!(
+        a5.publish("dev/alice/a", "small", 1, true).await?,
+        "Success"
+    );
     assert_eq!(a5.publish("dev/alice/b", &big, 1, true).await?, "Success");
     let seen = retained_seen(&srv, "dev/alice/#", "dev/alice/marker").await?;
     let want = vec![
@@ -270,12 +319,27 @@ async fn retained_can_be_turned_off() -> Result<()> {
     let mut live = Raw::connect(port, "carol", "carol-live", false, None).await?;
     assert_eq!(live.subscribe(&["dev/alice/#"]).await?, vec![Some(1)]);
     let mut a5 = Raw::connect(port, "alice", "alice-off5", true, None).await?;
-    assert_eq!(a5.publish("dev/alice/r", "kept?", 1, true).await?, "QuotaExceeded");
+    assert_eq!(
+        a5.publish("dev/alice/r", "kept?", 1, true).await?,
+        "QuotaExceeded"
+    );
     let mut a4 = Raw::connect(port, "alice", "alice-off4", false, None).await?;
-    assert_eq!(a4.publish("dev/alice/r4", "kept?", 1, true).await?, "Success");
-    assert_eq!(a5.publish("dev/alice/plain", "plain", 1, false).await?, "Success");
-    let got = live.until("the plain publish", |g| g.text() == "plain").await?;
-    assert_eq!(got.len(), 1, "refused retained publishes go nowhere: {got:?}");
+    assert_eq!(
+        a4.publish("dev/alice/r4", "kept?", 1, true).await?,
+        "Success"
+    );
+    assert_eq!(
+        a5.publish("dev/alice/plain", "plain", 1, false).await?,
+        "Success"
+    );
+    let got = live
+        .until("the plain publish", |g| g.text() == "plain")
+        .await?;
+    assert_eq!(
+        got.len(),
+        1,
+        "refused retained publishes go nowhere: {got:?}"
+    );
     let seen = retained_seen(&srv, "dev/alice/#", "dev/alice/marker").await?;
     assert!(seen.is_empty(), "nothing retained: {seen:?}");
     others_served(&srv, &alice, &mut bob, "m-off").await
@@ -326,7 +390,10 @@ async fn unknown_rooms_cost_bounded_store_loads() -> Result<()> {
     }
     let body = metrics_of(&srv).await?;
     assert_eq!(metric(&body, missing), 1.0, "one room, one read: {body}");
-    assert!(metric(&body, "chatmq_room_misses_cached_total") >= 110.0, "{body}");
+    assert!(
+        metric(&body, "chatmq_room_misses_cached_total") >= 110.0,
+        "{body}"
+    );
 
     // a room created after its miss was remembered is usable at once
     assert!(!alice.subscribe("chat/rooms/later/events").await?);
@@ -350,8 +417,14 @@ async fn unknown_rooms_cost_bounded_store_loads() -> Result<()> {
     let body = metrics_of(&srv).await?;
     let made = loads(&body) - before;
     // burst 2, then 1 per second
-    assert!(made <= 2.0 + secs.ceil(), "{made} loads in {secs:.1} s: {body}");
-    assert!(metric(&body, "chatmq_room_loads_throttled_total") >= 1.0, "{body}");
+    assert!(
+        made <= 2.0 + secs.ceil(),
+        "{made} loads in {secs:.1} s: {body}"
+    );
+    assert!(
+        metric(&body, "chatmq_room_loads_throttled_total") >= 1.0,
+        "{body}"
+    );
 
     // another connection has its own budget: bob's room loads and works
     let mut bob = srv.user_v4("bob", "bob-1").await?;

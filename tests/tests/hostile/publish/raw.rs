@@ -9,11 +9,11 @@ use tokio::sync::mpsc;
 
 /// A publish the client received.
 #[derive(Clone)]
-pub struct Got {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub qos: u8,
-    pub retain: bool,
+pub(super) struct Got {
+    pub(super) topic: String,
+    pub(super) payload: Vec<u8>,
+    pub(super) qos: u8,
+    pub(super) retain: bool,
 }
 
 impl std::fmt::Debug for Got {
@@ -30,7 +30,7 @@ impl std::fmt::Debug for Got {
 }
 
 impl Got {
-    pub fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
 }
@@ -50,12 +50,12 @@ enum Handle {
 }
 
 /// A will for [`Raw::connect`]: topic, payload, retain.
-pub type Will<'a> = (&'a str, &'a str, bool);
+pub(super) type Will<'a> = (&'a str, &'a str, bool);
 
 /// One connection of a default test user (password `pw-{user}`).
-pub struct Raw {
+pub(super) struct Raw {
     handle: Handle,
-    pub name: String,
+    pub(super) name: String,
     rx: mpsc::UnboundedReceiver<Ev>,
     pubs: VecDeque<Got>,
     task: tokio::task::JoinHandle<()>,
@@ -87,7 +87,7 @@ fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
 
 impl Raw {
     /// Connects `user` as `cid` with MQTT 5 (`v5`) or 3.1.1, optionally with a will.
-    pub async fn connect(
+    pub(super) async fn connect(
         port: u16,
         user: &str,
         cid: &str,
@@ -123,9 +123,9 @@ impl Raw {
                             s.return_codes
                                 .iter()
                                 .map(|c| match c {
-                                    rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(
-                                        q,
-                                    ) => Some(*q as u8),
+                                    rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(q) => {
+                                        Some(*q as u8)
+                                    }
                                     _ => None,
                                 })
                                 .collect(),
@@ -190,7 +190,14 @@ impl Raw {
         // A round trip proves the CONNECT was accepted (rumqttc queues the
         // SUBSCRIBE until CONNACK, and a refusal ends the event loop).
         let own = format!("chat/users/{user}/inbox");
-        if raw.subscribe(&[&own]).await?.first().copied().flatten().is_none() {
+        if raw
+            .subscribe(&[&own])
+            .await?
+            .first()
+            .copied()
+            .flatten()
+            .is_none()
+        {
             bail!("{}: subscribing to the own inbox was refused", raw.name);
         }
         Ok(raw)
@@ -207,7 +214,7 @@ impl Raw {
 
     /// Publishes; at QoS 1 (2) waits for the PUBACK (PUBCOMP) and returns
     /// its reason (`"Success"`, `"QuotaExceeded"`, ...), at QoS 0 `"none"`.
-    pub async fn publish(
+    pub(super) async fn publish(
         &mut self,
         topic: &str,
         payload: &str,
@@ -233,7 +240,7 @@ impl Raw {
 
     /// Subscribes to `filters` at QoS 1 in one SUBSCRIBE; returns the
     /// granted QoS per filter (`None`: refused).
-    pub async fn subscribe(&mut self, filters: &[&str]) -> Result<Vec<Option<u8>>> {
+    pub(super) async fn subscribe(&mut self, filters: &[&str]) -> Result<Vec<Option<u8>>> {
         match &self.handle {
             Handle::V4(c) => {
                 let f = filters
@@ -259,7 +266,11 @@ impl Raw {
 
     /// Every publish received up to and including the first that matches
     /// `pred` (which is last in the list).
-    pub async fn until(&mut self, what: &str, mut pred: impl FnMut(&Got) -> bool) -> Result<Vec<Got>> {
+    pub(super) async fn until(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&Got) -> bool,
+    ) -> Result<Vec<Got>> {
         let mut seen = Vec::new();
         loop {
             let g = match self.pubs.pop_front() {
@@ -268,8 +279,10 @@ impl Raw {
                     Ok(Ev::Pub(g)) => g,
                     Ok(_) => continue,
                     Err(e) => {
-                        let got: Vec<String> =
-                            seen.iter().map(|g: &Got| format!("{} {}", g.topic, g.text())).collect();
+                        let got: Vec<String> = seen
+                            .iter()
+                            .map(|g: &Got| format!("{} {}", g.topic, g.text()))
+                            .collect();
                         return Err(anyhow!("{e}; received before: {got:?}"));
                     }
                 },
