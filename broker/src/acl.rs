@@ -7,11 +7,16 @@
 
 use crate::auth::Principal;
 use crate::names::valid_id;
+use misses::Misses;
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod misses;
+pub use misses::LoadBudget;
 
 /// Outcome of a check; `Deny` names the rule for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,21 +32,45 @@ impl Decision {
 }
 
 /// Loads a room's access (open channel?, joined members) from the store, for
-/// rooms the broker has not heard of since it started.
+/// rooms the broker has not heard of since it started: `Ok(None)` when the
+/// room does not exist, `Err` when the store could not answer.
 pub type Loader = Arc<
-    dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<(bool, Vec<String>)>> + Send>>
+    dyn Fn(
+            String,
+        )
+            -> Pin<Box<dyn Future<Output = Result<Option<(bool, Vec<String>)>, String>> + Send>>
         + Send
         + Sync,
 >;
 
+/// How [`Access::ensure`] answered (the caller counts it in metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// Known already, or there is no store to ask (a broker run apart).
+    Known,
+    /// Remembered as missing: no store read.
+    CachedMiss,
+    /// The connection's load budget is spent: no store read, and the room
+    /// counts as unknown for this packet.
+    Throttled,
+    /// Read from the store, and found.
+    Found,
+    /// Read from the store, and missing (now remembered).
+    Missing,
+    /// The store read failed (not remembered).
+    Failed,
+}
+
 #[derive(Default)]
 struct Inner {
-    /// rooms whose state came from the loader or whose creation we saw
+    /// rooms whose state came from the loader
     loaded: HashSet<String>,
     /// room -> (open channel?, joined members)
     rooms: HashMap<String, (bool, HashSet<String>)>,
     /// user -> rooms joined
     user_rooms: HashMap<String, HashSet<String>>,
+    /// rooms the store said do not exist, for a while
+    misses: Misses,
 }
 
 /// Room membership as the broker knows it.
@@ -61,37 +90,67 @@ impl Access {
         *self.loader.write() = Some(loader);
     }
 
+    /// Sizes the cache of missing rooms (`cap` rooms, each for `ttl`).
+    pub fn set_miss_cache(&self, cap: usize, ttl: Duration) {
+        self.inner.write().misses = Misses::new(cap, ttl);
+    }
+
     /// Makes sure the room's access is known (after a restart the broker
-    /// starts empty and learns rooms on first use).
-    pub async fn ensure(&self, room: &str) {
-        if self.inner.read().loaded.contains(room) {
-            return;
+    /// starts empty and learns rooms on first use). A store read costs one
+    /// load of `budget` (the connection's); a room the store does not have
+    /// is remembered for a while, so naming it again costs nothing.
+    pub async fn ensure(&self, room: &str, budget: &mut LoadBudget, rate: u32) -> Ensured {
+        {
+            let g = self.inner.read();
+            if g.loaded.contains(room) {
+                return Ensured::Known;
+            }
+            if g.misses.contains(room, Instant::now()) {
+                return Ensured::CachedMiss;
+            }
         }
         let Some(loader) = self.loader.read().clone() else {
-            return;
+            return Ensured::Known;
         };
-        if let Some((open, members)) = loader(room.to_owned()).await {
-            let mut g = self.inner.write();
-            if g.loaded.insert(room.to_owned()) {
-                let entry = g.rooms.entry(room.to_owned()).or_default();
-                entry.0 |= open;
-                entry.1.extend(members.iter().cloned());
-                for m in members {
-                    g.user_rooms.entry(m).or_default().insert(room.to_owned());
+        if !budget.take(rate) {
+            return Ensured::Throttled;
+        }
+        match loader(room.to_owned()).await {
+            Ok(Some((open, members))) => {
+                let mut g = self.inner.write();
+                if g.loaded.insert(room.to_owned()) {
+                    let entry = g.rooms.entry(room.to_owned()).or_default();
+                    entry.0 |= open;
+                    entry.1.extend(members.iter().cloned());
+                    for m in members {
+                        g.user_rooms.entry(m).or_default().insert(room.to_owned());
+                    }
                 }
+                Ensured::Found
             }
+            Ok(None) => {
+                let mut g = self.inner.write();
+                // the bridge may have told us of it while the store was read
+                if !g.rooms.contains_key(room) {
+                    g.misses.insert(room, Instant::now());
+                }
+                Ensured::Missing
+            }
+            Err(_) => Ensured::Failed,
         }
     }
 
     /// Marks a room as an open channel (anyone may read its events) or not.
     pub fn set_open(&self, room: &str, open: bool) {
         let mut g = self.inner.write();
+        g.misses.remove(room);
         g.rooms.entry(room.to_owned()).or_default().0 = open;
     }
 
     /// Records whether `user` is a joined member of `room`.
     pub fn set_member(&self, room: &str, user: &str, joined: bool) {
         let mut g = self.inner.write();
+        g.misses.remove(room);
         let entry = g.rooms.entry(room.to_owned()).or_default();
         if joined {
             entry.1.insert(user.to_owned());
@@ -175,6 +234,32 @@ impl Authorizer {
             ["rooms", room, ..] if valid_id(room) => Some(room),
             _ => None,
         }
+    }
+
+    /// The room whose membership the rule for this publish topic
+    /// (`publish`) or subscription filter reads, if any: only those need
+    /// the room loaded ([`Access::ensure`]). A send's membership is the
+    /// bridge's to check.
+    pub fn membership_room<'a>(&self, topic: &'a str, publish: bool) -> Option<&'a str> {
+        match self.chat_levels(topic)?.as_slice() {
+            ["rooms", room, "typing", _] if valid_id(room) => Some(room),
+            ["rooms", room, "events" | "receipts"] if valid_id(room) && !publish => Some(room),
+            _ => None,
+        }
+    }
+
+    /// Is the topic inside the chat namespace (under the prefix)?
+    pub fn in_namespace(&self, topic: &str) -> bool {
+        self.chat_levels(topic).is_some()
+    }
+
+    /// Is this a typing topic or filter (`{prefix}/rooms/{room}/typing/..`)?
+    /// Typing is delivered at QoS 0.
+    pub fn is_typing(&self, topic: &str) -> bool {
+        matches!(
+            self.chat_levels(topic).as_deref(),
+            Some(["rooms", _, "typing", _])
+        )
     }
 
     /// Levels after the prefix, or `None` if the topic is outside it.
@@ -429,6 +514,135 @@ mod tests {
         a.access().set_member("r1", "alice", false);
         assert!(!a.may_deliver(&p, "chat/rooms/r1/events"));
         assert!(!a.may_deliver(&p, "chat/presence/bob"));
+    }
+
+    /// A loader over a fixed set of rooms that counts its calls.
+    fn counting_loader(
+        rooms: &'static [&'static str],
+    ) -> (Loader, Arc<std::sync::atomic::AtomicUsize>) {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = calls.clone();
+        let loader: Loader = Arc::new(move |room: String| {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                match room.as_str() {
+                    "broken" => Err("store down".to_string()),
+                    r if rooms.contains(&r) => Ok(Some((false, vec!["alice".to_string()]))),
+                    _ => Ok(None),
+                }
+            })
+        });
+        (loader, calls)
+    }
+
+    #[tokio::test]
+    async fn misses_are_remembered_until_the_room_is_created() {
+        let access = Access::new();
+        let (loader, calls) = counting_loader(&["r1"]);
+        access.set_loader(loader);
+        let mut budget = LoadBudget::new(100);
+        let calls = || calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(access.ensure("r1", &mut budget, 100).await, Ensured::Found);
+        assert_eq!(access.ensure("r1", &mut budget, 100).await, Ensured::Known);
+        assert!(access.is_member("r1", "alice"));
+        assert_eq!(
+            access.ensure("nope", &mut budget, 100).await,
+            Ensured::Missing
+        );
+        for _ in 0..50 {
+            assert_eq!(
+                access.ensure("nope", &mut budget, 100).await,
+                Ensured::CachedMiss
+            );
+        }
+        assert_eq!(calls(), 2, "one read per room");
+        // created through the bridge (the sink in one process, the
+        // access hook when split: both call set_member / set_open)
+        access.set_member("nope", "bob", true);
+        assert!(access.is_member("nope", "bob"), "usable at once");
+        assert_ne!(
+            access.ensure("nope", &mut budget, 100).await,
+            Ensured::CachedMiss
+        );
+        assert_eq!(
+            access.ensure("chan", &mut budget, 100).await,
+            Ensured::Missing
+        );
+        access.set_open("chan", true);
+        assert!(access.can_read("chan", "anyone"));
+        assert_ne!(
+            access.ensure("chan", &mut budget, 100).await,
+            Ensured::CachedMiss
+        );
+        // a failed read is not remembered
+        assert_eq!(
+            access.ensure("broken", &mut budget, 100).await,
+            Ensured::Failed
+        );
+        assert_eq!(
+            access.ensure("broken", &mut budget, 100).await,
+            Ensured::Failed
+        );
+    }
+
+    #[tokio::test]
+    async fn loads_are_rated_per_budget() {
+        let access = Access::new();
+        let (loader, calls) = counting_loader(&[]);
+        access.set_loader(loader);
+        let mut hostile = LoadBudget::new(1);
+        let mut outcomes = Vec::new();
+        for i in 0..20 {
+            outcomes.push(access.ensure(&format!("ghost-{i}"), &mut hostile, 1).await);
+        }
+        let made = outcomes.iter().filter(|o| **o == Ensured::Missing).count();
+        // a burst of 2 (and a third if the test took over a second)
+        assert!((2..=3).contains(&made), "{outcomes:?}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), made);
+        // another connection's budget is its own
+        let mut other = LoadBudget::new(1);
+        assert_eq!(
+            access.ensure("ghost-x", &mut other, 1).await,
+            Ensured::Missing
+        );
+    }
+
+    #[tokio::test]
+    async fn no_loader_no_reads() {
+        let access = Access::new();
+        let mut budget = LoadBudget::new(1);
+        for _ in 0..5 {
+            assert_eq!(access.ensure("r", &mut budget, 1).await, Ensured::Known);
+        }
+    }
+
+    #[test]
+    fn only_membership_rules_name_a_room_to_load() {
+        let a = authz();
+        assert_eq!(
+            a.membership_room("chat/rooms/r1/typing/alice", true),
+            Some("r1")
+        );
+        assert_eq!(a.membership_room("chat/rooms/r1/send/alice", true), None);
+        assert_eq!(a.membership_room("chat/rooms/r1/events", true), None);
+        assert_eq!(a.membership_room("chat/rooms/r1/events", false), Some("r1"));
+        assert_eq!(
+            a.membership_room("chat/rooms/r1/receipts", false),
+            Some("r1")
+        );
+        assert_eq!(
+            a.membership_room("chat/rooms/r1/typing/+", false),
+            Some("r1")
+        );
+        assert_eq!(a.membership_room("chat/rooms/r1/send/+", false), None);
+        assert_eq!(a.membership_room("chat/rooms/+/events", false), None);
+        assert_eq!(a.membership_room("dev/rooms/r1/events", false), None);
+        assert!(a.is_typing("chat/rooms/r1/typing/+"));
+        assert!(!a.is_typing("chat/rooms/r1/events"));
+        assert!(!a.is_typing("dev/rooms/r1/typing/x"));
+        assert!(a.in_namespace("chat/rooms/r1/send/alice"));
+        assert!(!a.in_namespace("chatter/x"));
+        assert!(!a.in_namespace("dev/x"));
     }
 
     #[test]

@@ -119,6 +119,21 @@ pub struct Limits {
     pub connects_per_sec_per_ip: u32,
     /// Publishes per second per connection before it is throttled (burst = 2x).
     pub publishes_per_sec: u32,
+    /// Retained messages one user may hold on open topics (outside the
+    /// prefix); 0 turns retained messages off. Retain flags inside the chat
+    /// namespace are always stripped.
+    pub retained_per_user: usize,
+    /// Bytes (topic + payload) of the retained messages one user may hold
+    /// on open topics.
+    pub retained_bytes_per_user: usize,
+    /// Store reads of a room's membership one connection may cause per
+    /// second (burst = 2x); beyond it an unknown room counts as unknown.
+    pub room_loads_per_sec: u32,
+    /// Rooms remembered as not existing, at most.
+    pub room_miss_cache: usize,
+    /// How long a room is remembered as not existing, ms (its creation
+    /// through this process's bridge forgets it at once).
+    pub room_miss_ttl_ms: u64,
 }
 
 impl Default for Limits {
@@ -131,6 +146,11 @@ impl Default for Limits {
             max_connections: 20_000,
             connects_per_sec_per_ip: 200,
             publishes_per_sec: 200,
+            retained_per_user: 32,
+            retained_bytes_per_user: 64 * 1024,
+            room_loads_per_sec: 10,
+            room_miss_cache: 10_000,
+            room_miss_ttl_ms: 5_000,
         }
     }
 }

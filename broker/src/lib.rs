@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus meters; [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`local_bridge`]: the all-in-one process's bridge on a router link (no MQTT hop).
 //! - [`registry`]: client id -> user binding, per-user counts, session takeover.
+//! - [`retain`]: retain flags stripped in the chat namespace, bounded per user on open topics.
 //! - [`names`]: id syntax.
 
 pub mod acl;
@@ -26,6 +27,7 @@ pub mod local_bridge;
 pub mod metrics;
 pub mod names;
 pub mod registry;
+pub mod retain;
 pub mod server;
 pub mod settings;
 pub mod transport;

@@ -42,12 +42,25 @@ pub struct BrokerMetrics {
     pub cursor_jumps: IntCounter,
     /// rumqttd log events at WARN or ERROR, by level.
     pub rumqttd_events: IntCounterVec,
+    /// Retain flags stripped from users' publishes in the chat namespace.
+    pub retain_stripped: IntCounter,
+    /// Retained publishes on open topics refused: the user's bound.
+    pub retained_refused: IntCounter,
+    /// Retained messages users hold on open topics, now.
+    pub retained_messages: IntGauge,
+    /// Store reads of a room's access a client's packet caused, by result
+    /// (`found`, `missing`, `failed`).
+    pub room_loads: IntCounterVec,
+    /// Rooms named by a client that were answered from the cache of missing rooms.
+    pub room_misses_cached: IntCounter,
+    /// Store reads not made: the connection's load budget was spent.
+    pub room_loads_throttled: IntCounter,
 }
 
 impl BrokerMetrics {
     /// Creates the meters and registers them in `r`.
     pub fn new(r: &Registry) -> Arc<Self> {
-        Arc::new(BrokerMetrics {
+        let m = Arc::new(BrokerMetrics {
             connections: gauge(r, "chatmq_connections", "Connections past CONNACK"),
             opened: counter_vec(
                 r,
@@ -109,7 +122,42 @@ impl BrokerMetrics {
                 "rumqttd warnings and errors, by level",
                 &["level"],
             ),
-        })
+            retain_stripped: counter(
+                r,
+                "chatmq_retain_stripped_total",
+                "Retain flags stripped from users' publishes in the chat namespace",
+            ),
+            retained_refused: counter(
+                r,
+                "chatmq_retained_refused_total",
+                "Retained publishes on open topics refused by the per-user bound",
+            ),
+            retained_messages: gauge(
+                r,
+                "chatmq_retained_messages",
+                "Retained messages users hold on open topics",
+            ),
+            room_loads: counter_vec(
+                r,
+                "chatmq_room_loads_total",
+                "Store reads of a room's members caused by clients naming the room, by result",
+                &["result"],
+            ),
+            room_misses_cached: counter(
+                r,
+                "chatmq_room_misses_cached_total",
+                "Rooms named by clients answered from the cache of missing rooms",
+            ),
+            room_loads_throttled: counter(
+                r,
+                "chatmq_room_loads_throttled_total",
+                "Store reads refused by a connection's load budget (the room counted as unknown)",
+            ),
+        });
+        for result in ["found", "missing", "failed"] {
+            m.room_loads.with_label_values(&[result]);
+        }
+        m
     }
 
     /// Meters registered nowhere: for tests and embedders that do not export.
@@ -201,8 +249,9 @@ mod tests {
             .with_label_values(&["publish", "not_member"])
             .inc();
         m.rumqttd_events.with_label_values(&["warn"]).inc();
+        m.room_loads.with_label_values(&["missing"]).inc();
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert_eq!(names.len(), 12, "{names:?}");
+        assert_eq!(names.len(), 18, "{names:?}");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! shared by every connection task.
 
 use crate::acl::{Access, Authorizer};
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::config::BrokerConfig;
 use crate::metrics::BrokerMetrics;
 use crate::registry::Registry;
+use crate::retain::{Retained, Verdict};
 use crate::transport::Kind;
 use parking_lot::Mutex;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
@@ -116,6 +117,8 @@ pub struct Shared {
     /// CONNECT until then, so no send or request is published before anyone
     /// listens (rumqttd drops messages that match no subscription).
     pub bridge_ready: watch::Receiver<bool>,
+    /// Who holds which retained message on open topics.
+    pub retained: Retained,
     /// Packets for the broker's own router link (presence, wills, the drain
     /// nonce, acks of what it receives), written by one task in order.
     internal: tokio::sync::mpsc::Sender<Packet>,
@@ -132,8 +135,35 @@ impl Shared {
         self.internal_publish(Publish::new(topic.into_bytes(), payload.into_bytes(), true));
     }
 
-    pub fn publish_will(&self, will: LastWill) {
-        self.internal_publish(Publish::new(will.topic, will.message, will.retain));
+    /// Publishes the will of `who`'s connection, under the same retain
+    /// policy as a publish of theirs (a refused one is dropped).
+    pub fn publish_will(&self, will: LastWill, who: &Principal) {
+        let topic = std::str::from_utf8(&will.topic).unwrap_or("");
+        let mut retain = will.retain;
+        match self.retain_policy(who, topic, retain, will.message.len()) {
+            Verdict::Pass => {}
+            Verdict::Strip => retain = false,
+            Verdict::Refuse => {
+                info!(topic = %topic.escape_debug(), "retained will refused");
+                return;
+            }
+        }
+        self.internal_publish(Publish::new(will.topic, will.message, retain));
+    }
+
+    /// The retain policy ([`crate::retain`]) for a publish of `who` that
+    /// passed the ACL, counted in the metrics.
+    pub fn retain_policy(&self, who: &Principal, topic: &str, retain: bool, len: usize) -> Verdict {
+        let in_ns = self.authz.in_namespace(topic);
+        let (v, held) = self.retained.check(who, topic, in_ns, retain, len);
+        let m = &self.metrics;
+        m.retained_messages.set(held as i64);
+        match v {
+            Verdict::Strip => m.retain_stripped.inc(),
+            Verdict::Refuse => m.retained_refused.inc(),
+            Verdict::Pass => {}
+        }
+        v
     }
 
     fn internal_publish(&self, publish: Publish) {
@@ -327,6 +357,12 @@ impl Broker {
         });
         let (closing_tx, closing) = watch::channel(false);
 
+        let limits = &config.limits;
+        access.set_miss_cache(
+            limits.room_miss_cache,
+            Duration::from_millis(limits.room_miss_ttl_ms),
+        );
+        let retained = Retained::new(limits.retained_per_user, limits.retained_bytes_per_user);
         let authz = Authorizer::new(&config.prefix, config.open_topics, access);
         let shared = Arc::new(Shared {
             config,
@@ -340,6 +376,7 @@ impl Broker {
             metrics,
             live_users: Default::default(),
             bridge_ready,
+            retained,
             internal,
             connect_rate: Mutex::new(HashMap::new()),
             drained,
@@ -506,4 +543,30 @@ pub(crate) async fn send_all(link_tx: &mut LinkTx, packets: &mut Vec<Packet>) ->
         buf.extend(packets.drain(..));
     }
     link_tx.send(last).await.map(|_| ()).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::{Ensured, LoadBudget, Loader};
+
+    /// A broker run apart learns of new rooms through `{prefix}/hooks/access`:
+    /// that forgets a remembered miss too.
+    #[tokio::test]
+    async fn the_access_hook_forgets_a_miss() {
+        let access = Access::new();
+        let loader: Loader = Arc::new(|_room: String| Box::pin(async { Ok(None) }));
+        access.set_loader(loader);
+        let mut budget = LoadBudget::new(10);
+        assert_eq!(access.ensure("r9", &mut budget, 10).await, Ensured::Missing);
+        assert_eq!(
+            access.ensure("r9", &mut budget, 10).await,
+            Ensured::CachedMiss
+        );
+        apply_access_hook(&access, br#"{"room":"r9","user":"bob","joined":true}"#);
+        assert!(access.is_member("r9", "bob"));
+        assert_eq!(access.ensure("r9", &mut budget, 10).await, Ensured::Missing);
+        apply_access_hook(&access, br#"{"room":"r9","open":true}"#);
+        assert!(access.can_read("r9", "anyone"));
+    }
 }

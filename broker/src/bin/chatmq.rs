@@ -203,11 +203,16 @@ fn loader(store: Arc<dyn Store>) -> broker::acl::Loader {
     Arc::new(move |room: String| {
         let store = store.clone();
         Box::pin(async move {
-            let info = store.room(&room).await.ok()??;
+            let Some(info) = store.room(&room).await.map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
             let mut joined = Vec::new();
             let mut after: Option<String> = None;
             loop {
-                let page = store.members(&room, after.as_deref(), 1000).await.ok()?;
+                let page = store
+                    .members(&room, after.as_deref(), 1000)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let n = page.len();
                 after = page.last().map(|m| m.user.clone());
                 joined.extend(
@@ -219,7 +224,7 @@ fn loader(store: Arc<dyn Store>) -> broker::acl::Loader {
                     break;
                 }
             }
-            Some((info.kind == RoomKind::Channel, joined))
+            Ok(Some((info.kind == RoomKind::Channel, joined)))
         })
     })
 }

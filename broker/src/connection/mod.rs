@@ -179,7 +179,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     }
     if end != End::Clean {
         if let Some(w) = will {
-            shared.publish_will(w);
+            shared.publish_will(w, &session.principal);
         }
     }
     let user = session.principal;
@@ -367,6 +367,7 @@ async fn accept(
             client_max,
             tokens: shared.config.limits.publishes_per_sec as f64 * 2.0,
             refilled: Instant::now(),
+            loads: crate::acl::LoadBudget::new(shared.config.limits.room_loads_per_sec.max(1)),
         },
         keep_alive: connect.keep_alive,
         will,

@@ -2,14 +2,15 @@
 //! link, checking every PUBLISH and SUBSCRIBE in and every delivery out.
 
 use super::{Conn, End};
-use crate::acl::Decision;
+use crate::acl::{Decision, Ensured, LoadBudget};
 use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
+use crate::retain::Verdict;
 use crate::server::{forward_pkid, send_all, Shared};
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, SubAck, Subscribe,
+    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, QoS, SubAck, Subscribe,
     SubscribeReasonCode,
 };
 use rumqttd::Notification;
@@ -29,6 +30,8 @@ pub(super) struct Session {
     pub(super) client_max: Option<usize>,
     pub(super) tokens: f64,
     pub(super) refilled: Instant,
+    /// Store reads of unknown rooms this connection may still cause.
+    pub(super) loads: LoadBudget,
 }
 
 impl Session {
@@ -166,13 +169,13 @@ impl Session {
         to_router: &mut Vec<Packet>,
     ) -> Result<bool, DisconnectReasonCode> {
         match inc.packet {
-            Packet::Publish(publish, props) => {
+            Packet::Publish(mut publish, props) => {
                 if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
                     return Err(DisconnectReasonCode::TopicAliasInvalid);
                 }
                 let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
-                if let Some(room) = self.shared.authz.room_of(topic) {
-                    self.shared.authz.access().ensure(room).await;
+                if let Some(room) = self.shared.authz.membership_room(topic, true) {
+                    self.ensure(room).await;
                 }
                 let decision = self.shared.authz.check_publish(&self.principal, topic);
                 if let Decision::Deny(rule) = decision {
@@ -182,24 +185,19 @@ impl Session {
                         .acl_denials
                         .with_label_values(&["publish", rule])
                         .inc();
-                    if inc.qos == 2 {
-                        return Err(DisconnectReasonCode::NotAuthorized);
+                    return refuse(conn, inc.qos, inc.pkid, PubAckReason::NotAuthorized);
+                }
+                let len = publish.payload.len();
+                match self
+                    .shared
+                    .retain_policy(&self.principal, topic, publish.retain, len)
+                {
+                    Verdict::Pass => {}
+                    Verdict::Strip => publish.retain = false,
+                    Verdict::Refuse => {
+                        info!(topic = %topic.escape_debug(), "retained publish over the bound");
+                        return refuse(conn, inc.qos, inc.pkid, PubAckReason::QuotaExceeded);
                     }
-                    if inc.qos == 1 {
-                        // 3.1.1 cannot refuse a publish: it is acknowledged and dropped.
-                        let reason = match conn.version {
-                            Version::V4 => PubAckReason::Success,
-                            Version::V5 => PubAckReason::NotAuthorized,
-                        };
-                        conn.push(Packet::PubAck(
-                            PubAck {
-                                pkid: inc.pkid,
-                                reason,
-                            },
-                            None,
-                        ));
-                    }
-                    return Ok(true);
                 }
                 self.throttle().await;
                 let m = &self.shared.metrics;
@@ -210,9 +208,9 @@ impl Session {
             Packet::Subscribe(sub, props) => {
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut allowed = Vec::new();
-                for f in sub.filters {
-                    if let Some(room) = self.shared.authz.room_of(&f.path) {
-                        self.shared.authz.access().ensure(room).await;
+                for mut f in sub.filters {
+                    if let Some(room) = self.shared.authz.membership_room(&f.path, false) {
+                        self.ensure(room).await;
                     }
                     match self.shared.authz.check_subscribe(
                         &self.principal,
@@ -220,6 +218,11 @@ impl Session {
                         &f.path,
                     ) {
                         Decision::Allow => {
+                            // rumqttd delivers at the subscription's QoS and
+                            // grants what it was asked: typing is QoS 0
+                            if self.shared.authz.is_typing(&f.path) {
+                                f.qos = QoS::AtMostOnce;
+                            }
                             codes.push(None);
                             allowed.push(f);
                         }
@@ -333,6 +336,30 @@ impl Session {
         Outcome::Continue
     }
 
+    /// Loads a room the packet names, if the broker does not know it yet,
+    /// within this connection's load budget; counted in the metrics.
+    async fn ensure(&mut self, room: &str) {
+        let rate = self.shared.config.limits.room_loads_per_sec.max(1);
+        let got = self
+            .shared
+            .authz
+            .access()
+            .ensure(room, &mut self.loads, rate)
+            .await;
+        let m = &self.shared.metrics;
+        match got {
+            Ensured::Known => {}
+            Ensured::CachedMiss => m.room_misses_cached.inc(),
+            Ensured::Throttled => {
+                debug!(room, "room load throttled");
+                m.room_loads_throttled.inc();
+            }
+            Ensured::Found => m.room_loads.with_label_values(&["found"]).inc(),
+            Ensured::Missing => m.room_loads.with_label_values(&["missing"]).inc(),
+            Ensured::Failed => m.room_loads.with_label_values(&["failed"]).inc(),
+        }
+    }
+
     /// Token bucket on publishes: an over-eager client is slowed, not cut off.
     async fn throttle(&mut self) {
         if matches!(self.principal, Principal::Service { .. }) {
@@ -351,6 +378,31 @@ impl Session {
         }
         self.tokens -= 1.0;
     }
+}
+
+/// Refuses a client's publish: MQTT 5 gets a PUBACK with `reason`; 3.1.1
+/// cannot refuse one, so it is acknowledged and dropped; a refused QoS 2
+/// publish (no way to refuse it with a 3.1.1 PUBREC) disconnects.
+fn refuse(
+    conn: &mut Conn,
+    qos: u8,
+    pkid: u16,
+    reason: PubAckReason,
+) -> Result<bool, DisconnectReasonCode> {
+    if qos == 2 {
+        return Err(match reason {
+            PubAckReason::QuotaExceeded => DisconnectReasonCode::QuotaExceeded,
+            _ => DisconnectReasonCode::NotAuthorized,
+        });
+    }
+    if qos == 1 {
+        let reason = match conn.version {
+            Version::V4 => PubAckReason::Success,
+            Version::V5 => reason,
+        };
+        conn.push(Packet::PubAck(PubAck { pkid, reason }, None));
+    }
+    Ok(true)
 }
 
 enum Outcome {
