@@ -380,7 +380,7 @@ impl Authorizer {
         }
     }
 
-    /// Re-checked on every delivery of a room topic, so a user who left or
+    /// Re-checked on every delivery of a room or user topic, so a user who left or
     /// was kicked stops receiving at once even though the router still holds
     /// the subscription.
     pub fn may_deliver(&self, who: &Principal, topic: &str) -> bool {
@@ -391,6 +391,9 @@ impl Authorizer {
             Some(["rooms", room, "events"]) => self.access.can_read(room, me),
             Some(["rooms", room, "receipts" | "typing", ..]) => self.access.is_member(room, me),
             Some(["presence", user]) => *user == me || self.access.share_room(me, user),
+            // a session's subscriptions are its owner's (crate::registry);
+            // should one ever reach another user, their topics still do not
+            Some(["users", user, ..]) => *user == me,
             _ => true,
         }
     }
@@ -643,6 +646,16 @@ mod tests {
         assert!(a.in_namespace("chat/rooms/r1/send/alice"));
         assert!(!a.in_namespace("chatter/x"));
         assert!(!a.in_namespace("dev/x"));
+    }
+
+    #[test]
+    fn user_topics_reach_their_user_only() {
+        let a = authz();
+        let p = alice();
+        assert!(a.may_deliver(&p, "chat/users/alice/inbox"));
+        assert!(a.may_deliver(&p, "chat/users/alice/replies/alice-1"));
+        assert!(!a.may_deliver(&p, "chat/users/bob/inbox"));
+        assert!(!a.may_deliver(&p, "chat/users/bob/replies/bob-1"));
     }
 
     #[test]

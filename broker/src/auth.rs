@@ -227,6 +227,7 @@ mod tests {
             ServiceAccount {
                 password: "pw-b".into(),
                 allow: vec!["chat/#".into()],
+                client_ids: Vec::new(),
             },
         );
         cfg.jwt = Some(JwtConfig {

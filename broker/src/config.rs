@@ -1,5 +1,6 @@
 //! Broker settings, deserialized from the `[broker]` section of the config file.
 
+use crate::names::valid_client_id;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +32,11 @@ pub struct BrokerConfig {
     /// Learn room membership from the bridge's `{prefix}/hooks/access`
     /// messages (a broker running apart from its bridge). Set by `chatmq broker`.
     pub access_from_hooks: bool,
+    /// Client ids kept for an account (id -> account) besides those of
+    /// `auth.services`: `chatmq broker` keeps its bridge's `[bridge] client_id`
+    /// for `[bridge] username`. Not read from the config file.
+    #[serde(skip)]
+    pub reserved_client_ids: HashMap<String, String>,
 }
 
 impl Default for BrokerConfig {
@@ -47,7 +53,40 @@ impl Default for BrokerConfig {
             open_topics: true,
             router: RouterSizing::default(),
             access_from_hooks: false,
+            reserved_client_ids: HashMap::new(),
         }
+    }
+}
+
+impl BrokerConfig {
+    /// Every client id kept for an account (id -> account): each service
+    /// account's own id and `client_ids`, and `reserved_client_ids`. An id
+    /// kept for two accounts, or not a valid client id, is an error.
+    pub fn client_id_reservations(&self) -> Result<HashMap<String, String>, String> {
+        let mut out: HashMap<String, String> = HashMap::new();
+        let services = self.auth.services.iter().flat_map(|(name, account)| {
+            std::iter::once(name)
+                .chain(&account.client_ids)
+                .map(move |id| (id, name))
+        });
+        for (id, owner) in services.chain(&self.reserved_client_ids) {
+            if !valid_client_id(id) {
+                return Err(format!(
+                    "client id {id:?} of {owner:?} is not a valid client id"
+                ));
+            }
+            match out.get(id) {
+                Some(other) if other != owner => {
+                    return Err(format!(
+                        "client id {id:?} is kept for both {other:?} and {owner:?}"
+                    ))
+                }
+                _ => {
+                    out.insert(id.clone(), owner.clone());
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -82,6 +121,10 @@ pub struct ServiceAccount {
     pub password: String,
     /// Filters this account may publish and subscribe to.
     pub allow: Vec<String>,
+    /// Client ids kept for this account, connected or not: nobody else may
+    /// connect with them. The account's own id is always kept for it.
+    #[serde(default)]
+    pub client_ids: Vec<String>,
 }
 
 /// JSON Web Tokens passed as the MQTT password (any username, or the same as `sub`).
@@ -113,6 +156,11 @@ pub struct Limits {
     pub connect_timeout_ms: u64,
     /// Simultaneous connections per user.
     pub connections_per_user: usize,
+    /// Persistent sessions (3.1.1 `clean_session = false`, 5 Clean Start 0)
+    /// a user may keep under distinct client ids, connected or not; one more
+    /// is refused (5: 0x97 quota exceeded; 3.1.1: 0x03 server unavailable).
+    /// Service accounts are not bounded by it.
+    pub persistent_sessions_per_user: usize,
     /// Total connections.
     pub max_connections: usize,
     /// New connections per second from one source address (burst = 2x).
@@ -143,6 +191,7 @@ impl Default for Limits {
             service_max_packet_bytes: 4 << 20,
             connect_timeout_ms: 10_000,
             connections_per_user: 16,
+            persistent_sessions_per_user: 32,
             max_connections: 20_000,
             connects_per_sec_per_ip: 200,
             publishes_per_sec: 200,
@@ -179,5 +228,56 @@ impl Default for RouterSizing {
             bridge_segments: 16,
             max_outgoing_packets: 500,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(client_ids: &[&str]) -> ServiceAccount {
+        ServiceAccount {
+            password: "pw".into(),
+            allow: vec!["chat/hooks/#".into()],
+            client_ids: client_ids.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn reservations_cover_service_ids_and_the_split_bridge() {
+        let mut cfg = BrokerConfig::default();
+        cfg.auth
+            .services
+            .insert("pusher".into(), service(&["pusher-1", "pusher:2"]));
+        cfg.reserved_client_ids
+            .insert("chat-bridge".into(), "chat-bridge".into());
+        let r = cfg.client_id_reservations().expect("valid");
+        assert_eq!(r.len(), 4);
+        for id in ["pusher", "pusher-1", "pusher:2"] {
+            assert_eq!(r.get(id).map(String::as_str), Some("pusher"), "{id}");
+        }
+        assert_eq!(
+            r.get("chat-bridge").map(String::as_str),
+            Some("chat-bridge")
+        );
+    }
+
+    #[test]
+    fn conflicting_or_invalid_reservations_are_errors() {
+        let mut cfg = BrokerConfig::default();
+        cfg.auth.services.insert("a".into(), service(&["shared"]));
+        cfg.auth.services.insert("b".into(), service(&["shared"]));
+        let e = cfg.client_id_reservations().expect_err("kept twice");
+        assert!(e.contains("shared"), "{e}");
+        let mut cfg = BrokerConfig::default();
+        cfg.auth.services.insert("a".into(), service(&["a/b"]));
+        assert!(cfg.client_id_reservations().is_err(), "not a client id");
+        let mut cfg = BrokerConfig::default();
+        cfg.auth.services.insert("a".into(), service(&[]));
+        cfg.reserved_client_ids.insert("a".into(), "bridge".into());
+        assert!(
+            cfg.client_id_reservations().is_err(),
+            "the bridge's id may not be another service's"
+        );
     }
 }

@@ -1,9 +1,21 @@
-//! Who is connected: client id -> user binding, per-user counts, takeover.
+//! Who owns which client id: the client id -> user binding, per-user counts,
+//! takeover.
 //!
-//! A client id belongs to the user who holds it; another user presenting it
-//! is refused. The same user reconnecting takes the session over: the old
-//! connection is told to stop and the new one waits until it has left the
-//! router, so the router never sees two links for one client id.
+//! A client id belongs to the user who holds it, and to nobody else, for as
+//! long as the router may hold a session under it: while connected, and
+//! after a connection that asked for a persistent session (3.1.1
+//! `clean_session = false`, 5 Clean Start 0) has ended, until the owner
+//! connects with a clean session and that connection ends (rumqttd 0.20
+//! never expires a persistent session; a restart forgets them all, and this
+//! registry with them). Another user presenting the id is refused, so
+//! nothing the router queued for the owner reaches anyone else. Ids
+//! reserved for service accounts ([`crate::config::BrokerConfig::client_id_reservations`])
+//! are refused to everyone else even before their service first connects.
+//! A user keeps at most `sessions_per_user` persistent bindings.
+//!
+//! The same user reconnecting takes the session over: the old connection is
+//! told to stop and the new one waits until it has left the router, so the
+//! router never sees two links for one client id.
 //! A `parking_lot::Mutex`: held for map updates only, never across an await.
 
 use parking_lot::Mutex;
@@ -11,19 +23,42 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, OwnedMutexGuard};
 
-struct Entry {
-    user: String,
+/// The connection holding a client id right now.
+struct Holder {
     generation: u64,
     stop: Arc<Notify>,
     alive: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A client id's owner.
+struct Binding {
+    user: String,
+    /// The router may keep a session under this id after its connection ends.
+    persistent: bool,
+    holder: Option<Holder>,
+}
+
 #[derive(Default)]
 struct Inner {
-    clients: HashMap<String, Entry>,
+    bindings: HashMap<String, Binding>,
+    /// Client id -> the account it is kept for, whether connected or not.
+    reserved: HashMap<String, String>,
+    /// Live connections per user.
     per_user: HashMap<String, usize>,
+    /// Persistent bindings per user, connected or not.
+    sessions: HashMap<String, usize>,
     total: usize,
     next_gen: u64,
+}
+
+impl Inner {
+    fn count_session(&mut self, user: &str, delta: isize) {
+        let n = self.sessions.entry(user.to_owned()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.sessions.remove(user);
+        }
+    }
 }
 
 /// Shared registry handle.
@@ -35,15 +70,31 @@ pub struct Registry {
 /// Why a client id cannot be claimed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClaimError {
-    /// Held by another user.
+    /// Held by another user, connected or not.
     InUse,
+    /// Reserved for a service account.
+    Reserved,
     /// The user has too many connections.
     UserLimit,
+    /// The user keeps too many persistent sessions.
+    SessionLimit,
     /// The server is full.
     ServerFull,
 }
 
-/// Held by a connection for its lifetime; releasing it frees the client id.
+/// The bounds a claim is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    /// Live connections per user.
+    pub connections_per_user: usize,
+    /// Live connections in all.
+    pub max_connections: usize,
+    /// Persistent bindings per user, connected or not.
+    pub sessions_per_user: usize,
+}
+
+/// Held by a connection for its lifetime; releasing it frees the client id
+/// unless the router keeps a session under it.
 pub struct Claim {
     registry: Registry,
     client_id: String,
@@ -58,28 +109,50 @@ pub struct Claim {
 }
 
 impl Registry {
+    /// A registry keeping each reserved client id (id -> account) for its account.
+    pub fn new(reserved: HashMap<String, String>) -> Self {
+        let inner = Inner {
+            reserved,
+            ..Default::default()
+        };
+        Registry {
+            inner: Arc::new(Mutex::new(inner)),
+        }
+    }
+
     /// Claims `client_id` for `user`, stopping and awaiting a previous
-    /// connection of the same user with the same id.
+    /// connection of the same user with the same id. `persistent`: the
+    /// connection asked for a session the router keeps after it ends.
     pub async fn claim(
         &self,
         client_id: &str,
         user: &str,
-        per_user_max: usize,
-        total_max: usize,
+        persistent: bool,
+        limits: &ClaimLimits,
     ) -> Result<Claim, ClaimError> {
         loop {
             let previous = {
                 let mut g = self.inner.lock();
-                match g.clients.get(client_id) {
-                    Some(e) if e.user != user => return Err(ClaimError::InUse),
-                    Some(e) => Some((e.stop.clone(), e.alive.clone())),
-                    None => {
+                if g.reserved.get(client_id).is_some_and(|owner| owner != user) {
+                    return Err(ClaimError::Reserved);
+                }
+                match g.bindings.get(client_id) {
+                    Some(b) if b.user != user => return Err(ClaimError::InUse),
+                    Some(Binding {
+                        holder: Some(h), ..
+                    }) => Some((h.stop.clone(), h.alive.clone())),
+                    other => {
+                        let had_session = other.is_some_and(|b| b.persistent);
                         let count = g.per_user.get(user).copied().unwrap_or(0);
-                        if count >= per_user_max {
+                        if count >= limits.connections_per_user {
                             return Err(ClaimError::UserLimit);
                         }
-                        if g.total >= total_max {
+                        if g.total >= limits.max_connections {
                             return Err(ClaimError::ServerFull);
+                        }
+                        let sessions = g.sessions.get(user).copied().unwrap_or(0);
+                        if persistent && !had_session && sessions >= limits.sessions_per_user {
+                            return Err(ClaimError::SessionLimit);
                         }
                         g.next_gen += 1;
                         let generation = g.next_gen;
@@ -89,13 +162,21 @@ impl Registry {
                             Err(_) => continue,
                         };
                         let stop = Arc::new(Notify::new());
-                        g.clients.insert(
+                        if persistent && !had_session {
+                            g.count_session(user, 1);
+                        }
+                        g.bindings.insert(
                             client_id.to_owned(),
-                            Entry {
+                            Binding {
                                 user: user.to_owned(),
-                                generation,
-                                stop: stop.clone(),
-                                alive,
+                                // a clean connection ends an old session only
+                                // once the router has it ([`Claim::session_cleared`])
+                                persistent: persistent || had_session,
+                                holder: Some(Holder {
+                                    generation,
+                                    stop: stop.clone(),
+                                    alive,
+                                }),
                             },
                         );
                         *g.per_user.entry(user.to_owned()).or_default() += 1;
@@ -117,7 +198,7 @@ impl Registry {
                 stop.notify_one();
                 // resolves once the old connection has dropped its claim
                 let _ = alive.lock().await;
-                // the old task removes its entry before dropping the guard
+                // the old task releases its binding before dropping the guard
             }
         }
     }
@@ -127,6 +208,12 @@ impl Registry {
         self.inner.lock().per_user.get(user).copied().unwrap_or(0)
     }
 
+    /// Persistent bindings of a user, connected or not.
+    pub fn sessions_of(&self, user: &str) -> usize {
+        self.inner.lock().sessions.get(user).copied().unwrap_or(0)
+    }
+
+    /// Live connections in all.
     pub fn total(&self) -> usize {
         self.inner.lock().total
     }
@@ -137,14 +224,32 @@ impl Claim {
         &self.client_id
     }
 
+    /// The router has linked this connection with a clean session: it
+    /// dropped any session kept under the id, and keeps none after this
+    /// connection, so the binding ends with it.
+    pub fn session_cleared(&self) {
+        let mut g = self.registry.inner.lock();
+        let Some(b) = g.bindings.get_mut(&self.client_id) else {
+            return;
+        };
+        if b.holder.as_ref().map(|h| h.generation) != Some(self.generation) || !b.persistent {
+            return;
+        }
+        b.persistent = false;
+        g.count_session(&self.user, -1);
+    }
+
     /// Releases the claim; returns true when the user has no connection left.
     fn release(&self) -> bool {
         let mut g = self.registry.inner.lock();
-        if g.clients
-            .get(&self.client_id)
-            .is_some_and(|e| e.generation == self.generation)
-        {
-            g.clients.remove(&self.client_id);
+        if let Some(b) = g.bindings.get_mut(&self.client_id) {
+            if b.holder.as_ref().map(|h| h.generation) == Some(self.generation) {
+                if b.persistent {
+                    b.holder = None;
+                } else {
+                    g.bindings.remove(&self.client_id);
+                }
+            }
         }
         g.total = g.total.saturating_sub(1);
         let left = match g.per_user.get_mut(&self.user) {
@@ -172,5 +277,205 @@ impl Drop for Claim {
         if !self.released {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ClaimLimits = ClaimLimits {
+        connections_per_user: 4,
+        max_connections: 100,
+        sessions_per_user: 2,
+    };
+
+    fn reg() -> Registry {
+        Registry::new(HashMap::from([
+            ("chat-bridge".to_owned(), "chat-bridge".to_owned()),
+            ("pusher-1".to_owned(), "pusher".to_owned()),
+        ]))
+    }
+
+    async fn claim(
+        r: &Registry,
+        id: &str,
+        user: &str,
+        persistent: bool,
+    ) -> Result<Claim, ClaimError> {
+        r.claim(id, user, persistent, &LIMITS).await
+    }
+
+    #[tokio::test]
+    async fn a_live_id_is_refused_to_another_user() {
+        let r = reg();
+        let c = claim(&r, "x", "alice", false).await.expect("alice");
+        assert_eq!(
+            claim(&r, "x", "bob", false).await.err(),
+            Some(ClaimError::InUse)
+        );
+        assert_eq!(
+            claim(&r, "x", "bob", true).await.err(),
+            Some(ClaimError::InUse)
+        );
+        assert!(c.finish(), "alice's last connection");
+        // a clean session's id is free once it ends
+        claim(&r, "x", "bob", false)
+            .await
+            .expect("bob after alice left");
+    }
+
+    #[tokio::test]
+    async fn a_persistent_session_stays_its_owners_while_offline() {
+        let r = reg();
+        let c = claim(&r, "alice-1", "alice", true).await.expect("alice");
+        c.finish();
+        assert_eq!(r.connections_of("alice"), 0);
+        assert_eq!(r.sessions_of("alice"), 1);
+        for persistent in [true, false] {
+            assert_eq!(
+                claim(&r, "alice-1", "bob", persistent).await.err(),
+                Some(ClaimError::InUse),
+                "bob, persistent {persistent}"
+            );
+        }
+        // alice resumes it, then ends it with a clean session
+        claim(&r, "alice-1", "alice", true)
+            .await
+            .expect("resume")
+            .finish();
+        let c = claim(&r, "alice-1", "alice", false).await.expect("clean");
+        assert_eq!(
+            r.sessions_of("alice"),
+            1,
+            "kept until the router has the clean link"
+        );
+        c.session_cleared();
+        assert_eq!(r.sessions_of("alice"), 0);
+        assert_eq!(
+            claim(&r, "alice-1", "bob", false).await.err(),
+            Some(ClaimError::InUse),
+            "still alice's while her clean connection lasts"
+        );
+        c.finish();
+        claim(&r, "alice-1", "bob", true)
+            .await
+            .expect("free once it ended");
+    }
+
+    #[tokio::test]
+    async fn a_clean_connect_that_never_reached_the_router_keeps_the_session() {
+        let r = reg();
+        claim(&r, "alice-1", "alice", true)
+            .await
+            .expect("alice")
+            .finish();
+        // clean connect, but the router link failed: no session_cleared()
+        drop(claim(&r, "alice-1", "alice", false).await.expect("clean"));
+        assert_eq!(r.sessions_of("alice"), 1);
+        assert_eq!(
+            claim(&r, "alice-1", "bob", false).await.err(),
+            Some(ClaimError::InUse)
+        );
+    }
+
+    #[tokio::test]
+    async fn reserved_ids_belong_to_their_account_only() {
+        let r = reg();
+        for (id, user) in [
+            ("chat-bridge", "mallory"),
+            ("pusher-1", "mallory"),
+            ("pusher-1", "chat-bridge"),
+        ] {
+            for persistent in [true, false] {
+                assert_eq!(
+                    claim(&r, id, user, persistent).await.err(),
+                    Some(ClaimError::Reserved),
+                    "{user} on {id}"
+                );
+            }
+        }
+        let c = claim(&r, "chat-bridge", "chat-bridge", true)
+            .await
+            .expect("the bridge");
+        c.finish();
+        assert_eq!(
+            claim(&r, "chat-bridge", "mallory", false).await.err(),
+            Some(ClaimError::Reserved)
+        );
+        claim(&r, "pusher-1", "pusher", false)
+            .await
+            .expect("the pusher");
+    }
+
+    #[tokio::test]
+    async fn persistent_sessions_per_user_are_bounded() {
+        let r = reg();
+        claim(&r, "a-1", "alice", true).await.expect("1").finish();
+        claim(&r, "a-2", "alice", true).await.expect("2").finish();
+        assert_eq!(
+            claim(&r, "a-3", "alice", true).await.err(),
+            Some(ClaimError::SessionLimit)
+        );
+        // resuming one and clean sessions are not limited
+        claim(&r, "a-1", "alice", true)
+            .await
+            .expect("resume")
+            .finish();
+        claim(&r, "a-3", "alice", false)
+            .await
+            .expect("clean")
+            .finish();
+        // another user has quota of their own
+        claim(&r, "b-1", "bob", true).await.expect("bob").finish();
+        // ending one frees a slot
+        let c = claim(&r, "a-2", "alice", false)
+            .await
+            .expect("clean on a-2");
+        c.session_cleared();
+        c.finish();
+        claim(&r, "a-3", "alice", true)
+            .await
+            .expect("a slot was freed");
+    }
+
+    #[tokio::test]
+    async fn the_owner_takes_over_a_live_session() {
+        let r = reg();
+        let old = claim(&r, "alice-1", "alice", true).await.expect("first");
+        let stop = old.stop.clone();
+        let stopped = tokio::spawn(async move {
+            stop.notified().await;
+            old.finish()
+        });
+        let new = claim(&r, "alice-1", "alice", true).await.expect("takeover");
+        assert!(
+            stopped.await.expect("old task"),
+            "the old one was alice's only connection"
+        );
+        assert!(new.first_of_user);
+        assert_eq!(r.connections_of("alice"), 1);
+        assert_eq!(r.sessions_of("alice"), 1);
+        assert_eq!(r.total(), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_limits_still_apply() {
+        let r = reg();
+        let tight = ClaimLimits {
+            connections_per_user: 1,
+            max_connections: 2,
+            sessions_per_user: 8,
+        };
+        let _a = r.claim("a-1", "alice", false, &tight).await.expect("a");
+        assert_eq!(
+            r.claim("a-2", "alice", false, &tight).await.err(),
+            Some(ClaimError::UserLimit)
+        );
+        let _b = r.claim("b-1", "bob", false, &tight).await.expect("b");
+        assert_eq!(
+            r.claim("c-1", "carol", false, &tight).await.err(),
+            Some(ClaimError::ServerFull)
+        );
     }
 }

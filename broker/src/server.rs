@@ -274,6 +274,9 @@ impl Broker {
             }
             None => None,
         };
+        let reserved = config
+            .client_id_reservations()
+            .map_err(|e| StartError::Auth(AuthError::Config(e)))?;
         let router_tx = rumqttd::Router::new(0, router_config(&config)).spawn();
         // rumqttd's alerts and meters only flow from the timer of its own
         // `Broker::start`; see crate::metrics for how we observe them instead.
@@ -368,7 +371,7 @@ impl Broker {
             config,
             auth,
             authz,
-            registry: Registry::default(),
+            registry: Registry::new(reserved),
             router,
             tls,
             shutdown,

@@ -29,6 +29,9 @@ use tracing::{info, warn};
 pub struct BridgeConfig {
     /// Broker address `host:port` (MODE=bridge; in one process the embedded broker's).
     pub broker: String,
+    /// The bridge's MQTT client id. A broker run apart (`chatmq broker`)
+    /// keeps it for `username`: nobody else may connect with it, even while
+    /// the bridge is away.
     pub client_id: String,
     pub username: String,
     pub password: String,

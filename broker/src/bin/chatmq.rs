@@ -296,6 +296,13 @@ async fn run(
     let mut broker = None;
     if matches!(cli.mode, Mode::All | Mode::Broker) {
         cfg.broker.access_from_hooks = cli.mode == Mode::Broker;
+        if cli.mode == Mode::Broker && !cfg.bridge.client_id.is_empty() {
+            // the bridge runs apart: nobody else may take its client id (and
+            // the session the broker keeps for it) while it is away
+            cfg.broker
+                .reserved_client_ids
+                .insert(cfg.bridge.client_id.clone(), cfg.bridge.username.clone());
+        }
         if cfg.broker.auth.demo_users {
             tracing::warn!("demo users alice/alice-pw and bob/bob-pw are enabled; set broker.auth.demo_users = false in production");
             for (u, p) in [("alice", "alice-pw"), ("bob", "bob-pw")] {

@@ -5,7 +5,7 @@
 use crate::auth::{AuthError, Principal};
 use crate::codec::{self, Version};
 use crate::names::valid_client_id;
-use crate::registry::{Claim, ClaimError};
+use crate::registry::{Claim, ClaimError, ClaimLimits};
 use crate::server::Shared;
 use crate::transport::{self, Io, Kind};
 use bytes::BytesMut;
@@ -292,14 +292,21 @@ async fn accept(
         }
     }
 
+    // The router keeps a session under the id after this connection ends
+    // unless it links with a clean session (rumqttd 0.20: whatever a v5
+    // Session Expiry Interval says), and the id stays bound as long.
+    let persistent = !connect.clean_session;
+    let claim_limits = ClaimLimits {
+        connections_per_user: limits.connections_per_user,
+        max_connections: limits.max_connections,
+        sessions_per_user: match principal {
+            Principal::User(_) => limits.persistent_sessions_per_user,
+            Principal::Service { .. } => usize::MAX,
+        },
+    };
     let claim = match shared
         .registry
-        .claim(
-            &client_id,
-            principal.id(),
-            limits.connections_per_user,
-            limits.max_connections,
-        )
+        .claim(&client_id, principal.id(), persistent, &claim_limits)
         .await
     {
         Ok(c) => c,
@@ -310,7 +317,12 @@ async fn accept(
                     ConnectReturnCode::ClientIdentifierNotValid,
                     "client_id_in_use",
                 ),
+                ClaimError::Reserved => (
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                    "client_id_reserved",
+                ),
                 ClaimError::UserLimit => (ConnectReturnCode::QuotaExceeded, "user_limit"),
+                ClaimError::SessionLimit => (ConnectReturnCode::QuotaExceeded, "session_limit"),
                 ClaimError::ServerFull => (ConnectReturnCode::ServerBusy, "server_full"),
             };
             refuse(label);
@@ -329,6 +341,10 @@ async fn accept(
                 return Ok(None);
             }
         };
+    if !persistent {
+        // the router dropped any session kept under the id and keeps none
+        claim.session_cleared();
+    }
 
     let client_max = props
         .as_ref()
