@@ -351,7 +351,7 @@ async fn redact(inner: &Inner, room: &str, target: u64) -> Result<(), StoreError
     if tomb == payload {
         return Ok(());
     }
-    let v: stmts::PayloadPut = (written.saturating_add(1), &tomb, room, bucket, seq);
+    let v: stmts::PayloadPut = (written.saturating_add(1), tomb.as_slice(), room, bucket, seq);
     inner
         .session
         .execute_unpaged(&inner.st.payload_put, v)
