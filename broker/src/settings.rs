@@ -245,10 +245,7 @@ mod tests {
         )
         .expect("small limits load");
         let l = s.bridge.limits();
-        assert_eq!(
-            (l.body_max, l.meta_max, l.payload_max),
-            (100, 50, 4096)
-        );
+        assert_eq!((l.body_max, l.meta_max, l.payload_max), (100, 50, 4096));
         assert_eq!((l.history_default, l.history_max), (20, 200));
         for (key, value) in [
             ("BODY_MAX_BYTES", "0"),
@@ -271,12 +268,9 @@ mod tests {
             assert!(err.contains(&want), "{var}={value}: {err}");
         }
         // the broker's packet limit follows the payload limit
-        let err = load(
-            &[],
-            env(&[("CHAT__BRIDGE__PAYLOAD_MAX_BYTES", "131072")]),
-        )
-        .err()
-        .unwrap_or_default();
+        let err = load(&[], env(&[("CHAT__BRIDGE__PAYLOAD_MAX_BYTES", "131072")]))
+            .err()
+            .unwrap_or_default();
         assert!(
             err.contains("`broker.limits.max_packet_bytes`") && err.contains("132096"),
             "{err}"

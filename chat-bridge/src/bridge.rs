@@ -104,7 +104,9 @@ impl BridgeConfig {
             if v >= lo && v <= hi {
                 Ok(())
             } else {
-                Err(format!("key `bridge.{key}`: {v} is not within {lo}..={hi}{why}"))
+                Err(format!(
+                    "key `bridge.{key}`: {v} is not within {lo}..={hi}{why}"
+                ))
             }
         }
         let payload = self.payload_max_bytes;

@@ -81,7 +81,10 @@ async fn same_batch_redaction_survives_reopen() {
     del.redacts = Some(1);
     let before = {
         let store = open(dir.path(), FsyncPolicy::Never);
-        let got = store.append_many(vec![msg, del]).await.expect("append_many");
+        let got = store
+            .append_many(vec![msg, del])
+            .await
+            .expect("append_many");
         assert_eq!(got.len(), 2);
         store.read("r", Range::Latest, 10).await.expect("read")
     };

@@ -5,8 +5,8 @@ use super::*;
 use crate::chat::AccessSink;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore, FsyncPolicy};
 use crate::store::{
-    Appended, MarkerKind, Markers, Member, MemberChange, MemberState, NewEvent, Page, Range,
-    Role, RoomInfo, RoomKind, Store, StoreError, StoredEvent,
+    Appended, MarkerKind, Markers, Member, MemberChange, MemberState, NewEvent, Page, Range, Role,
+    RoomInfo, RoomKind, Store, StoreError, StoredEvent,
 };
 use parking_lot::Mutex;
 use serde_json::{json, Value};

@@ -471,18 +471,34 @@ pub async fn deletes_redact(store: Arc<dyn Store>) {
     let mut want = json_of(&original);
     want.retain(|k, _| ["room", "seq", "ts", "from", "msg_id", "type"].contains(&k.as_str()));
     want.insert("deleted".into(), true.into());
-    assert_eq!(tomb, want, "the target is its tombstone: no body, meta or reply_to");
+    assert_eq!(
+        tomb, want,
+        "the target is its tombstone: no body, meta or reply_to"
+    );
     assert_eq!(page.events[1..2], kept[..], "other events are untouched");
-    assert_eq!(page.events[2], del.event, "the delete event reads back as stored");
+    assert_eq!(
+        page.events[2], del.event,
+        "the delete event reads back as stored"
+    );
     let found = store
         .lookup(&room, "alice", "m1")
         .await
         .unwrap_or_else(|e| panic!("lookup: {e}"));
-    assert_eq!(found.as_ref(), Some(&page.events[0]), "lookup sees the tombstone");
+    assert_eq!(
+        found.as_ref(),
+        Some(&page.events[0]),
+        "lookup sees the tombstone"
+    );
     let none = store.lookup(&room, "alice", "nope").await;
-    assert!(matches!(none, Ok(None)), "lookup of an unknown key: {none:?}");
+    assert!(
+        matches!(none, Ok(None)),
+        "lookup of an unknown key: {none:?}"
+    );
     let again = append(&store, secret).await;
-    assert!(again.duplicate, "a retry of the deleted message is a duplicate");
+    assert!(
+        again.duplicate,
+        "a retry of the deleted message is a duplicate"
+    );
     assert_eq!(again.event, page.events[0], "answered with the tombstone");
     // a retried delete and a second delete change nothing more
     let retry = append(&store, delete_event(&room, "alice", "d1", 1)).await;
@@ -506,7 +522,11 @@ pub async fn deletes_redact(store: Arc<dyn Store>) {
     let page = read(&store, &room, Range::After(4), 10).await;
     expect_page(&page, "same-call delete", 5..=6, false, 6);
     let v = json_of(&page.events[0]);
-    assert_eq!(v.get("deleted"), Some(&true.into()), "redacted in the same call: {v:?}");
+    assert_eq!(
+        v.get("deleted"),
+        Some(&true.into()),
+        "redacted in the same call: {v:?}"
+    );
     assert!(v.get("body").is_none(), "no body: {v:?}");
     // a target that is not an earlier event redacts nothing
     let odd = append(&store, delete_event(&room, "bob", "d7", 99)).await;

@@ -120,7 +120,9 @@ mod tests {
             Some(4)
         );
         assert_eq!(
-            redacts_of(br#"{"room":"r","seq":9,"type":"message","meta":{"type":"delete","target":4}}"#),
+            redacts_of(
+                br#"{"room":"r","seq":9,"type":"message","meta":{"type":"delete","target":4}}"#
+            ),
             None
         );
         assert_eq!(redacts_of(br#"{"type":"message","body":"delete"}"#), None);

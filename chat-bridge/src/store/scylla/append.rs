@@ -251,18 +251,15 @@ async fn index_batch(
     stored: &[StoredEvent],
     watermark: Option<u64>,
 ) -> Result<(), StoreError> {
-    let rows = evs
-        .iter()
-        .zip(stored)
-        .map(|(ev, s)| {
-            let derived = Derived {
-                sender: &ev.from,
-                msg_id: &ev.msg_id,
-                member: ev.member.as_ref(),
-                redacts: ev.redacts,
-            };
-            index_event(inner, room, s.seq, derived)
-        });
+    let rows = evs.iter().zip(stored).map(|(ev, s)| {
+        let derived = Derived {
+            sender: &ev.from,
+            msg_id: &ev.msg_id,
+            member: ev.member.as_ref(),
+            redacts: ev.redacts,
+        };
+        index_event(inner, room, s.seq, derived)
+    });
     let mark = async {
         match watermark {
             Some(w) => write_watermark(inner, room, w).await,
@@ -351,7 +348,13 @@ async fn redact(inner: &Inner, room: &str, target: u64) -> Result<(), StoreError
     if tomb == payload {
         return Ok(());
     }
-    let v: stmts::PayloadPut = (written.saturating_add(1), tomb.as_slice(), room, bucket, seq);
+    let v: stmts::PayloadPut = (
+        written.saturating_add(1),
+        tomb.as_slice(),
+        room,
+        bucket,
+        seq,
+    );
     inner
         .session
         .execute_unpaged(&inner.st.payload_put, v)
