@@ -115,7 +115,7 @@ pub fn load(
             .source(Some(vars)),
     );
     let c = b.build().map_err(|e| e.to_string())?;
-    serde_path_to_error::deserialize::<_, Settings>(c).map_err(|e| {
+    let s = serde_path_to_error::deserialize::<_, Settings>(c).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner().to_string();
         if key.is_empty() || key == "." {
@@ -123,7 +123,31 @@ pub fn load(
         } else {
             format!("key `{key}`: {inner}")
         }
-    })
+    })?;
+    s.validate()?;
+    Ok(s)
+}
+
+impl Settings {
+    /// Checks values the types alone do not: the bridge's limits, and that
+    /// the broker's packet limit lets a payload of the bridge's limit through
+    /// (with room for the packet's headers), so an oversize send reaches the
+    /// bridge and is answered `too_large` instead of cutting the connection.
+    pub fn validate(&self) -> Result<(), String> {
+        self.bridge.validate()?;
+        let need = self.bridge.payload_max_bytes + chat_bridge::bridge::PACKET_OVERHEAD;
+        let have = self.broker.limits.max_packet_bytes;
+        if have < need {
+            return Err(format!(
+                "key `broker.limits.max_packet_bytes`: {have} is below bridge.payload_max_bytes \
+                 ({}) + {} bytes of packet headers; raise it to at least {need} or lower \
+                 bridge.payload_max_bytes",
+                self.bridge.payload_max_bytes,
+                chat_bridge::bridge::PACKET_OVERHEAD
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +223,73 @@ mod tests {
         assert_eq!(s.store.scylla.request_timeout_ms, 2500);
         let s = load(&[], env(&[("CHAT__STORE__BACKEND", "scylla")])).expect("scylla");
         assert_eq!(s.store.backend, Backend::Scylla);
+    }
+
+    #[test]
+    fn bridge_limits_load_and_bad_values_name_their_key() {
+        let s = load(&[], env(&[])).expect("defaults");
+        assert_eq!(
+            s.bridge.limits(),
+            chat_bridge::wire::Limits::default(),
+            "the defaults are PROTOCOL.md's"
+        );
+        let s = load(
+            &[],
+            env(&[
+                ("CHAT__BRIDGE__BODY_MAX_BYTES", "100"),
+                ("CHAT__BRIDGE__META_MAX_BYTES", "50"),
+                ("CHAT__BRIDGE__PAYLOAD_MAX_BYTES", "4096"),
+                ("CHAT__BRIDGE__HISTORY_LIMIT_DEFAULT", "20"),
+                ("CHAT__BRIDGE__HISTORY_LIMIT_MAX", "200"),
+            ]),
+        )
+        .expect("small limits load");
+        let l = s.bridge.limits();
+        assert_eq!((l.body_max, l.meta_max, l.payload_max), (100, 50, 4096));
+        assert_eq!((l.history_default, l.history_max), (20, 200));
+        for (key, value) in [
+            ("BODY_MAX_BYTES", "0"),
+            ("BODY_MAX_BYTES", "70000"),
+            ("META_MAX_BYTES", "70000"),
+            ("PAYLOAD_MAX_BYTES", "100"),
+            ("PAYLOAD_MAX_BYTES", "1048576"),
+            ("HISTORY_LIMIT_MAX", "0"),
+            ("HISTORY_LIMIT_MAX", "5000"),
+            ("HISTORY_LIMIT_DEFAULT", "1001"),
+            ("BATCH", "0"),
+            ("SENDS_BURST", "0.5"),
+            ("SENDS_PER_SEC", "NaN"),
+        ] {
+            let var = format!("CHAT__BRIDGE__{key}");
+            let err = load(&[], env(&[(var.as_str(), value)]))
+                .err()
+                .unwrap_or_else(|| panic!("{var}={value} must be refused"));
+            let want = format!("`bridge.{}`", key.to_lowercase());
+            assert!(err.contains(&want), "{var}={value}: {err}");
+        }
+        // the broker's packet limit follows the payload limit
+        let err = load(&[], env(&[("CHAT__BRIDGE__PAYLOAD_MAX_BYTES", "131072")]))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("`broker.limits.max_packet_bytes`") && err.contains("132096"),
+            "{err}"
+        );
+        load(
+            &[],
+            env(&[
+                ("CHAT__BRIDGE__PAYLOAD_MAX_BYTES", "131072"),
+                ("CHAT__BROKER__LIMITS__MAX_PACKET_BYTES", "132096"),
+            ]),
+        )
+        .expect("raised together");
+        let err = load(
+            &[],
+            env(&[("CHAT__BROKER__LIMITS__MAX_PACKET_BYTES", "4096")]),
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("`broker.limits.max_packet_bytes`"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! without a second MQTT hop over loopback.
 
 use crate::chat::{Chat, Incoming, Out};
+use crate::wire;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,10 +41,23 @@ pub struct BridgeConfig {
     /// Sends per user per room per second, and the burst.
     pub sends_per_sec: f64,
     pub sends_burst: f64,
+    /// Largest send or request payload, bytes; longer ones get `too_large`.
+    /// At most [`PAYLOAD_MAX_LIMIT`]; the broker's `max_packet_bytes` must
+    /// leave [`PACKET_OVERHEAD`] bytes above it for the packet's headers.
+    pub payload_max_bytes: usize,
+    /// Largest message `body`, bytes (at most `payload_max_bytes`).
+    pub body_max_bytes: usize,
+    /// Largest `meta` object, serialized bytes (at most `payload_max_bytes`).
+    pub meta_max_bytes: usize,
+    /// `history` page size (and `sync` `limit_per_room`) when none is given.
+    pub history_limit_default: usize,
+    /// Largest `history` page (and `sync` `limit_per_room`), at most 1000.
+    pub history_limit_max: usize,
 }
 
 impl Default for BridgeConfig {
     fn default() -> Self {
+        let l = wire::Limits::default();
         BridgeConfig {
             broker: "127.0.0.1:1883".into(),
             client_id: "chat-bridge".into(),
@@ -52,7 +66,91 @@ impl Default for BridgeConfig {
             batch: 512,
             sends_per_sec: 10.0,
             sends_burst: 30.0,
+            payload_max_bytes: l.payload_max,
+            body_max_bytes: l.body_max,
+            meta_max_bytes: l.meta_max,
+            history_limit_default: l.history_default,
+            history_limit_max: l.history_max,
         }
+    }
+}
+
+/// Highest `payload_max_bytes`: a stored event is at most about its payload,
+/// and every event must fit one `history` reply ([`wire::REPLY_EVENTS_MAX`]).
+pub const PAYLOAD_MAX_LIMIT: usize = 256 * 1024;
+/// Bytes of an MQTT PUBLISH besides its payload that the broker's packet
+/// limit must leave room for (fixed header, topic, packet id, MQTT 5
+/// properties such as the response topic).
+pub const PACKET_OVERHEAD: usize = 1024;
+
+impl BridgeConfig {
+    /// The size and page limits these settings give.
+    pub fn limits(&self) -> wire::Limits {
+        wire::Limits {
+            payload_max: self.payload_max_bytes,
+            body_max: self.body_max_bytes,
+            meta_max: self.meta_max_bytes,
+            history_default: self.history_limit_default,
+            history_max: self.history_limit_max,
+        }
+    }
+
+    /// Checks every limit; the error names the key (`bridge.<key>`).
+    pub fn validate(&self) -> Result<(), String> {
+        fn within<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            v: T,
+            lo: T,
+            hi: T,
+            why: &str,
+        ) -> Result<(), String> {
+            if v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(format!(
+                    "key `bridge.{key}`: {v} is not within {lo}..={hi}{why}"
+                ))
+            }
+        }
+        let payload = self.payload_max_bytes;
+        within("batch", self.batch, 1, 65_536, "")?;
+        within("sends_per_sec", self.sends_per_sec, 0.001, 1e6, "")?;
+        within("sends_burst", self.sends_burst, 1.0, 1e6, "")?;
+        within(
+            "payload_max_bytes",
+            payload,
+            256,
+            PAYLOAD_MAX_LIMIT,
+            " (every event must fit one history reply)",
+        )?;
+        within(
+            "body_max_bytes",
+            self.body_max_bytes,
+            1,
+            payload,
+            " (at most bridge.payload_max_bytes)",
+        )?;
+        within(
+            "meta_max_bytes",
+            self.meta_max_bytes,
+            0,
+            payload,
+            " (at most bridge.payload_max_bytes)",
+        )?;
+        within(
+            "history_limit_max",
+            self.history_limit_max,
+            1,
+            crate::store::PAGE_MAX,
+            " (the store's largest page)",
+        )?;
+        within(
+            "history_limit_default",
+            self.history_limit_default,
+            1,
+            self.history_limit_max,
+            " (at most bridge.history_limit_max)",
+        )
     }
 }
 
@@ -276,6 +374,7 @@ impl Drain {
                     topic: m.clone(),
                     payload: p.payload.clone(),
                     corr: None,
+                    seq: None,
                 })
                 .collect();
             outlet.publish(marks).await;
@@ -307,6 +406,7 @@ impl Drain {
                 topic: self.done.clone(),
                 payload: nonce,
                 corr: None,
+                seq: None,
             };
             outlet.publish(vec![done]).await;
         }
@@ -323,8 +423,20 @@ fn kind_of(key: &str) -> &'static str {
 }
 
 /// Takes what is pending, groups it by room (sends) or user (requests), and
-/// handles the groups concurrently, each in arrival order; then acks the
-/// batch in arrival order. Returns when `rx` closes.
+/// handles the groups concurrently, each in arrival order; then publishes
+/// and acks the batch in arrival order. Returns when `rx` closes.
+///
+/// Publishing order: a room's events may come from several groups of one
+/// batch (a send group of the room, a request group of a user who joins it),
+/// which finish in any order. So a group whose outputs hold no room event
+/// (history, sync, refusals, ...) publishes as soon as it is done, and the
+/// others are published together once every group is done: first all room
+/// events, sorted by (room, seq), then their other outputs (replies, inbox
+/// notices, `hooks/access`), each group's in its own order. Every room's
+/// events are thus published in `seq` order (a batch's seqs all follow the
+/// previous batch's, which is published before the next is taken), a reply
+/// follows the event it reports, and `hooks/access` still precedes the reply
+/// to the join it announces.
 pub async fn process(
     outlet: Arc<dyn Outlet>,
     chat: Arc<Chat>,
@@ -335,6 +447,8 @@ pub async fn process(
     let mut drain = Drain::new(&prefix);
     let metrics = chat.metrics().clone();
     let mut buf = Vec::with_capacity(batch);
+    // scratch space for a batch's non-event outputs (its capacity is reused)
+    let mut rest: Vec<Out> = Vec::new();
     while rx.recv_many(&mut buf, batch).await > 0 {
         metrics.batch_size.observe(buf.len() as f64);
         let msgs: Vec<Taken> = std::mem::take(&mut buf);
@@ -371,11 +485,22 @@ pub async fn process(
                     .into_iter()
                     .flatten()
                     .collect();
-                metrics.published.inc_by(outs.len() as u64);
-                outlet.publish(outs).await;
+                if outs.iter().any(|o| o.seq.is_some()) {
+                    return outs;
+                }
+                if !outs.is_empty() {
+                    metrics.published.inc_by(outs.len() as u64);
+                    outlet.publish(outs).await;
+                }
+                Vec::new()
             }
         });
-        futures_util::future::join_all(tasks).await;
+        let held = futures_util::future::join_all(tasks).await;
+        let outs = in_publish_order(held, &mut rest);
+        metrics.published.inc_by(outs.len() as u64);
+        if !outs.is_empty() {
+            outlet.publish(outs).await;
+        }
         // rumqttd requires acks in the order it delivered (an ack out of
         // order makes it drop the connection), so the batch is acked in
         // arrival order once every group of it is stored and published.
@@ -385,6 +510,32 @@ pub async fn process(
         buf = msgs;
         buf.clear();
     }
+}
+
+/// The held outputs of a batch's groups as one list: every room event,
+/// sorted by (room, seq), then the other outputs, each group's in order.
+/// `rest` is scratch space (left empty, its capacity kept).
+fn in_publish_order(held: Vec<Vec<Out>>, rest: &mut Vec<Out>) -> Vec<Out> {
+    let total = held.iter().map(Vec::len).sum();
+    let mut outs = Vec::with_capacity(total);
+    for group in held {
+        for o in group {
+            if o.seq.is_some() {
+                outs.push(o);
+            } else {
+                rest.push(o);
+            }
+        }
+    }
+    // A room's events share its topic. One room's batch (the common case
+    // of a busy room) is in order already and only checked; otherwise a
+    // sort of this batch's events without allocating (a few microseconds
+    // for hundreds of events, once per batch).
+    if !outs.is_sorted_by(|a, b| (&a.topic, a.seq) <= (&b.topic, b.seq)) {
+        outs.sort_unstable_by(|a, b| (&a.topic, a.seq).cmp(&(&b.topic, b.seq)));
+    }
+    outs.append(rest);
+    outs
 }
 
 async fn publish_all(client: &AsyncClient, outs: Vec<Out>) {
@@ -410,3 +561,6 @@ async fn publish_all(client: &AsyncClient, outs: Vec<Out>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

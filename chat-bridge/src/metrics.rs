@@ -4,6 +4,7 @@
 
 use crate::store::{
     Appended, MarkerKind, Markers, Member, NewEvent, Page, Range, RoomInfo, Store, StoreError,
+    StoredEvent,
 };
 use async_trait::async_trait;
 use prometheus::{
@@ -290,6 +291,16 @@ impl Store for MeteredStore {
             Err(_) => self.m.store_errors.with_label_values(&["append"]).inc(),
         }
         r
+    }
+
+    async fn lookup(
+        &self,
+        room: &str,
+        from: &str,
+        msg_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.read_op("lookup", self.inner.lookup(room, from, msg_id))
+            .await
     }
 
     async fn head(&self, room: &str) -> Result<u64, StoreError> {

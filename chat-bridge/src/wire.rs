@@ -2,16 +2,44 @@
 
 use serde_json::{json, Map, Value};
 
-/// Largest request or send payload, bytes.
+/// Default of the largest request or send payload, bytes.
 pub const PAYLOAD_MAX: usize = 64 * 1024;
-/// Largest message `body`, bytes.
+/// Default of the largest message `body`, bytes.
 pub const BODY_MAX: usize = 16 * 1024;
-/// Largest `meta` object, serialized bytes.
+/// Default of the largest `meta` object, serialized bytes.
 pub const META_MAX: usize = 4 * 1024;
-/// `history` page size when none is given.
+/// Default `history` page size when none is given.
 pub const LIMIT_DEFAULT: usize = 50;
-/// Largest `history` page.
+/// Default of the largest `history` page.
 pub const LIMIT_MAX: usize = 1000;
+
+/// The size and page limits of PROTOCOL.md ("Errors and limits"), set from
+/// the `[bridge]` configuration; the defaults are the constants above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request or send payload, bytes (`too_large` beyond).
+    pub payload_max: usize,
+    /// Largest message `body`, bytes (`too_large` beyond).
+    pub body_max: usize,
+    /// Largest `meta` object, serialized bytes (`too_large` beyond).
+    pub meta_max: usize,
+    /// `history` page (and `sync` `limit_per_room`) when none is given.
+    pub history_default: usize,
+    /// Largest `history` page (and `sync` `limit_per_room`).
+    pub history_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            payload_max: PAYLOAD_MAX,
+            body_max: BODY_MAX,
+            meta_max: META_MAX,
+            history_default: LIMIT_DEFAULT,
+            history_max: LIMIT_MAX,
+        }
+    }
+}
 /// Most bytes of events in one `history` or `sync` reply: a page is cut
 /// short (with `has_more: true`) rather than exceed it, so every reply fits
 /// the bridge's and the clients' packet limits. The client pages on.

@@ -129,6 +129,7 @@ fn event(room: &str, from: &str, msg_id: &str) -> NewEvent {
         ts: 1,
         body,
         member: None,
+        redacts: None,
     }
 }
 

@@ -107,6 +107,10 @@ def check_default(r, values, f):
     cfg = merged_config(r, r.deployment("all"), f)
     f.expect(cfg["store"] == {"backend": "embedded", "fsync": "always"}, f"[store]: {cfg['store']}")
     f.expect(not cfg["broker"]["auth"].get("users"), "no users configured by default")
+    f.expect(cfg["broker"]["limits"] == {"max_packet_bytes": 66560}, f"[broker.limits]: {cfg['broker'].get('limits')}")
+    f.expect((cfg["bridge"]["payload_max_bytes"], cfg["bridge"]["body_max_bytes"], cfg["bridge"]["meta_max_bytes"],
+              cfg["bridge"]["history_limit_default"], cfg["bridge"]["history_limit_max"]) == (65536, 16384, 4096, 50, 1000),
+             f"[bridge] limits are PROTOCOL.md's by default: {cfg['bridge']}")
     f.expect({p["name"] for p in r.get("Service", FULLNAME)["spec"]["ports"]} == {"mqtt", "ws"}, "Service ports mqtt, ws")
     f.expect("WARNING: no users" in r.notes, "NOTES.txt warns that nobody can log in")
 
@@ -141,6 +145,11 @@ def check_all_in_one(r, values, f):
     f.expect(b["tls"]["cert"].startswith(mount_of(d, "tls") + "/"), "the certificate lies in the mounted TLS Secret")
     f.expect(cfg["bridge"]["batch"] == 256 and cfg["bridge"]["sends_per_sec"] == 2.5
              and isinstance(cfg["bridge"]["sends_burst"], float), f"[bridge]: {cfg['bridge']}")
+    f.expect(cfg["bridge"]["payload_max_bytes"] == 131072 and cfg["bridge"]["body_max_bytes"] == 32768
+             and cfg["bridge"]["meta_max_bytes"] == 4096 and cfg["bridge"]["history_limit_max"] == 500
+             and cfg["bridge"]["history_limit_default"] == 50, f"[bridge] limits: {cfg['bridge']}")
+    f.expect(b["limits"]["max_packet_bytes"] == 131072 + 1024,
+             f"the packet limit follows the payload limit: {b['limits']}")
     f.expect(cfg["store"]["fsync"] == {"intervalms": 10}, f"fsync: {cfg['store']}")
     svc = r.get("Service", FULLNAME)
     f.expect({p["port"] for p in svc["spec"]["ports"]} == {1883, 8083, 8883}, "Service ports 1883, 8083, 8883")
@@ -245,6 +254,7 @@ REFUSED = [
     ({"mode": "cluster"}, "/mode"),
     ({"store": {"backend": "cassandra"}}, "/store/backend"),
     ({"store": {"fsync": "sometimes"}}, "/store/fsync"),
+    ({"bridge": {"payloadMaxBytes": 1048576}}, "/bridge/payloadMaxBytes"),
     ({"store": {"scylla": {"keyspce": "x"}}}, "keyspce"),
     ({"limits": {"max_conections": 10}}, "max_conections"),
     ({"service": {"type": "Ingress"}}, "/service/type"),

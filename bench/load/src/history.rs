@@ -60,6 +60,7 @@ fn event(
         ts: chat_bridge::chat::now_ms(),
         body,
         member,
+        redacts: None,
     }
 }
 

@@ -349,6 +349,7 @@ async fn run(
         };
         let chat = Arc::new(
             Chat::new(store.clone(), &cfg.broker.prefix, sink, limits)
+                .with_limits(cfg.bridge.limits())
                 .with_metrics(bridge_metrics.clone()),
         );
         ready_tx.send_replace(false);

@@ -33,6 +33,9 @@ pub struct Out {
     pub payload: Bytes,
     /// MQTT 5 correlation data to echo, for replies to v5 requests.
     pub corr: Option<Bytes>,
+    /// The event's `seq` when this is a room event (on `{prefix}/rooms/{room}/events`):
+    /// the bridge publishes a room's events in `seq` order by it.
+    pub seq: Option<u64>,
 }
 
 /// One publish the bridge received.
@@ -78,6 +81,8 @@ pub struct Chat {
     prefix: String,
     sink: Arc<dyn AccessSink>,
     limits: SendLimits,
+    /// Size and page limits.
+    sizes: wire::Limits,
     /// Send rate buckets: user -> room -> (tokens, last refill). A std
     /// mutex: never held across an await.
     buckets: Mutex<HashMap<String, HashMap<String, Bucket>>>,
@@ -131,10 +136,17 @@ impl Chat {
             prefix: prefix.trim_end_matches('/').to_owned(),
             sink,
             limits,
+            sizes: wire::Limits::default(),
             buckets: Mutex::new(HashMap::new()),
             counter: Default::default(),
             metrics: BridgeMetrics::unregistered(),
         }
+    }
+
+    /// Uses `sizes` instead of the default size and page limits.
+    pub fn with_limits(mut self, sizes: wire::Limits) -> Self {
+        self.sizes = sizes;
+        self
     }
 
     /// Counts into `metrics` instead of unregistered meters.
@@ -273,14 +285,25 @@ impl Chat {
             topic: t.clone(),
             payload: body.into(),
             corr: to.corr_prop.clone(),
+            seq: None,
         })
     }
 
-    fn parse(payload: &[u8]) -> Result<Map<String, Value>, Refusal> {
-        if payload.len() > wire::PAYLOAD_MAX {
+    /// A room event to publish on the room's events topic.
+    fn event_out(&self, room: &str, ev: &StoredEvent) -> Out {
+        Out {
+            topic: self.events_topic(room),
+            payload: ev.json.clone(),
+            corr: None,
+            seq: Some(ev.seq),
+        }
+    }
+
+    fn parse(&self, payload: &[u8]) -> Result<Map<String, Value>, Refusal> {
+        if payload.len() > self.sizes.payload_max {
             return Err(Refusal::new(
                 Code::TooLarge,
-                format!("payload exceeds {} bytes", wire::PAYLOAD_MAX),
+                format!("payload exceeds {} bytes", self.sizes.payload_max),
             ));
         }
         match serde_json::from_slice::<Value>(payload) {
@@ -299,7 +322,7 @@ impl Chat {
         corr: Option<Bytes>,
     ) -> Vec<Out> {
         let started = Instant::now();
-        let parsed = Self::parse(payload);
+        let parsed = self.parse(payload);
         let to = self.reply_to(user, parsed.as_ref().ok(), rt, corr);
         let mut extra = Vec::new();
         let result = match parsed {

@@ -27,22 +27,23 @@ impl Chat {
         Ok((info, m))
     }
 
+    /// A page size field: the configured default when absent, else 1..=max.
+    fn page_limit(&self, o: &Map<String, Value>, field: &str) -> Result<usize, Refusal> {
+        let max = self.sizes.history_max;
+        match opt_u64(o, field)? {
+            None => Ok(self.sizes.history_default),
+            Some(l) if l >= 1 && l <= max as u64 => Ok(l as usize),
+            Some(_) => Err(Refusal::bad(format!("{field} must be 1..{max}"))),
+        }
+    }
+
     pub(super) async fn history(
         &self,
         user: &str,
         o: &Map<String, Value>,
     ) -> Result<Value, Refusal> {
         let room = room_field(o)?;
-        let limit = match opt_u64(o, "limit")? {
-            None => wire::LIMIT_DEFAULT,
-            Some(l) if (1..=wire::LIMIT_MAX as u64).contains(&l) => l as usize,
-            Some(_) => {
-                return Err(Refusal::bad(format!(
-                    "limit must be 1..{}",
-                    wire::LIMIT_MAX
-                )))
-            }
-        };
+        let limit = self.page_limit(o, "limit")?;
         let range = match (opt_u64(o, "before")?, opt_u64(o, "after")?) {
             (Some(_), Some(_)) => return Err(Refusal::bad("give before or after, not both")),
             (Some(b), None) => Range::Before(b),
@@ -71,16 +72,7 @@ impl Chat {
         if cursors.len() > 1000 {
             return Err(Refusal::bad("at most 1000 rooms per sync"));
         }
-        let limit = match opt_u64(o, "limit_per_room")? {
-            None => wire::LIMIT_DEFAULT,
-            Some(l) if (1..=wire::LIMIT_MAX as u64).contains(&l) => l as usize,
-            Some(_) => {
-                return Err(Refusal::bad(format!(
-                    "limit_per_room must be 1..{}",
-                    wire::LIMIT_MAX
-                )))
-            }
-        };
+        let limit = self.page_limit(o, "limit_per_room")?;
         let mut rooms = Map::new();
         let mut budget = wire::REPLY_EVENTS_MAX;
         for (room, cursor) in &cursors {
@@ -147,6 +139,7 @@ impl Chat {
                 topic: format!("{}/rooms/{room}/receipts", self.prefix),
                 payload: json!({"room": room, "user": user, "read": marks.read, "delivered": marks.delivered, "ts": now_ms()}).to_string().into(),
                 corr: None,
+                seq: None,
             });
         }
         Ok(json!({"read": marks.read, "delivered": marks.delivered, "moved": moved}))

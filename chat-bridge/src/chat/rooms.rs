@@ -34,20 +34,18 @@ impl Chat {
             ts: now_ms(),
             body,
             member: Some(change),
+            redacts: None,
         };
         let a = self.store.append(ev).await?;
         self.sink.member(room, target, joined);
-        out.push(Out {
-            topic: self.events_topic(room),
-            payload: a.event.json.clone(),
-            corr: None,
-        });
+        out.push(self.event_out(room, &a.event));
         out.push(Out {
             topic: format!("{}/hooks/access", self.prefix),
             payload: json!({"room": room, "user": target, "joined": joined})
                 .to_string()
                 .into(),
             corr: None,
+            seq: None,
         });
         Ok(a.event.seq)
     }
@@ -134,6 +132,7 @@ impl Chat {
                 topic: format!("{}/hooks/access", self.prefix),
                 payload: json!({"room": id, "open": true}).to_string().into(),
                 corr: None,
+                seq: None,
             });
         }
         let owner = MemberChange {
@@ -170,6 +169,7 @@ impl Chat {
                         .to_string()
                         .into(),
                     corr: None,
+                    seq: None,
                 });
             }
         }
@@ -315,6 +315,7 @@ impl Chat {
                 .to_string()
                 .into(),
             corr: None,
+            seq: None,
         });
         Ok(json!({"seq": seq}))
     }
@@ -442,6 +443,7 @@ impl Chat {
                     .to_string()
                     .into(),
                 corr: None,
+                seq: None,
             });
         }
         Ok(json!({"seq": seq}))

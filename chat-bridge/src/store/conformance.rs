@@ -37,6 +37,7 @@ macro_rules! for_each_conformance_check {
             markers_move_forward,
             flush_works,
             append_many_keeps_order,
+            deletes_redact,
         );
     };
 }
@@ -75,6 +76,7 @@ fn event(room: &str, from: &str, msg_id: &str) -> NewEvent {
         ts: 1_760_000_000_000,
         body,
         member: None,
+        redacts: None,
     }
 }
 
@@ -424,6 +426,112 @@ pub async fn stored_json(store: Arc<dyn Store>) {
         vec![a.event],
         "read returns the exact stored bytes"
     );
+}
+
+fn delete_event(room: &str, from: &str, msg_id: &str, target: u64) -> NewEvent {
+    let mut e = event(room, from, msg_id);
+    e.body.remove("body");
+    e.body.insert("type".into(), "delete".into());
+    e.body.insert("target".into(), target.into());
+    e.redacts = Some(target);
+    e
+}
+
+fn json_of(e: &super::StoredEvent) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_slice(&e.json)
+        .unwrap_or_else(|err| panic!("event {} is not a JSON object: {err}", e.seq))
+}
+
+/// An event with `redacts` turns the target into its tombstone (the
+/// envelope and `"deleted":true`, nothing else) in reads, lookups and
+/// duplicate answers; retries and second deletes change nothing more; a
+/// target appended in the same call is redacted too.
+pub async fn deletes_redact(store: Arc<dyn Store>) {
+    let room = uid("redact");
+    let mut secret = event(&room, "alice", "m1");
+    secret.body.insert("body".into(), "the secret".into());
+    secret
+        .body
+        .insert("meta".into(), serde_json::json!({"mention": "bob"}));
+    secret.body.insert("reply_to".into(), 1.into());
+    let original = append(&store, secret.clone()).await.event;
+    append(&store, event(&room, "bob", "m2")).await;
+    let kept = read(&store, &room, Range::After(1), 1).await.events;
+    let del = append(&store, delete_event(&room, "alice", "d1", 1)).await;
+    assert_eq!((del.event.seq, del.duplicate), (3, false));
+    let v = json_of(&del.event);
+    assert_eq!(
+        (&v["type"], &v["target"]),
+        (&"delete".into(), &1.into()),
+        "the delete event is stored as given"
+    );
+    let page = read(&store, &room, Range::Latest, 10).await;
+    expect_page(&page, "after the delete", 1..=3, false, 3);
+    let tomb = json_of(&page.events[0]);
+    let mut want = json_of(&original);
+    want.retain(|k, _| ["room", "seq", "ts", "from", "msg_id", "type"].contains(&k.as_str()));
+    want.insert("deleted".into(), true.into());
+    assert_eq!(
+        tomb, want,
+        "the target is its tombstone: no body, meta or reply_to"
+    );
+    assert_eq!(page.events[1..2], kept[..], "other events are untouched");
+    assert_eq!(
+        page.events[2], del.event,
+        "the delete event reads back as stored"
+    );
+    let found = store
+        .lookup(&room, "alice", "m1")
+        .await
+        .unwrap_or_else(|e| panic!("lookup: {e}"));
+    assert_eq!(
+        found.as_ref(),
+        Some(&page.events[0]),
+        "lookup sees the tombstone"
+    );
+    let none = store.lookup(&room, "alice", "nope").await;
+    assert!(
+        matches!(none, Ok(None)),
+        "lookup of an unknown key: {none:?}"
+    );
+    let again = append(&store, secret).await;
+    assert!(
+        again.duplicate,
+        "a retry of the deleted message is a duplicate"
+    );
+    assert_eq!(again.event, page.events[0], "answered with the tombstone");
+    // a retried delete and a second delete change nothing more
+    let retry = append(&store, delete_event(&room, "alice", "d1", 1)).await;
+    assert_eq!((retry.event.seq, retry.duplicate), (3, true));
+    let second = append(&store, delete_event(&room, "carol", "d2", 1)).await;
+    assert_eq!(second.event.seq, 4);
+    let page = read(&store, &room, Range::Latest, 10).await;
+    assert_eq!(json_of(&page.events[0]), want, "the tombstone is stable");
+    // a target appended in the same call as its delete
+    let got: Vec<u64> = store
+        .append_many(vec![
+            event(&room, "bob", "m5"),
+            delete_event(&room, "bob", "d5", 5),
+        ])
+        .await
+        .expect("append_many")
+        .into_iter()
+        .map(|r| r.map(|a| a.event.seq).expect("each append"))
+        .collect();
+    assert_eq!(got, [5, 6]);
+    let page = read(&store, &room, Range::After(4), 10).await;
+    expect_page(&page, "same-call delete", 5..=6, false, 6);
+    let v = json_of(&page.events[0]);
+    assert_eq!(
+        v.get("deleted"),
+        Some(&true.into()),
+        "redacted in the same call: {v:?}"
+    );
+    assert!(v.get("body").is_none(), "no body: {v:?}");
+    // a target that is not an earlier event redacts nothing
+    let odd = append(&store, delete_event(&room, "bob", "d7", 99)).await;
+    assert_eq!(odd.event.seq, 7);
+    assert_eq!(head(&store, &room).await, 7);
 }
 
 /// Latest / Before / After on an empty room, at the edges and at exact page boundaries.

@@ -32,7 +32,9 @@
 //! | `markers`    | `lp(room) ++ user`               | `read ++ delivered`             |
 //!
 //! `members` and `user_rooms` are written in the same batch as the event
-//! that carries the change, so they never disagree.
+//! that carries the change, so they never disagree; likewise the tombstone
+//! that replaces a deleted event's JSON in `events` is written in the same
+//! batch as the delete event.
 
 mod keys;
 mod writer;
@@ -291,6 +293,34 @@ impl Store for EmbeddedStore {
             out.push(rx.await.unwrap_or_else(|_| Err(stopped())));
         }
         Ok(out)
+    }
+
+    async fn lookup(
+        &self,
+        room: &str,
+        from: &str,
+        msg_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let snap = self.t.db.snapshot();
+        let Some(v) = snap
+            .get(&self.t.idem, keys::idem(room, from, msg_id)?)
+            .map_err(engine_err)?
+        else {
+            return Ok(None);
+        };
+        let seq = keys::get_u64(&v)?;
+        let json = snap
+            .get(&self.t.events, keys::event(room, seq)?)
+            .map_err(engine_err)?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "{room}: idempotency key points at missing seq {seq}"
+                ))
+            })?;
+        Ok(Some(StoredEvent {
+            seq,
+            json: Bytes::copy_from_slice(&json),
+        }))
     }
 
     async fn head(&self, room: &str) -> Result<u64, StoreError> {

@@ -14,6 +14,14 @@
 //! * **Membership changes ride on events.** An event with a
 //!   [`MemberChange`] updates the membership tables in the same durable write
 //!   as the event, so the stream and the tables never disagree after a crash.
+//! * **Deletes redact.** An event with [`NewEvent::redacts`] replaces the
+//!   stored JSON of the event it deletes with that event's tombstone (its
+//!   envelope `room`, `seq`, `ts`, `from`, `msg_id`, `type` and
+//!   `"deleted":true`, nothing else), so no read serves the deleted body
+//!   again. The embedded store does it in the same durable write as the
+//!   delete event; ScyllaDB right after it, idempotently, and again in its
+//!   repair replay (see `scylla`), so the tombstone is in place before the
+//!   delete's append returns `Ok`.
 //! * **Markers only move forward.** [`Store::set_marker`] ignores a `seq`
 //!   lower than or equal to the stored one.
 //!
@@ -26,7 +34,7 @@ pub mod embedded;
 mod payload;
 pub mod scylla;
 
-pub(crate) use payload::event_json;
+pub(crate) use payload::{event_json, redacts_of, tombstone};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -133,6 +141,10 @@ pub struct NewEvent {
     pub body: serde_json::Map<String, serde_json::Value>,
     /// Membership update to apply in the same write, if any.
     pub member: Option<MemberChange>,
+    /// The seq of an event of the same room this event deletes: the store
+    /// replaces that event's stored JSON with its tombstone (module doc). The
+    /// caller has checked that it exists; a duplicate append changes nothing.
+    pub redacts: Option<u64>,
 }
 
 /// A stored event. `json` is the exact payload published on the room's
@@ -209,6 +221,15 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(out)
     }
+
+    /// The event stored under the idempotency key `(room, from, msg_id)`,
+    /// if any (as [`Store::read`] would return it now).
+    async fn lookup(
+        &self,
+        room: &str,
+        from: &str,
+        msg_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError>;
 
     /// The room's latest seq, 0 if it has no events.
     async fn head(&self, room: &str) -> Result<u64, StoreError>;

@@ -45,11 +45,14 @@ key = "/etc/chatmq/tls/tls.key"
 [broker.auth]
 # the binary's demo users alice/alice-pw and bob/bob-pw
 demo_users = {{ $v.auth.demoUsers }}
-{{- with $v.limits }}
+{{- /* the packet limit follows the bridge's payload limit unless set */}}
+{{- $limits := deepCopy ($v.limits | default dict) }}
+{{- if not (hasKey $limits "max_packet_bytes") }}
+{{- $_ := set $limits "max_packet_bytes" (add ($v.bridge.payloadMaxBytes | int64) 1024) }}
+{{- end }}
 
 [broker.limits]
-{{- include "chatmq.tomlInts" . }}
-{{- end }}
+{{- include "chatmq.tomlInts" $limits }}
 {{- with $v.router }}
 
 [broker.router]
@@ -65,6 +68,11 @@ username = {{ $v.bridge.username | toJson }}
 batch = {{ $v.bridge.batch | int64 }}
 sends_per_sec = {{ include "chatmq.tomlFloat" $v.bridge.sendsPerSec }}
 sends_burst = {{ include "chatmq.tomlFloat" $v.bridge.sendsBurst }}
+payload_max_bytes = {{ $v.bridge.payloadMaxBytes | int64 }}
+body_max_bytes = {{ $v.bridge.bodyMaxBytes | int64 }}
+meta_max_bytes = {{ $v.bridge.metaMaxBytes | int64 }}
+history_limit_default = {{ $v.bridge.historyLimitDefault | int64 }}
+history_limit_max = {{ $v.bridge.historyLimitMax | int64 }}
 
 [server]
 http = "0.0.0.0:9090"

@@ -71,6 +71,8 @@ struct Pending {
     idem: HashMap<Vec<u8>, StoredEvent>,
     rooms: HashSet<String>,
     markers: HashMap<Vec<u8>, Markers>,
+    /// Tombstones written in this batch, by event key (rare: deletes only).
+    redacted: HashMap<Vec<u8>, Bytes>,
     /// Rooms whose cached head moved in this batch.
     touched: Vec<String>,
 }
@@ -274,8 +276,18 @@ impl Writer {
                 ))
             }
         };
+        let tomb = match ev.redacts {
+            Some(target) if target < seq => self.tombstone(snap, p, &ev.room, target)?,
+            _ => None,
+        };
         // Nothing below can fail: the batch gets all of the event or none of it.
         batch.insert(&self.t.events, ek, json.as_ref());
+        if let Some((tk, tv)) = tomb {
+            // a target written earlier in this same batch: the later insert
+            // of a key in one batch wins (memtable and journal replay alike)
+            batch.insert(&self.t.events, tk.as_slice(), tv.as_ref());
+            p.redacted.insert(tk, tv);
+        }
         batch.insert(&self.t.idem, ik.as_slice(), seq.to_be_bytes().as_slice());
         if let Some((mk, uk, v)) = member {
             batch.insert(&self.t.members, mk, v.as_slice());
@@ -289,6 +301,44 @@ impl Writer {
             event,
             duplicate: false,
         })
+    }
+
+    /// The key and tombstone of `room`'s event `target`, as of this batch
+    /// (pending writes first, then the snapshot); `None` if there is no such
+    /// event (the caller checked it exists: logged, nothing to redact).
+    fn tombstone(
+        &self,
+        snap: &Snapshot,
+        p: &Pending,
+        room: &str,
+        target: u64,
+    ) -> Result<Option<(Vec<u8>, Bytes)>, StoreError> {
+        let key = keys::event(room, target)?;
+        let current = match p.redacted.get(&key) {
+            Some(t) => Some(t.clone()),
+            None => {
+                let prefix = keys::prefix(room)?;
+                // written earlier in this batch (idem keys start with lp(room))
+                let pending = p
+                    .idem
+                    .iter()
+                    .find(|(k, e)| e.seq == target && k.starts_with(&prefix))
+                    .map(|(_, e)| e.json.clone());
+                match pending {
+                    Some(j) => Some(j),
+                    None => snap
+                        .get(&self.t.events, &key)
+                        .map_err(engine_err)?
+                        .map(|v| Bytes::copy_from_slice(&v)),
+                }
+            }
+        };
+        let Some(current) = current else {
+            tracing::warn!(room, target, "embedded store: delete of a missing event");
+            return Ok(None);
+        };
+        let tomb = Bytes::from(super::super::payload::tombstone(&current)?);
+        Ok(Some((key, tomb)))
     }
 
     fn create_room(

@@ -1,5 +1,5 @@
 //! The append path: per-room queues and batches, and the derived rows
-//! (idempotency keys, membership) with their repair (see the module doc of
+//! (idempotency keys, membership, tombstones of deleted events) with their repair (see the module doc of
 //! `scylla`); the LWT allocation itself is in `place.rs`.
 //!
 //! Ordering rule: a room's appends are handled by whoever holds its `state`
@@ -9,7 +9,9 @@
 
 use super::place::place;
 use super::{big, bucket_of, read, same_err, stmts, unavailable, unbig, Inner, MAX_BATCH};
-use crate::store::{Appended, MemberChange, NewEvent, StoreError, StoredEvent};
+use crate::store::{
+    redacts_of, tombstone, Appended, MemberChange, NewEvent, StoreError, StoredEvent,
+};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use std::collections::HashMap;
@@ -209,15 +211,20 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
 }
 
 /// The stored event of `(room, from, msg_id)`, if its key is stored.
-async fn stored_key(inner: &Inner, ev: &NewEvent) -> Result<Option<StoredEvent>, StoreError> {
-    let key: stmts::IdemKey = (&ev.room, &ev.from, &ev.msg_id);
+pub(super) async fn lookup(
+    inner: &Inner,
+    room: &str,
+    from: &str,
+    msg_id: &str,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let key: stmts::IdemKey = (room, from, msg_id);
     let seq: Option<(Option<i64>,)> =
         read::one(inner, &inner.st.idem_get, key, "idempotency read").await?;
     let Some((Some(seq),)) = seq else {
         return Ok(None);
     };
     let seq = unbig(seq)?;
-    let at: stmts::EventAt = (&ev.room, big(bucket_of(seq))?, big(seq)?);
+    let at: stmts::EventAt = (room, big(bucket_of(seq))?, big(seq)?);
     let row: Option<(Vec<u8>,)> = read::one(inner, &inner.st.event_at, at, "event read").await?;
     match row {
         Some((payload,)) => Ok(Some(StoredEvent {
@@ -225,14 +232,18 @@ async fn stored_key(inner: &Inner, ev: &NewEvent) -> Result<Option<StoredEvent>,
             json: Bytes::from(payload),
         })),
         None => Err(StoreError::Corrupt(format!(
-            "{}: idempotency key points at missing seq {seq}",
-            ev.room
+            "{room}: idempotency key points at missing seq {seq}"
         ))),
     }
 }
 
-/// Writes the idempotency keys and membership rows of the stored events
-/// (and the lagging watermark), concurrently.
+/// The stored event of a new event's idempotency key, if any.
+async fn stored_key(inner: &Inner, ev: &NewEvent) -> Result<Option<StoredEvent>, StoreError> {
+    lookup(inner, &ev.room, &ev.from, &ev.msg_id).await
+}
+
+/// Writes the idempotency keys, membership rows and tombstones of the
+/// stored events (and the lagging watermark), concurrently.
 async fn index_batch(
     inner: &Inner,
     room: &str,
@@ -240,10 +251,15 @@ async fn index_batch(
     stored: &[StoredEvent],
     watermark: Option<u64>,
 ) -> Result<(), StoreError> {
-    let rows = evs
-        .iter()
-        .zip(stored)
-        .map(|(ev, s)| index_event(inner, room, s.seq, &ev.from, &ev.msg_id, ev.member.as_ref()));
+    let rows = evs.iter().zip(stored).map(|(ev, s)| {
+        let derived = Derived {
+            sender: &ev.from,
+            msg_id: &ev.msg_id,
+            member: ev.member.as_ref(),
+            redacts: ev.redacts,
+        };
+        index_event(inner, room, s.seq, derived)
+    });
     let mark = async {
         match watermark {
             Some(w) => write_watermark(inner, room, w).await,
@@ -253,16 +269,30 @@ async fn index_batch(
     tokio::try_join!(try_join_all(rows), mark).map(|_| ())
 }
 
-/// The derived rows of one event: its idempotency key, and its membership
-/// change in both directions (`USING TIMESTAMP seq`: the latest change wins).
+/// What an event derives: its idempotency key, its membership change, the
+/// event it deletes.
+pub(super) struct Derived<'a> {
+    pub(super) sender: &'a str,
+    pub(super) msg_id: &'a str,
+    pub(super) member: Option<&'a MemberChange>,
+    pub(super) redacts: Option<u64>,
+}
+
+/// The derived rows of one event: its idempotency key, its membership
+/// change in both directions (`USING TIMESTAMP seq`: the latest change
+/// wins), and the tombstone of the event it deletes.
 pub(super) async fn index_event(
     inner: &Inner,
     room: &str,
     seq: u64,
-    sender: &str,
-    msg_id: &str,
-    member: Option<&MemberChange>,
+    d: Derived<'_>,
 ) -> Result<(), StoreError> {
+    let Derived {
+        sender,
+        msg_id,
+        member,
+        redacts,
+    } = d;
     let s = big(seq)?;
     let key = async {
         inner
@@ -284,7 +314,53 @@ pub(super) async fn index_event(
         tokio::try_join!(by_room, by_user).map_err(|e| unavailable("membership write", e))?;
         Ok(())
     };
-    tokio::try_join!(key, rows).map(|_| ())
+    let tomb = async {
+        match redacts {
+            Some(target) if target < seq => redact(inner, room, target).await,
+            _ => Ok(()),
+        }
+    };
+    tokio::try_join!(key, rows, tomb).map(|_| ())
+}
+
+/// Replaces the payload of `room`'s event `target` with its tombstone.
+/// Idempotent: the cell is written `USING TIMESTAMP` one above the
+/// payload's own write time, so it wins over the LWT insert whatever the
+/// nodes' clocks say, and a payload that is already the tombstone is left
+/// alone. A missing or undecodable target is logged and skipped (a repair
+/// must never be stuck on it).
+async fn redact(inner: &Inner, room: &str, target: u64) -> Result<(), StoreError> {
+    let (bucket, seq) = (big(bucket_of(target))?, big(target)?);
+    let at: stmts::EventAt = (room, bucket, seq);
+    let row: Option<stmts::PayloadRow> =
+        read::one(inner, &inner.st.payload_get, at, "event read").await?;
+    let Some((Some(payload), Some(written))) = row else {
+        tracing::warn!(room, target, "scylla: delete of a missing event");
+        return Ok(());
+    };
+    let tomb = match tombstone(&payload) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(room, target, error = %e, "scylla: cannot redact an undecodable event");
+            return Ok(());
+        }
+    };
+    if tomb == payload {
+        return Ok(());
+    }
+    let v: stmts::PayloadPut = (
+        written.saturating_add(1),
+        tomb.as_slice(),
+        room,
+        bucket,
+        seq,
+    );
+    inner
+        .session
+        .execute_unpaged(&inner.st.payload_put, v)
+        .await
+        .map_err(|e| unavailable("tombstone write", e))?;
+    Ok(())
 }
 
 async fn write_watermark(inner: &Inner, room: &str, w: u64) -> Result<(), StoreError> {
@@ -323,14 +399,15 @@ async fn load(inner: &Inner, room: &Room, st: &mut State) -> Result<u64, StoreEr
         let rows = read::scan(inner, &room.id, lo, hi).await?;
         for chunk in rows.chunks(64) {
             try_join_all(chunk.iter().map(|r| {
-                index_event(
-                    inner,
-                    &room.id,
-                    r.seq,
-                    &r.sender,
-                    &r.msg_id,
-                    r.member.as_ref(),
-                )
+                // the stream row has no column for it: a delete's target is
+                // read back from its payload
+                let derived = Derived {
+                    sender: &r.sender,
+                    msg_id: &r.msg_id,
+                    member: r.member.as_ref(),
+                    redacts: redacts_of(&r.payload),
+                };
+                index_event(inner, &room.id, r.seq, derived)
             }))
             .await?;
         }

@@ -55,6 +55,27 @@
 //! rows, before it appends. So after a crash between the event and its index
 //! writes, a retry of the same `msg_id` is still recognised as a duplicate.
 //!
+//! # Deletes
+//!
+//! A delete event ([`crate::store::NewEvent::redacts`]) turns the deleted
+//! event's `payload` into its tombstone. That is a second partition's row
+//! (or another row of the same partition) and cannot join the conditional
+//! insert, so it is one more derived write, handled like the index rows: it
+//! runs with them right after the delete is placed (before the append
+//! returns `Ok`), and the repair replay re-applies it for every delete in
+//! `(indexed, head]` (the stream row has no column for the target: it is
+//! read back from the delete's payload). It is an idempotent plain `UPDATE`
+//! of `payload` only, `USING TIMESTAMP` one above the payload's current
+//! write time (read first): the LWT insert's cells carry the Paxos ballot's
+//! timestamp from a coordinator's clock, so a write with the client's or
+//! another node's clock could lose to it; one above what is stored cannot.
+//! Nothing else writes that cell again (an insert `IF NOT EXISTS` on an
+//! existing row writes nothing), and a second delete finds the tombstone
+//! already there and writes nothing. A crash between the delete and its
+//! tombstone leaves the room's watermark below the delete, so the next load
+//! of the room heals it before any append; until then a `history` read may
+//! still serve the old payload (the delete event itself is in the stream).
+//!
 //! Membership rows are written `USING TIMESTAMP <seq>` and markers
 //! `USING TIMESTAMP <marker seq>`: the highest seq wins whatever the order
 //! of writes and replays, so membership follows the stream and markers only
@@ -84,6 +105,7 @@ pub use migrate::{migrate, MIGRATIONS};
 
 use super::{
     Appended, MarkerKind, Markers, Member, NewEvent, Page, Range, RoomInfo, Store, StoreError,
+    StoredEvent,
 };
 use async_trait::async_trait;
 use scylla::client::session::Session;
@@ -203,6 +225,15 @@ impl Store for ScyllaStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         Ok(append::append_many(&self.inner, events).await)
+    }
+
+    async fn lookup(
+        &self,
+        room: &str,
+        from: &str,
+        msg_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        append::lookup(&self.inner, room, from, msg_id).await
     }
 
     async fn head(&self, room: &str) -> Result<u64, StoreError> {

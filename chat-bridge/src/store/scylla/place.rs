@@ -263,6 +263,7 @@ mod tests {
             ts: 1,
             body,
             member: None,
+            redacts: None,
         }
     }
 

@@ -56,6 +56,10 @@ pub(super) type MarkersRow = (Option<i64>, Option<i64>);
 pub(super) type MarkerPut<'a> = (i64, i64, &'a str, &'a str);
 /// A partition and a seq.
 pub(super) type EventAt<'a> = (&'a str, i64, i64);
+/// `payload_get`: payload, its write time (microseconds).
+pub(super) type PayloadRow = (Option<Vec<u8>>, Option<i64>);
+/// `payload_put`: timestamp, payload, room, bucket, seq.
+pub(super) type PayloadPut<'a> = (i64, &'a [u8], &'a str, i64, i64);
 
 /// Rows per page of a history or repair read (a page holds at most
 /// `PAGE_MAX` events anyway; this bounds one response to ~200 payloads).
@@ -96,10 +100,12 @@ pub(super) struct Stmts {
     pub(super) marker_get: PreparedStatement,
     pub(super) marker_read_put: PreparedStatement,
     pub(super) marker_delivered_put: PreparedStatement,
+    pub(super) payload_get: PreparedStatement,
+    pub(super) payload_put: PreparedStatement,
 }
 
 /// (CQL with `{ks}` for the keyspace, how it runs, page size).
-const CQL: [(&str, Kind, i32); 20] = [
+const CQL: [(&str, Kind, i32); 22] = [
     (
         "INSERT INTO {ks}.messages (room, bucket, seq, sender, msg_id, ts, payload, member_change) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
@@ -209,6 +215,21 @@ const CQL: [(&str, Kind, i32); 20] = [
         Kind::Idempotent,
         0,
     ),
+    (
+        "SELECT payload, WRITETIME(payload) FROM {ks}.messages \
+         WHERE room = ? AND bucket = ? AND seq = ?",
+        Kind::Idempotent,
+        0,
+    ),
+    // A tombstone over a deleted event's payload, written just above the
+    // payload's own write time: it wins over the insert whatever the clocks
+    // (see the module doc of `scylla`, "Deletes").
+    (
+        "UPDATE {ks}.messages USING TIMESTAMP ? SET payload = ? \
+         WHERE room = ? AND bucket = ? AND seq = ?",
+        Kind::Idempotent,
+        0,
+    ),
 ];
 
 impl Stmts {
@@ -261,6 +282,8 @@ impl Stmts {
             marker_get: next()?,
             marker_read_put: next()?,
             marker_delivered_put: next()?,
+            payload_get: next()?,
+            payload_put: next()?,
         })
     }
 }
@@ -343,8 +366,15 @@ mod tests {
         };
         let mut selected = Vec::new();
         if words.first() == Some(&"SELECT") {
-            for w in words.iter().skip(1).take_while(|w| **w != "FROM") {
-                selected.push(col(w));
+            let mut it = words.iter().skip(1).take_while(|w| **w != "FROM");
+            while let Some(w) = it.next() {
+                if *w == "WRITETIME" {
+                    let c = it.next().copied().unwrap_or_default();
+                    col(c); // the column must exist
+                    selected.push(spec("writetime", NativeType::BigInt));
+                } else {
+                    selected.push(col(w));
+                }
             }
         }
         let mut binds = Vec::new();
@@ -416,5 +446,7 @@ mod tests {
         check::<Key2<'_>, MarkersRow>(17, &s);
         check::<MarkerPut<'_>, ()>(18, &s);
         check::<MarkerPut<'_>, ()>(19, &s);
+        check::<EventAt<'_>, PayloadRow>(20, &s);
+        check::<PayloadPut<'_>, ()>(21, &s);
     }
 }
