@@ -24,8 +24,11 @@ use broker::auth::Principal;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// Prefixes a deployment may configure.
-pub const PREFIXES: [&str; 3] = ["chat", "talk", "org/chat"];
+/// Prefixes a deployment may configure: one level, as the config requires.
+/// (A two-level prefix such as `org/chat` was this target's first finding:
+/// the authorizer took `org/#` for a topic outside the prefix. See
+/// docs/fuzzing.md.)
+pub const PREFIXES: [&str; 3] = ["chat", "talk", "c-1"];
 const USERS: [&str; 4] = ["alice", "bob", "carol", "a.b"];
 const ROOMS: [&str; 4] = ["r1", "r2", "news", "dm.a.b"];
 const CLIENTS: [&str; 3] = ["p1", "phone:2", "alice"];
