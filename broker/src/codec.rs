@@ -156,6 +156,17 @@ pub fn read(
         Version::V5 => protocol::v5::V5.read_mut(&mut one, max_len),
     };
     let packet = parsed.map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if let Packet::Publish(_, Some(props)) = &packet {
+        // MQTT-3.3.4-6: a client's PUBLISH never carries one. rumqttd 0.20
+        // also miscounts their bytes (the property byte twice), so the
+        // payload it reads would start inside the properties: found by the
+        // `mqtt_framing` fuzz target.
+        if !props.subscription_identifiers.is_empty() {
+            return Err(FrameError::Malformed(
+                "subscription identifier in a client PUBLISH".into(),
+            ));
+        }
+    }
     Ok(Some(Incoming {
         packet,
         qos,
@@ -217,6 +228,29 @@ mod tests {
         let buf = [0x32, 8, 0, 3, b'a', b'/', b'b', 0x12, 0x34, b'x'];
         let f = frame(&buf, 100).unwrap().unwrap();
         assert_eq!(publish_qos_pkid(&buf, &f), (1, 0x1234));
+    }
+
+    /// Found by the `mqtt_framing` fuzz target: rumqttd counts the property
+    /// byte of a Subscription Identifier twice, so with several of them it
+    /// stops reading properties early and takes the rest as payload (the
+    /// packet then re-encodes to different bytes). A client may not send one
+    /// (MQTT-3.3.4-6): refused.
+    #[test]
+    fn refuses_subscription_identifier_in_client_publish() {
+        let publish = [
+            0x32, 11, 0, 1, b't', 0x00, 0x07, // topic "t", pkid 7
+            4, 0x0B, 1, 0x0B, 2, // properties: subscription ids 1 and 2
+            b'x',
+        ];
+        let mut buf = BytesMut::from(&publish[..]);
+        assert!(matches!(
+            read(Version::V5, &mut buf, 100),
+            Err(FrameError::Malformed(_))
+        ));
+        // the same without properties is fine
+        let plain = [0x32, 7, 0, 1, b't', 0x00, 0x07, 0, b'x'];
+        let mut buf = BytesMut::from(&plain[..]);
+        assert!(matches!(read(Version::V5, &mut buf, 100), Ok(Some(_))));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// Topic prefix of the chat namespace, without the trailing slash.
+    /// Topic prefix of the chat namespace: one topic level of `A-Z a-z 0-9 _ -`
+    /// (checked by `settings::load`).
     pub prefix: String,
     /// Plain MQTT over TCP (3.1.1 and 5). `None` disables it.
     pub tcp: Option<SocketAddr>,

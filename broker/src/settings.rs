@@ -124,6 +124,7 @@ pub fn load(
             format!("key `{key}`: {inner}")
         }
     })?;
+    check_prefix(&s.broker.prefix)?;
     s.validate()?;
     Ok(s)
 }
@@ -147,6 +148,24 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+/// The prefix is one topic level of `A-Z a-z 0-9 _ -` (as the Helm chart's
+/// schema says): the authorizer tells the chat namespace from the rest by
+/// the first level, so with `org/chat` a filter `org/#` would pass as a topic
+/// outside the prefix and read every user's inbox (found by the
+/// `authorizer` fuzz target). `$`, wildcards and empty levels are refused too.
+fn check_prefix(p: &str) -> Result<(), String> {
+    if !p.is_empty()
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "key `broker.prefix`: {p:?} must be one topic level of A-Z a-z 0-9 _ -"
+        ))
     }
 }
 
@@ -340,5 +359,20 @@ mod tests {
         let e =
             load(&[PathBuf::from("/nonexistent/chatmq.toml")], env(&[])).expect_err("missing file");
         assert!(e.contains("/nonexistent/chatmq.toml"), "{e}");
+    }
+
+    /// Found by the `authorizer` fuzz target: with a two-level prefix the
+    /// authorizer accepts `org/#` as a filter outside the chat namespace.
+    #[test]
+    fn prefix_is_one_topic_level() {
+        for bad in ["org/chat", "chat/", "/chat", "", "+", "#", "$chat", "ch at"] {
+            let e = load(&[], env(&[("CHAT__BROKER__PREFIX", bad)]))
+                .expect_err(&format!("prefix {bad:?} must be refused"));
+            assert!(e.contains("broker.prefix"), "{e}");
+        }
+        for good in ["chat", "talk", "my_chat-2"] {
+            let s = load(&[], env(&[("CHAT__BROKER__PREFIX", good)])).expect("a valid prefix");
+            assert_eq!(s.broker.prefix, good);
+        }
     }
 }
