@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore, FsyncPolicy};
-use crate::store::{Appended, Markers, NewEvent, Page, Range, StoreError};
+use crate::store::{Appended, Markers, NewEvent, Page, Range, Role, StoreError};
 use async_trait::async_trait;
 use serde_json::json;
 use std::collections::BTreeSet;
