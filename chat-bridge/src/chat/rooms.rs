@@ -1,7 +1,7 @@
 //! Rooms and membership: `rooms.*` requests and membership events.
 
 use super::{in_direct_pair, now_ms, Chat, Out};
-use crate::store::{MemberChange, MemberState, NewEvent, Role, RoomInfo, RoomKind};
+use crate::store::{MemberChange, MemberState, NewEvent, Role, RoomKind};
 use crate::wire::{opt_str, opt_u64, room_field, user_field, Code, Refusal};
 use serde_json::{json, Map, Value};
 
