@@ -120,7 +120,10 @@ impl Chat {
                 break;
             }
             let info = self.store.room(&m.room).await?;
-            let page = self.store.read(&m.room, crate::store::Range::Latest, 1).await?;
+            let page = self
+                .store
+                .read(&m.room, crate::store::Range::Latest, 1)
+                .await?;
             let marks = self.store.markers(&m.room, user).await?;
             let mut entry = json!({
                 "room": m.room, "kind": info.as_ref().map(|i| i.kind), "title": info.and_then(|i| i.title),

@@ -102,12 +102,8 @@ impl Chat {
                 )))
             }
         };
-        let joined_limit = page::page_limit(
-            o,
-            "joined_limit",
-            page::JOINED_DEFAULT,
-            page::JOINED_MAX,
-        )?;
+        let joined_limit =
+            page::page_limit(o, "joined_limit", page::JOINED_DEFAULT, page::JOINED_MAX)?;
         let joined_after = page::room_cursor(o, "joined_after")?;
         let mut named = Vec::with_capacity(cursors.len());
         for (room, cursor) in &cursors {
@@ -238,14 +234,14 @@ mod tests {
     #[test]
     fn a_named_rooms_frame_fits_its_reserve() {
         let room = "r".repeat(64);
-        let mut entries = vec![
-            json!({"events": [], "head": u64::MAX, "has_more": true, "unread": u64::MAX}),
-        ];
+        let mut entries =
+            vec![json!({"events": [], "head": u64::MAX, "has_more": true, "unread": u64::MAX})];
         for message in [
             format!("you are not a member of {room}"),
             format!("you are banned from {room}"),
         ] {
-            entries.push(json!({"left": true, "error": {"code": "not_member", "message": message}}));
+            entries
+                .push(json!({"left": true, "error": {"code": "not_member", "message": message}}));
         }
         for e in entries {
             let size = page::json_len(&e) + room.len() + 4;

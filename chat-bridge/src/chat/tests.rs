@@ -127,11 +127,15 @@ impl Fixture {
                 None,
             )
             .await;
-        let (replies, rest): (Vec<Out>, Vec<Out>) = outs.into_iter().partition(|o| o.topic == reply);
+        let (replies, rest): (Vec<Out>, Vec<Out>) =
+            outs.into_iter().partition(|o| o.topic == reply);
         let [r] = replies.as_slice() else {
             panic!("{method} by {user}: one reply expected, got {replies:?}");
         };
-        (serde_json::from_slice(&r.payload).expect("reply is JSON"), rest)
+        (
+            serde_json::from_slice(&r.payload).expect("reply is JSON"),
+            rest,
+        )
     }
 
     async fn ok(&self, user: &str, method: &str, params: Value) -> Value {
@@ -158,14 +162,21 @@ async fn a_create_cut_short_after_the_room_is_completed_by_its_retry() {
     let req = json!({"room": "r1", "kind": "group", "members": ["bob", "carol"], "title": "T"});
     // the room is stored, then the owner's join fails
     f.store.fail.store(1, Ordering::SeqCst);
-    assert_eq!(f.err("alice", "rooms.create", req.clone()).await, "unavailable");
+    assert_eq!(
+        f.err("alice", "rooms.create", req.clone()).await,
+        "unavailable"
+    );
     assert!(f.store.room("r1").await.expect("room read").is_some());
     assert_eq!(f.state("r1", "alice").await, None);
     // nobody else completes or takes it
     assert_eq!(f.err("bob", "rooms.create", req.clone()).await, "conflict");
     assert_eq!(
-        f.err("alice", "rooms.create", json!({"room": "r1", "kind": "channel"}))
-            .await,
+        f.err(
+            "alice",
+            "rooms.create",
+            json!({"room": "r1", "kind": "channel"})
+        )
+        .await,
         "conflict"
     );
     // the creator's retry completes it and answers as a fresh create
@@ -184,14 +195,18 @@ async fn a_create_cut_short_after_the_room_is_completed_by_its_retry() {
             "{m}"
         );
         assert!(
-            outs.iter().any(|o| o.topic == format!("chat/users/{m}/inbox")),
+            outs.iter()
+                .any(|o| o.topic == format!("chat/users/{m}/inbox")),
             "{m} is told: {outs:?}"
         );
     }
     assert_eq!(f.store.head("r1").await.expect("head"), 3);
     // a complete room is a conflict again, also for its creator
     assert_eq!(f.err("alice", "rooms.create", req).await, "conflict");
-    assert_eq!(f.ok("bob", "rooms.join", json!({"room": "r1"})).await["seq"], 4);
+    assert_eq!(
+        f.ok("bob", "rooms.join", json!({"room": "r1"})).await["seq"],
+        4
+    );
 }
 
 #[tokio::test]
@@ -200,22 +215,42 @@ async fn a_direct_create_cut_short_is_completed_by_either_user() {
     let req = json!({"kind": "direct", "members": ["bob"]});
     let id = direct_room_id("alice", "bob");
     f.store.fail.store(1, Ordering::SeqCst);
-    assert_eq!(f.err("alice", "rooms.create", req.clone()).await, "unavailable");
+    assert_eq!(
+        f.err("alice", "rooms.create", req.clone()).await,
+        "unavailable"
+    );
     let r = f.ok("alice", "rooms.create", req).await;
-    assert_eq!((r["created"].clone(), r["room"]["id"].clone()), (json!(true), json!(id)));
+    assert_eq!(
+        (r["created"].clone(), r["room"]["id"].clone()),
+        (json!(true), json!(id))
+    );
     for u in ["alice", "bob"] {
-        assert_eq!(f.state(&id, u).await, Some((MemberState::Joined, Role::Owner)));
+        assert_eq!(
+            f.state(&id, u).await,
+            Some((MemberState::Joined, Role::Owner))
+        );
     }
     // cut short after the owner's join: bob's own create brings him in
     let id = direct_room_id("carol", "dave");
     f.store.fail.store(0, Ordering::SeqCst);
     let _ = f
-        .ok("carol", "rooms.create", json!({"kind": "direct", "members": ["dave"]}))
+        .ok(
+            "carol",
+            "rooms.create",
+            json!({"kind": "direct", "members": ["dave"]}),
+        )
         .await;
     let r = f
-        .ok("dave", "rooms.create", json!({"kind": "direct", "members": ["carol"]}))
+        .ok(
+            "dave",
+            "rooms.create",
+            json!({"kind": "direct", "members": ["carol"]}),
+        )
         .await;
-    assert_eq!((r["created"].clone(), r["room"]["id"].clone()), (json!(false), json!(id)));
+    assert_eq!(
+        (r["created"].clone(), r["room"]["id"].clone()),
+        (json!(false), json!(id))
+    );
     assert_eq!(f.store.head(&id).await.expect("head"), 2, "no second join");
 }
 
@@ -223,38 +258,76 @@ async fn a_direct_create_cut_short_is_completed_by_either_user() {
 async fn direct_rooms_take_back_their_two_users_and_nobody_else() {
     let f = fixture();
     let id = direct_room_id("alice", "bob");
-    f.ok("alice", "rooms.create", json!({"kind": "direct", "members": ["bob"]}))
-        .await;
+    f.ok(
+        "alice",
+        "rooms.create",
+        json!({"kind": "direct", "members": ["bob"]}),
+    )
+    .await;
     // bob leaves and comes back by rooms.join
     f.ok("bob", "rooms.leave", json!({"room": id})).await;
-    assert_eq!(f.state(&id, "bob").await.map(|s| s.0), Some(MemberState::Left));
+    assert_eq!(
+        f.state(&id, "bob").await.map(|s| s.0),
+        Some(MemberState::Left)
+    );
     f.ok("bob", "rooms.join", json!({"room": id})).await;
-    assert_eq!(f.state(&id, "bob").await, Some((MemberState::Joined, Role::Owner)));
+    assert_eq!(
+        f.state(&id, "bob").await,
+        Some((MemberState::Joined, Role::Owner))
+    );
     // alice leaves and comes back by rooms.create
     f.ok("alice", "rooms.leave", json!({"room": id})).await;
     let r = f
-        .ok("alice", "rooms.create", json!({"kind": "direct", "members": ["bob"]}))
+        .ok(
+            "alice",
+            "rooms.create",
+            json!({"kind": "direct", "members": ["bob"]}),
+        )
         .await;
-    assert_eq!((r["created"].clone(), r["room"]["id"].clone()), (json!(false), json!(id)));
-    assert_eq!(f.state(&id, "alice").await, Some((MemberState::Joined, Role::Owner)));
-    // to carol it is a room that does not exist
-    assert_eq!(f.err("carol", "rooms.join", json!({"room": id})).await, "not_found");
     assert_eq!(
-        f.err("carol", "rooms.join", json!({"room": direct_room_id("x", "y")}))
-            .await,
+        (r["created"].clone(), r["room"]["id"].clone()),
+        (json!(false), json!(id))
+    );
+    assert_eq!(
+        f.state(&id, "alice").await,
+        Some((MemberState::Joined, Role::Owner))
+    );
+    // to carol it is a room that does not exist
+    assert_eq!(
+        f.err("carol", "rooms.join", json!({"room": id})).await,
         "not_found"
     );
-    assert_eq!(f.err("carol", "history", json!({"room": id})).await, "not_member");
+    assert_eq!(
+        f.err(
+            "carol",
+            "rooms.join",
+            json!({"room": direct_room_id("x", "y")})
+        )
+        .await,
+        "not_found"
+    );
+    assert_eq!(
+        f.err("carol", "history", json!({"room": id})).await,
+        "not_member"
+    );
     // a banned user stays out
-    f.ok("alice", "rooms.ban", json!({"room": id, "user": "bob"})).await;
-    assert_eq!(f.err("bob", "rooms.join", json!({"room": id})).await, "banned");
+    f.ok("alice", "rooms.ban", json!({"room": id, "user": "bob"}))
+        .await;
+    assert_eq!(
+        f.err("bob", "rooms.join", json!({"room": id})).await,
+        "banned"
+    );
     let req = json!({"kind": "direct", "members": ["alice"]});
     assert_eq!(f.err("bob", "rooms.create", req).await, "banned");
     // nobody creates a group or channel under a direct id
     for room in [id.as_str(), "dm.alice.bob", "DM-x", "dm-0"] {
         for kind in ["group", "channel"] {
             let req = json!({"room": room, "kind": kind});
-            assert_eq!(f.err("carol", "rooms.create", req).await, "bad_request", "{room}");
+            assert_eq!(
+                f.err("carol", "rooms.create", req).await,
+                "bad_request",
+                "{room}"
+            );
         }
     }
 }
@@ -293,17 +366,28 @@ async fn rooms_list_pages_within_the_byte_limit_and_skips_left_rooms() {
     loop {
         let p = f.chat.list_page("alice", after.as_deref(), 100, max).await;
         let p = p.expect("page");
-        assert!(page::json_len(&p) <= max, "page over {max}: {}", page::json_len(&p));
+        assert!(
+            page::json_len(&p) <= max,
+            "page over {max}: {}",
+            page::json_len(&p)
+        );
         let rooms = p["rooms"].as_array().expect("rooms").clone();
         assert!(!rooms.is_empty());
-        seen.extend(rooms.iter().map(|r| r["room"].as_str().unwrap_or_default().to_owned()));
+        seen.extend(
+            rooms
+                .iter()
+                .map(|r| r["room"].as_str().unwrap_or_default().to_owned()),
+        );
         pages += 1;
         if p["has_more"] != true {
             assert!(p.get("next").is_none(), "{p}");
             break;
         }
         after = p["next"].as_str().map(str::to_owned);
-        assert_eq!(after.as_deref(), rooms.last().and_then(|r| r["room"].as_str()));
+        assert_eq!(
+            after.as_deref(),
+            rooms.last().and_then(|r| r["room"].as_str())
+        );
     }
     assert!(pages > 3, "{pages} pages");
     assert_eq!(seen.len(), 30, "each room once: {seen:?}");
@@ -315,11 +399,18 @@ async fn rooms_list_pages_within_the_byte_limit_and_skips_left_rooms() {
     // by count, through the request
     let r = f.ok("alice", "rooms.list", json!({"limit": 7})).await;
     assert_eq!(r["rooms"].as_array().map(Vec::len), Some(7));
-    assert_eq!((r["has_more"].clone(), r["next"].clone()), (json!(true), json!("r009")));
+    assert_eq!(
+        (r["has_more"].clone(), r["next"].clone()),
+        (json!(true), json!("r009"))
+    );
     let r = f.ok("alice", "rooms.list", json!({"after": "r036"})).await;
     assert_eq!(r["rooms"].as_array().map(Vec::len), Some(3), "{r}");
     assert_eq!(r["has_more"], false);
-    for bad in [json!({"limit": 0}), json!({"limit": 501}), json!({"after": "a/b"})] {
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": 501}),
+        json!({"after": "a/b"}),
+    ] {
         assert_eq!(f.err("alice", "rooms.list", bad).await, "bad_request");
     }
 }
@@ -336,13 +427,23 @@ async fn sync_pages_joined_within_the_byte_limit() {
         if let Some(a) = &after {
             req["joined_after"] = a.clone().into();
         }
-        let Value::Object(o) = req else { unreachable!() };
+        let Value::Object(o) = req else {
+            unreachable!()
+        };
         let p = f.chat.sync_within("alice", &o, max).await.expect("sync");
-        assert!(page::json_len(&p) <= max, "page over {max}: {}", page::json_len(&p));
+        assert!(
+            page::json_len(&p) <= max,
+            "page over {max}: {}",
+            page::json_len(&p)
+        );
         assert!(p["rooms"]["r000"]["head"].as_u64().is_some(), "{p}");
         let joined = p["joined"].as_array().expect("joined").clone();
         assert!(!joined.is_empty());
-        seen.extend(joined.iter().map(|r| r["room"].as_str().unwrap_or_default().to_owned()));
+        seen.extend(
+            joined
+                .iter()
+                .map(|r| r["room"].as_str().unwrap_or_default().to_owned()),
+        );
         pages += 1;
         if p["joined_has_more"] != true {
             break;
@@ -354,7 +455,10 @@ async fn sync_pages_joined_within_the_byte_limit() {
     // by count, through the request
     let r = f.ok("alice", "sync", json!({"joined_limit": 5})).await;
     assert_eq!(r["joined"].as_array().map(Vec::len), Some(5));
-    assert_eq!((r["joined_has_more"].clone(), r["joined_next"].clone()), (json!(true), json!("r004")));
+    assert_eq!(
+        (r["joined_has_more"].clone(), r["joined_next"].clone()),
+        (json!(true), json!("r004"))
+    );
     let r = f.ok("alice", "sync", json!({})).await;
     assert_eq!(r["joined"].as_array().map(Vec::len), Some(30));
     assert_eq!(r["joined_has_more"], false);

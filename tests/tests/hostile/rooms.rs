@@ -73,7 +73,10 @@ async fn nobody_can_take_the_id_of_a_pairs_direct_room() -> Result<()> {
     for room in ["dm.alice.bob", id.as_str(), "DM-alice-bob"] {
         for kind in ["group", "channel"] {
             let code = carol
-                .rpc_err("rooms.create", json!({"room": room, "kind": kind, "members": ["alice", "bob"]}))
+                .rpc_err(
+                    "rooms.create",
+                    json!({"room": room, "kind": kind, "members": ["alice", "bob"]}),
+                )
                 .await?;
             assert_eq!(code, "bad_request", "{kind} {room}");
         }
@@ -86,13 +89,24 @@ async fn nobody_can_take_the_id_of_a_pairs_direct_room() -> Result<()> {
     let mut alice = srv.user_v4("alice", "alice-1").await?;
     let mut bob = srv.user_v4("bob", "bob-1").await?;
     let r = direct(&mut alice, "bob").await?;
-    assert_eq!((room_id(&r)?, r["created"].clone()), (id.clone(), json!(true)), "{r}");
+    assert_eq!(
+        (room_id(&r)?, r["created"].clone()),
+        (id.clone(), json!(true)),
+        "{r}"
+    );
     assert_eq!(r["room"]["kind"], "direct");
     let r = direct(&mut bob, "alice").await?;
-    assert_eq!((room_id(&r)?, r["created"].clone()), (id.clone(), json!(false)), "{r}");
+    assert_eq!(
+        (room_id(&r)?, r["created"].clone()),
+        (id.clone(), json!(false)),
+        "{r}"
+    );
     talk(&mut alice, &mut bob, &id, "ab-1").await?;
     // carol is not let in, and is still served
-    assert_eq!(carol.rpc_err("rooms.join", json!({"room": id})).await?, "not_found");
+    assert_eq!(
+        carol.rpc_err("rooms.join", json!({"room": id})).await?,
+        "not_found"
+    );
     assert!(!carol.subscribe(&format!("chat/rooms/{id}/events")).await?);
     let list = carol.rpc("rooms.list", json!({})).await?;
     assert_eq!(list["rooms"].as_array().map(Vec::len), Some(1), "{list}");
@@ -123,16 +137,25 @@ async fn an_outsider_cannot_reach_a_direct_room_through_a_look_alike_pair() -> R
     // a room that does not exist
     let none = "dm-0000000000000000000000000000000000000000";
     for room in [id.as_str(), none] {
-        assert_eq!(eve.rpc_err("rooms.join", json!({"room": room})).await?, "not_found", "{room}");
-        assert_eq!(eve.rpc_err("history", json!({"room": room})).await?, "not_member", "{room}");
-        let s = eve
-            .rpc("sync", json!({"rooms": {room: 0}}))
-            .await?;
+        assert_eq!(
+            eve.rpc_err("rooms.join", json!({"room": room})).await?,
+            "not_found",
+            "{room}"
+        );
+        assert_eq!(
+            eve.rpc_err("history", json!({"room": room})).await?,
+            "not_member",
+            "{room}"
+        );
+        let s = eve.rpc("sync", json!({"rooms": {room: 0}})).await?;
         assert_eq!(s["rooms"][room]["error"]["code"], "not_member", "{s}");
     }
     assert!(!eve.subscribe(&format!("chat/rooms/{id}/events")).await?);
     let list = eve.rpc("rooms.list", json!({})).await?;
-    let rooms: Vec<&Value> = list["rooms"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let rooms: Vec<&Value> = list["rooms"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     assert_eq!(rooms.len(), 1, "{list}");
     assert_eq!(rooms[0]["room"], theirs.as_str());
     // the pairs still talk
@@ -151,7 +174,10 @@ async fn a_user_who_left_a_direct_room_comes_back() -> Result<()> {
     let id = room_id(&direct(&mut alice, "bob").await?)?;
     talk(&mut alice, &mut bob, &id, "m1").await?;
     bob.rpc("rooms.leave", json!({"room": id})).await?;
-    assert_eq!(bob.rpc_err("history", json!({"room": id})).await?, "not_member");
+    assert_eq!(
+        bob.rpc_err("history", json!({"room": id})).await?,
+        "not_member"
+    );
     // back by rooms.join
     let r = bob.rpc("rooms.join", json!({"room": id})).await?;
     assert!(r["seq"].as_u64().is_some(), "{r}");
@@ -159,12 +185,19 @@ async fn a_user_who_left_a_direct_room_comes_back() -> Result<()> {
     // and by rooms.create
     bob.rpc("rooms.leave", json!({"room": id})).await?;
     let r = direct(&mut bob, "alice").await?;
-    assert_eq!((room_id(&r)?, r["created"].clone()), (id.clone(), json!(false)), "{r}");
+    assert_eq!(
+        (room_id(&r)?, r["created"].clone()),
+        (id.clone(), json!(false)),
+        "{r}"
+    );
     let h = bob.rpc("history", json!({"room": id})).await?;
     assert!(h["head"].as_u64().is_some_and(|h| h >= 6), "{h}");
     talk(&mut bob, &mut alice, &id, "m3").await?;
     // carol cannot do the same
-    assert_eq!(carol.rpc_err("rooms.join", json!({"room": id})).await?, "not_found");
+    assert_eq!(
+        carol.rpc_err("rooms.join", json!({"room": id})).await?,
+        "not_found"
+    );
     let r = direct(&mut carol, "bob").await?;
     assert_ne!(room_id(&r)?, id);
     talk(&mut carol, &mut bob, &room_id(&r)?, "c1").await?;
@@ -196,7 +229,10 @@ async fn pages(
             .map(|e| e["room"].as_str().unwrap_or_default().to_owned())
             .collect();
         assert!(page.len() <= per_page, "{method}: {} entries", page.len());
-        assert!(!page.is_empty() && out.len() < ROOMS, "{method} makes no progress");
+        assert!(
+            !page.is_empty() && out.len() < ROOMS,
+            "{method} makes no progress"
+        );
         let last = page.last().cloned();
         out.push(page);
         if r[more] != true {
@@ -223,7 +259,9 @@ async fn a_user_in_many_rooms_gets_pages_that_fit() -> Result<()> {
     // a 2 KB message in each room: rooms.list's `last` makes the whole
     // list ~800 KB, over the 512 KiB a reply may carry
     for r in &ids {
-        alice.subscribe_ok(&format!("chat/rooms/{r}/events")).await?;
+        alice
+            .subscribe_ok(&format!("chat/rooms/{r}/events"))
+            .await?;
     }
     let body = "b".repeat(2000);
     for r in &ids {
@@ -241,18 +279,45 @@ async fn a_user_in_many_rooms_gets_pages_that_fit() -> Result<()> {
     };
     // an old client's request gets the first page
     let r = alice.rpc("rooms.list", json!({})).await?;
-    assert!(r["rooms"].as_array().is_some_and(|a| a.len() <= 100), "default page");
+    assert!(
+        r["rooms"].as_array().is_some_and(|a| a.len() <= 100),
+        "default page"
+    );
     assert_eq!(r["has_more"], true);
     // pages by size: the largest page is cut by the byte limit
     let keys = ("after", "next", "has_more");
-    let p = pages(&mut alice, "rooms.list", json!({"limit": 500}), "rooms", keys, 500).await?;
+    let p = pages(
+        &mut alice,
+        "rooms.list",
+        json!({"limit": 500}),
+        "rooms",
+        keys,
+        500,
+    )
+    .await?;
     assert!(p.len() >= 2, "{} pages", p.len());
     once(&p, "rooms.list");
-    let p = pages(&mut alice, "rooms.list", json!({"limit": 64}), "rooms", keys, 64).await?;
+    let p = pages(
+        &mut alice,
+        "rooms.list",
+        json!({"limit": 64}),
+        "rooms",
+        keys,
+        64,
+    )
+    .await?;
     once(&p, "rooms.list by 64");
     // sync's joined list
     let keys = ("joined_after", "joined_next", "joined_has_more");
-    let p = pages(&mut alice, "sync", json!({"joined_limit": 50}), "joined", keys, 50).await?;
+    let p = pages(
+        &mut alice,
+        "sync",
+        json!({"joined_limit": 50}),
+        "joined",
+        keys,
+        50,
+    )
+    .await?;
     assert_eq!(p.len(), ROOMS / 50);
     once(&p, "sync joined");
     let p = pages(&mut alice, "sync", json!({}), "joined", keys, 1000).await?;
