@@ -15,9 +15,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod create;
+mod direct;
+mod page;
 mod read;
 mod rooms;
 mod send;
+#[cfg(test)]
+mod tests;
+
+pub use direct::{direct_room_id, in_direct_pair, reserved_room_id, DIRECT_PREFIX};
 
 /// Told about every membership change, before any reply is published, so the
 /// broker's authorizer is up to date when the client acts on the reply.
@@ -95,29 +102,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The id of the direct room between two users: the same whoever asks.
-pub fn direct_room_id(a: &str, b: &str) -> String {
-    let (x, y) = if a <= b { (a, b) } else { (b, a) };
-    let plain = format!("dm.{x}.{y}");
-    if plain.len() <= 64 {
-        return plain;
-    }
-    // FNV-1a, two seeds: stable across versions and platforms
-    let fnv = |seed: u64| {
-        let mut h = seed;
-        for b in x.bytes().chain([0u8]).chain(y.bytes()) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        h
-    };
-    format!(
-        "dm-{:016x}{:016x}",
-        fnv(0xcbf29ce484222325),
-        fnv(0x84222325cbf29ce4)
-    )
 }
 
 fn can_read(m: Option<&Member>, room: &RoomInfo) -> bool {
@@ -372,7 +356,7 @@ impl Chat {
             "rooms.kick" | "rooms.ban" | "rooms.mute" | "rooms.role" => {
                 self.moderate(user, &method[6..], o, out).await
             }
-            "rooms.list" => self.list(user).await,
+            "rooms.list" => self.list(user, o).await,
             "rooms.members" => self.members(user, o).await,
             "read" => self.marker(user, o, MarkerKind::Read, out).await,
             "delivered" => self.marker(user, o, MarkerKind::Delivered, out).await,

@@ -1,9 +1,14 @@
 //! Reading: `history`, `sync`, and read/delivered markers.
 
-use super::{can_read, events_json, now_ms, Chat, Out};
+use super::{can_read, events_json, now_ms, page, Chat, Out};
 use crate::store::{MarkerKind, Member, MemberState, Range, RoomInfo};
 use crate::wire::{self, opt_u64, room_field, Code, Refusal};
 use serde_json::{json, Map, Value};
+
+/// Bytes kept for each named room's entry in a `sync` result besides its
+/// events: its key, `head`, `has_more`, `unread`, or its refusal (under 200
+/// bytes with a 64-char room id; checked by a test).
+const ENTRY_RESERVE: usize = 256;
 
 impl Chat {
     pub(super) async fn readable_room(
@@ -59,7 +64,23 @@ impl Chat {
         )
     }
 
+    /// `sync`: per named room (`rooms`: `{room: cursor}`) the events after
+    /// the cursor, `head`, `has_more`, `unread` (or `left` with the
+    /// refusal); plus a page of the rooms the user is in or invited to that
+    /// the request did not name (`joined`, paged by `joined_limit` and
+    /// `joined_after`, with `joined_has_more` and `joined_next`). The whole
+    /// result stays within [`page::REPLY_MAX`] bytes.
     pub(super) async fn sync(&self, user: &str, o: &Map<String, Value>) -> Result<Value, Refusal> {
+        self.sync_within(user, o, page::REPLY_MAX).await
+    }
+
+    /// [`Chat::sync`] with a result of at most `max` bytes.
+    pub(super) async fn sync_within(
+        &self,
+        user: &str,
+        o: &Map<String, Value>,
+        max: usize,
+    ) -> Result<Value, Refusal> {
         let cursors = match o.get("rooms") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => m.clone(),
@@ -73,8 +94,10 @@ impl Chat {
             return Err(Refusal::bad("at most 1000 rooms per sync"));
         }
         let limit = self.page_limit(o, "limit_per_room")?;
-        let mut rooms = Map::new();
-        let mut budget = wire::REPLY_EVENTS_MAX;
+        let joined_limit =
+            page::page_limit(o, "joined_limit", page::JOINED_DEFAULT, page::JOINED_MAX)?;
+        let joined_after = page::room_cursor(o, "joined_after")?;
+        let mut named = Vec::with_capacity(cursors.len());
         for (room, cursor) in &cursors {
             let cursor = cursor
                 .as_u64()
@@ -82,10 +105,28 @@ impl Chat {
             if !crate::valid_id(room) {
                 return Err(Refusal::bad("invalid room id in rooms"));
             }
+            named.push((room, cursor));
+        }
+        // every named room's entry gets its frame; the joined page comes
+        // next, and the named rooms' events fill what is left
+        let mut used = page::FRAME_RESERVE + named.len() * ENTRY_RESERVE;
+        let (joined, joined_more) = self
+            .joined_page(
+                user,
+                &cursors,
+                joined_after.as_deref(),
+                joined_limit,
+                &mut used,
+                max,
+            )
+            .await?;
+        let mut rooms = Map::new();
+        for (room, cursor) in named {
             let entry = match self.readable_room(user, room).await {
                 Ok((_, m)) => {
                     let range = Range::After(cursor);
                     let page = self.store.read(room, range, limit).await?;
+                    let mut budget = max.saturating_sub(used);
                     let (events, cut) = fit(&page.events, range, &mut budget);
                     let read = match m {
                         Some(_) => self.store.markers(room, user).await?.read,
@@ -98,18 +139,12 @@ impl Chat {
                     json!({"left": true, "error": {"code": r.code.as_str(), "message": r.message}})
                 }
             };
+            // `"room":` and a comma besides the entry
+            used = used - ENTRY_RESERVE + page::json_len(&entry) + room.len() + 4;
             rooms.insert(room.clone(), entry);
         }
-        let mut joined = Vec::new();
-        for m in self.store.user_rooms(user).await? {
-            if !cursors.contains_key(&m.room)
-                && matches!(m.state, MemberState::Joined | MemberState::Invited)
-            {
-                let head = self.store.head(&m.room).await?;
-                joined.push(json!({"room": m.room, "state": m.state, "head": head}));
-            }
-        }
-        Ok(json!({"rooms": rooms, "joined": joined}))
+        let result = json!({"rooms": rooms, "joined": joined});
+        Ok(page::paged(result, "joined_", &joined, joined_more))
     }
 
     /// Moves a read or delivered marker forward.
@@ -186,6 +221,24 @@ mod tests {
         StoredEvent {
             seq,
             json: vec![b'x'; len].into(),
+        }
+    }
+
+    #[test]
+    fn a_named_rooms_frame_fits_its_reserve() {
+        let room = "r".repeat(64);
+        let mut entries =
+            vec![json!({"events": [], "head": u64::MAX, "has_more": true, "unread": u64::MAX})];
+        for message in [
+            format!("you are not a member of {room}"),
+            format!("you are banned from {room}"),
+        ] {
+            entries
+                .push(json!({"left": true, "error": {"code": "not_member", "message": message}}));
+        }
+        for e in entries {
+            let size = page::json_len(&e) + room.len() + 4;
+            assert!(size <= ENTRY_RESERVE, "{size}: {e}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! Rooms and membership: `rooms.*` requests and membership events.
 
-use super::{direct_room_id, now_ms, Chat, Out};
-use crate::store::{MemberChange, MemberState, NewEvent, Range, Role, RoomInfo, RoomKind};
+use super::{in_direct_pair, now_ms, Chat, Out};
+use crate::store::{MemberChange, MemberState, NewEvent, Role, RoomKind};
 use crate::wire::{opt_str, opt_u64, room_field, user_field, Code, Refusal};
 use serde_json::{json, Map, Value};
 
@@ -50,132 +50,6 @@ impl Chat {
         Ok(a.event.seq)
     }
 
-    pub(super) async fn create(
-        &self,
-        user: &str,
-        o: &Map<String, Value>,
-        out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
-        let kind = match opt_str(o, "kind")?.unwrap_or("group") {
-            "group" => RoomKind::Group,
-            "direct" => RoomKind::Direct,
-            "channel" => RoomKind::Channel,
-            _ => return Err(Refusal::bad("kind must be direct, group or channel")),
-        };
-        let mut members: Vec<String> = match o.get("members") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .filter(|s| crate::valid_id(s))
-                        .map(str::to_owned)
-                        .ok_or_else(|| Refusal::bad("members must be user ids"))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(Refusal::bad("members must be an array of user ids")),
-        };
-        members.retain(|m| m != user);
-        members.sort();
-        members.dedup();
-        if members.len() > 1000 {
-            return Err(Refusal::bad("at most 1000 members at creation"));
-        }
-        let title = opt_str(o, "title")?.map(|t| t.chars().take(256).collect::<String>());
-        let id = match kind {
-            RoomKind::Direct => {
-                let [other] = members.as_slice() else {
-                    return Err(Refusal::bad("a direct room needs exactly one other member"));
-                };
-                direct_room_id(user, other)
-            }
-            _ => match opt_str(o, "room")? {
-                Some(r) if crate::valid_id(r) => r.to_owned(),
-                Some(_) => {
-                    return Err(Refusal::bad("room must be 1-64 chars of A-Z a-z 0-9 _ . -"))
-                }
-                None => format!(
-                    "g-{:08x}{:08x}",
-                    now_ms() as u32,
-                    self.counter
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        as u32
-                        ^ std::process::id()
-                ),
-            },
-        };
-        let info = RoomInfo {
-            id: id.clone(),
-            kind,
-            title,
-            created_by: user.into(),
-            created_ts: now_ms(),
-        };
-        if !self.store.create_room(info.clone()).await? {
-            let existing = self
-                .store
-                .room(&id)
-                .await?
-                .ok_or_else(|| Refusal::new(Code::Unavailable, "retry"))?;
-            // a direct room is the same room whoever creates it
-            if existing.kind == RoomKind::Direct && kind == RoomKind::Direct {
-                return Ok(json!({"room": existing, "created": false}));
-            }
-            return Err(Refusal::new(
-                Code::Conflict,
-                format!("room {id} already exists"),
-            ));
-        }
-        if kind == RoomKind::Channel {
-            self.sink.open(&id, true);
-            out.push(Out {
-                topic: format!("{}/hooks/access", self.prefix),
-                payload: json!({"room": id, "open": true}).to_string().into(),
-                corr: None,
-                seq: None,
-            });
-        }
-        let owner = MemberChange {
-            user: user.into(),
-            role: Role::Owner,
-            state: MemberState::Joined,
-            muted: false,
-        };
-        self.member_event(&id, user, user, "join", owner, out)
-            .await?;
-        for m in &members {
-            let (state, action, role) = match kind {
-                RoomKind::Direct => (MemberState::Joined, "join", Role::Owner),
-                _ => (MemberState::Invited, "invite", Role::Member),
-            };
-            self.member_event(
-                &id,
-                user,
-                m,
-                action,
-                MemberChange {
-                    user: m.clone(),
-                    role,
-                    state,
-                    muted: false,
-                },
-                out,
-            )
-            .await?;
-            if state == MemberState::Invited {
-                out.push(Out {
-                    topic: self.inbox(m),
-                    payload: json!({"type": "invited", "room": id, "by": user})
-                        .to_string()
-                        .into(),
-                    corr: None,
-                    seq: None,
-                });
-            }
-        }
-        Ok(json!({"room": info, "created": true}))
-    }
-
     pub(super) async fn join(
         &self,
         user: &str,
@@ -199,6 +73,16 @@ impl Chat {
                     Code::Banned,
                     format!("you are banned from {room}"),
                 ))
+            }
+            // either of a direct room's two users comes back at will; to
+            // anyone else it answers as a room that does not exist
+            (_, RoomKind::Direct) if in_direct_pair(&info, user) => {
+                return self
+                    .own_change(&room, user, "join", Role::Owner, MemberState::Joined, out)
+                    .await
+            }
+            (_, RoomKind::Direct) => {
+                return Err(Refusal::new(Code::NotFound, format!("no room {room}")))
             }
             (Some(MemberState::Invited), _) | (_, RoomKind::Channel) => {}
             _ => {
@@ -318,25 +202,6 @@ impl Chat {
             seq: None,
         });
         Ok(json!({"seq": seq}))
-    }
-
-    pub(super) async fn list(&self, user: &str) -> Result<Value, Refusal> {
-        let mut rooms = Vec::new();
-        for m in self.store.user_rooms(user).await? {
-            if !matches!(m.state, MemberState::Joined | MemberState::Invited) {
-                continue;
-            }
-            let info = self.store.room(&m.room).await?;
-            let page = self.store.read(&m.room, Range::Latest, 1).await?;
-            let marks = self.store.markers(&m.room, user).await?;
-            rooms.push(json!({
-                "room": m.room, "kind": info.as_ref().map(|i| i.kind), "title": info.and_then(|i| i.title),
-                "state": m.state, "role": m.role, "head": page.head, "read": marks.read,
-                "unread": page.head.saturating_sub(marks.read),
-                "last": page.events.last().and_then(|e| serde_json::from_slice::<Value>(&e.json).ok()),
-            }));
-        }
-        Ok(json!({"rooms": rooms}))
     }
 
     pub(super) async fn members(
