@@ -7,8 +7,8 @@
 //! [`REPLY_MAX`] bytes, whichever comes first; `has_more` then says so and
 //! `next` is the cursor (`after`) for the following page.
 
-use super::Chat;
-use crate::store::{Member, MemberState};
+use super::{can_read, Chat};
+use crate::store::{Member, MemberState, Range};
 use crate::wire::{self, opt_str, opt_u64, Refusal};
 use serde_json::{json, Map, Value};
 
@@ -93,7 +93,8 @@ fn take(page: &mut Vec<Value>, entry: Value, size: usize, used: &mut usize, max:
 impl Chat {
     /// `rooms.list`: `limit` (1..=500, default 100) rooms after the room id
     /// `after`, each with `kind`, `title`, `state`, `role`, `head`, `read`,
-    /// `unread` and the `last` event; `has_more`, and `next` (the `after`
+    /// `unread` and the `last` event (none for an invitation to a room the
+    /// user may not read yet); `has_more`, and `next` (the `after`
     /// of the next page) when there is more.
     pub(super) async fn list(&self, user: &str, o: &Map<String, Value>) -> Result<Value, Refusal> {
         let limit = page_limit(o, "limit", LIST_DEFAULT, LIST_MAX)?;
@@ -120,16 +121,22 @@ impl Chat {
                 break;
             }
             let info = self.store.room(&m.room).await?;
-            let page = self
-                .store
-                .read(&m.room, crate::store::Range::Latest, 1)
-                .await?;
+            // an invitation shows the room, not what is said in it
+            let (head, last) = if info.as_ref().is_some_and(|i| can_read(Some(&m), i)) {
+                let page = self.store.read(&m.room, Range::Latest, 1).await?;
+                let last = page
+                    .events
+                    .last()
+                    .and_then(|e| serde_json::from_slice(&e.json).ok());
+                (page.head, last)
+            } else {
+                (self.store.head(&m.room).await?, None::<Value>)
+            };
             let marks = self.store.markers(&m.room, user).await?;
             let mut entry = json!({
                 "room": m.room, "kind": info.as_ref().map(|i| i.kind), "title": info.and_then(|i| i.title),
-                "state": m.state, "role": m.role, "head": page.head, "read": marks.read,
-                "unread": page.head.saturating_sub(marks.read),
-                "last": page.events.last().and_then(|e| serde_json::from_slice::<Value>(&e.json).ok()),
+                "state": m.state, "role": m.role, "head": head, "read": marks.read,
+                "unread": head.saturating_sub(marks.read), "last": last,
             });
             let size = json_len(&entry) + 1;
             if rooms.is_empty() && used + size > max {

@@ -406,6 +406,16 @@ async fn rooms_list_pages_within_the_byte_limit_and_skips_left_rooms() {
     let r = f.ok("alice", "rooms.list", json!({"after": "r036"})).await;
     assert_eq!(r["rooms"].as_array().map(Vec::len), Some(3), "{r}");
     assert_eq!(r["has_more"], false);
+    // an invitation lists the room without what is said in it
+    let invite = json!({"room": "r001", "user": "bob"});
+    f.ok("alice", "rooms.invite", invite).await;
+    let r = f.ok("bob", "rooms.list", json!({})).await;
+    let r = &r["rooms"][0];
+    assert_eq!(
+        (r["state"].clone(), r["head"].clone()),
+        (json!("invited"), json!(2))
+    );
+    assert_eq!(r["last"], Value::Null, "{r}");
     for bad in [
         json!({"limit": 0}),
         json!({"limit": 501}),
