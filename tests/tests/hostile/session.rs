@@ -225,6 +225,7 @@ impl Raw {
             match tokio::time::timeout_at(deadline, self.ev.recv()).await {
                 Ok(Some(Ev::Msg(t, v))) if pred(&t, &v) => return Ok(v),
                 Ok(Some(Ev::Msg(..) | Ev::SubAck(_) | Ev::ConnAck { .. })) => {}
+                Ok(Some(Ev::Closed(e))) => bail!("{}: closed waiting for {what}: {e}", self.who),
                 Ok(other) => bail!("{}: ended waiting for {what}: {other:?}", self.who),
                 Err(_) => bail!("{}: no {what} within {TIMEOUT:?}", self.who),
             }
