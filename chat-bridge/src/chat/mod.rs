@@ -1,9 +1,12 @@
 //! The chat service proper, independent of MQTT: a request (topic, payload,
 //! reply routing) in, messages to publish out.
 //!
-//! Ordering rule: within one room, messages are handled one after another
+//! Ordering rule: within one room, sends are handled one after another
 //! (the bridge groups them by room), so the store's "next seq, then persist"
-//! runs in arrival order and events are published in `seq` order.
+//! runs in arrival order. Membership events come from requests, grouped by
+//! user, so a room's events of one batch may come from several groups; each
+//! room event's [`Out`] carries its `seq`, and the bridge publishes a batch's
+//! room events sorted by it (`bridge::process`).
 
 use crate::metrics::BridgeMetrics;
 use crate::store::{MarkerKind, Member, MemberState, RoomInfo, RoomKind, Store, StoredEvent};

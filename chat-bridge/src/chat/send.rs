@@ -13,6 +13,7 @@ use crate::wire::{self, opt_str, opt_u64, Code, Refusal};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -358,9 +359,8 @@ impl Chat {
         cache: &mut SendCache,
     ) -> Result<(), Refusal> {
         let not_found = || Refusal::new(Code::NotFound, format!("no message {seq} in {room}"));
-        if !cache.targets.contains_key(&seq) {
-            let t = self.read_target(room, seq).await?;
-            cache.targets.insert(seq, t);
+        if let Entry::Vacant(slot) = cache.targets.entry(seq) {
+            slot.insert(self.read_target(room, seq).await?);
         }
         let Some(t) = cache.targets.get(&seq).and_then(Option::as_ref) else {
             return Err(not_found());
