@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore, FsyncPolicy};
-use crate::store::{Appended, Markers, NewEvent, Page, Range, Role, StoreError};
+use crate::store::{Appended, Markers, NewEvent, Page, Range, Role, StoreError, StoredEvent};
 use async_trait::async_trait;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -27,6 +27,14 @@ impl Store for Flaky {
             return Err(StoreError::Unavailable("injected".into()));
         }
         self.inner.append(event).await
+    }
+    async fn lookup(
+        &self,
+        room: &str,
+        from: &str,
+        msg_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.inner.lookup(room, from, msg_id).await
     }
     async fn head(&self, room: &str) -> Result<u64, StoreError> {
         self.inner.head(room).await
