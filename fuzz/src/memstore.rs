@@ -103,6 +103,22 @@ fn event_json(ev: &NewEvent, seq: u64) -> Result<Bytes, StoreError> {
     Ok(Bytes::from(out))
 }
 
+/// A deleted message: its envelope and `"deleted": true`, nothing else.
+fn tombstone(json: &[u8]) -> Result<Bytes, StoreError> {
+    let v: serde_json::Map<String, Value> =
+        serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut out = serde_json::Map::new();
+    for k in ["room", "seq", "ts", "from", "msg_id", "type"] {
+        if let Some(x) = v.get(k) {
+            out.insert(k.into(), x.clone());
+        }
+    }
+    out.insert("deleted".into(), true.into());
+    serde_json::to_vec(&out)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 #[async_trait]
 impl Store for MemStore {
     async fn append(&self, event: NewEvent) -> Result<Appended, StoreError> {
@@ -125,6 +141,16 @@ impl Store for MemStore {
         let json = event_json(&event, seq)?;
         evs.push(json.clone());
         g.idem.insert(key, seq);
+        if let Some(target) = event.redacts {
+            // a delete redacts its target in the same write (the store contract)
+            if let Some(slot) = g
+                .events
+                .get_mut(&event.room)
+                .and_then(|evs| evs.get_mut((target as usize).wrapping_sub(1)))
+            {
+                *slot = tombstone(slot)?;
+            }
+        }
         if let Some(c) = event.member {
             let row = Member {
                 room: event.room.clone(),
@@ -147,6 +173,25 @@ impl Store for MemStore {
             event: StoredEvent { seq, json },
             duplicate: false,
         })
+    }
+
+    async fn lookup(
+        &self,
+        room: &str,
+        from: &str,
+        msg_id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let g = self.inner.lock();
+        let key = (room.to_owned(), from.to_owned(), msg_id.to_owned());
+        Ok(g.idem.get(&key).and_then(|&seq| {
+            g.events
+                .get(room)
+                .and_then(|evs| evs.get(seq as usize - 1))
+                .map(|json| StoredEvent {
+                    seq,
+                    json: json.clone(),
+                })
+        }))
     }
 
     async fn head(&self, room: &str) -> Result<u64, StoreError> {

@@ -344,6 +344,7 @@ async fn seed(store: &MemStore, sink: &Sink) {
                 state: MemberState::Joined,
                 muted: false,
             }),
+            redacts: None,
         };
         assert!(store.append(ev).await.is_ok());
         sink.member("r1", user, true);
