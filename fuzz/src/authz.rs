@@ -172,7 +172,12 @@ pub fn valid_filter(levels: &[&str]) -> bool {
 /// Every non-wildcard level a topic may be made of.
 fn alphabet(w: &World) -> Vec<String> {
     let mut a: Vec<String> = w.prefix.clone();
-    a.extend(PREFIXES.iter().flat_map(|p| p.split('/')).map(str::to_owned));
+    a.extend(
+        PREFIXES
+            .iter()
+            .flat_map(|p| p.split('/'))
+            .map(str::to_owned),
+    );
     a.extend(WORDS.iter().map(|s| s.to_string()));
     a.extend(ROOMS.iter().map(|s| s.to_string()));
     a.extend(USERS.iter().map(|s| s.to_string()));

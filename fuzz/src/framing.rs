@@ -96,7 +96,11 @@ fn read_all(how: u8, bytes: &[u8], max_len: usize, chunk: usize) -> (Vec<Packet>
                 };
                 assert_eq!(inc.len, f.len(), "read and frame disagree on the length");
                 assert!(inc.len >= 2 && inc.len <= max_len, "length {}", inc.len);
-                assert_eq!(before - buf.len(), inc.len, "read consumes exactly one frame");
+                assert_eq!(
+                    before - buf.len(),
+                    inc.len,
+                    "read consumes exactly one frame"
+                );
                 if let Packet::Publish(p, _) = &inc.packet {
                     // rumqttd hides them: read them back from its own encoding
                     if let Some(header) = qos_pkid_of(p) {
@@ -109,7 +113,10 @@ fn read_all(how: u8, bytes: &[u8], max_len: usize, chunk: usize) -> (Vec<Packet>
             }
             Ok(None) => {
                 assert_eq!(buf.len(), before, "need-more consumed bytes");
-                assert!(matches!(framed, Ok(None)), "read waits, frame says {framed:?}");
+                assert!(
+                    matches!(framed, Ok(None)),
+                    "read waits, frame says {framed:?}"
+                );
                 if fed == bytes.len() {
                     return (packets, End::NeedMore, v);
                 }

@@ -164,10 +164,7 @@ impl Store for MemStore {
                 .entry(c.user.clone())
                 .or_default()
                 .insert(event.room.clone(), row.clone());
-            g.members
-                .entry(event.room)
-                .or_default()
-                .insert(c.user, row);
+            g.members.entry(event.room).or_default().insert(c.user, row);
         }
         Ok(Appended {
             event: StoredEvent { seq, json },
