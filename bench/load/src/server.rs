@@ -126,8 +126,8 @@ hs256_secret = "{JWT_SECRET}"
 http = "127.0.0.1:0"
 
 [bridge]
-sends_per_sec = 1000000000.0
-sends_burst = 1000000000.0
+sends_per_sec = 1000000.0
+sends_burst = 1000000.0
 
 [store]
 fsync = {}
