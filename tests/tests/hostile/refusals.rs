@@ -116,7 +116,10 @@ async fn every_chat_refusal_code_costs_nothing_else() -> Result<()> {
             .await?,
         "bad_request"
     );
-    assert_eq!(carol.rpc_err("rooms.destroy", json!({})).await?, "bad_request");
+    assert_eq!(
+        carol.rpc_err("rooms.destroy", json!({})).await?,
+        "bad_request"
+    );
     by.still_served("bad_request").await?;
 
     // forbidden: joining a group without an invitation; an admin action by a member.
@@ -136,7 +139,12 @@ async fn every_chat_refusal_code_costs_nothing_else() -> Result<()> {
         carol.rpc_err("history", json!({"room": "g1"})).await?,
         "not_member"
     );
-    let r = send_with_reply(&mut carol, "g1", json!({"msg_id": "c1", "body": "let me in"})).await?;
+    let r = send_with_reply(
+        &mut carol,
+        "g1",
+        json!({"msg_id": "c1", "body": "let me in"}),
+    )
+    .await?;
     assert_eq!(code(&r), "not_member", "{r}");
     assert!(!carol.subscribe("chat/rooms/g1/events").await?);
     by.still_served("not_member").await?;
@@ -162,7 +170,10 @@ async fn every_chat_refusal_code_costs_nothing_else() -> Result<()> {
     assert_eq!(e["code"], "muted", "{e}");
     assert_eq!(e["type"], "error", "{e}");
     alice
-        .rpc("rooms.mute", json!({"room": "g1", "user": "bob", "remove": true}))
+        .rpc(
+            "rooms.mute",
+            json!({"room": "g1", "user": "bob", "remove": true}),
+        )
         .await?;
     by.still_served("muted").await?;
 
@@ -293,10 +304,16 @@ async fn broker_refusals_cost_nothing_else() -> Result<()> {
             "chat/rooms/calm/events",
             json!({"room": "calm", "seq": 99, "from": "dave", "type": "message", "body": "forged"}),
         ),
-        ("chat/users/eve/inbox", json!({"type": "invited", "room": "trap"})),
+        (
+            "chat/users/eve/inbox",
+            json!({"type": "invited", "room": "trap"}),
+        ),
         ("chat/presence/dave", json!({"online": false})),
         ("chat/rpc/dave/rooms.leave", json!({"room": "calm"})),
-        ("chat/hooks/access", json!({"room": "calm", "user": "alice", "joined": true})),
+        (
+            "chat/hooks/access",
+            json!({"room": "calm", "user": "alice", "joined": true}),
+        ),
     ] {
         alice.publish_json(topic, &payload).await?;
     }
@@ -337,7 +354,10 @@ async fn broker_refusals_cost_nothing_else() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(closed, "an oversize packet must end the sender's connection");
+    assert!(
+        closed,
+        "an oversize packet must end the sender's connection"
+    );
     by.still_served("oversize packet").await?;
 
     // Too many connections of one user: the one over the limit is refused,
