@@ -28,6 +28,11 @@ pub struct BrokerMetrics {
     pub refused: IntCounterVec,
     /// Failed logins, by reason (`bad_credentials`, `expired`, ...).
     pub auth_failures: IntCounterVec,
+    /// Connections closed because their credential (a JWT) expired.
+    pub credentials_expired: IntCounter,
+    /// TLS certificate or JWT key files read again after a change, by
+    /// `what` (`tls`, `jwt`) and `result` (`ok`, `refused`).
+    pub secret_reloads: IntCounterVec,
     /// Refused PUBLISH/SUBSCRIBE/delivery/will, by action and ACL rule.
     pub acl_denials: IntCounterVec,
     /// PUBLISH packets accepted from clients, and their payload bytes.
@@ -66,6 +71,17 @@ impl BrokerMetrics {
                 "chatmq_auth_failures_total",
                 "Failed logins, by reason",
                 &["reason"],
+            ),
+            credentials_expired: counter(
+                r,
+                "chatmq_credentials_expired_total",
+                "Connections closed because their JWT expired",
+            ),
+            secret_reloads: counter_vec(
+                r,
+                "chatmq_secret_reloads_total",
+                "Changed TLS certificate or JWT key files, by what and whether they were taken",
+                &["what", "result"],
             ),
             acl_denials: counter_vec(
                 r,
@@ -201,8 +217,9 @@ mod tests {
             .with_label_values(&["publish", "not_member"])
             .inc();
         m.rumqttd_events.with_label_values(&["warn"]).inc();
+        m.secret_reloads.with_label_values(&["tls", "ok"]).inc();
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert_eq!(names.len(), 12, "{names:?}");
+        assert_eq!(names.len(), 14, "{names:?}");
     }
 
     #[test]
