@@ -187,9 +187,16 @@ impl Authenticator {
                 if self.services.contains_key(&sub) {
                     return Err(AuthError::BadToken("sub names a service account".into()));
                 }
+                // jsonwebtoken accepts a token through the second exp + leeway
+                // itself; a connection ends when that second begins, so a
+                // login in it would be cut at once: refuse it here.
+                let expires_at = exp.saturating_add(jwt.leeway);
+                if expires_at <= unix_now() {
+                    return Err(AuthError::BadToken("token expired".into()));
+                }
                 Ok(Login {
                     principal: Principal::User(sub),
-                    expires_at: Some(exp.saturating_add(jwt.leeway)),
+                    expires_at: Some(expires_at),
                 })
             }
             None => Err(AuthError::BadCredentials),
@@ -214,6 +221,13 @@ impl Authenticator {
         jwt.rs.store(Some(Arc::new(key)));
         Ok(())
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn looks_like_jwt(s: &str) -> bool {
@@ -415,6 +429,26 @@ mod tests {
         ));
     }
 
+    /// The hashes shown in the generated config are real: "change-me".
+    #[tokio::test]
+    async fn the_generated_configs_hashes_are_change_me() {
+        let hashes: Vec<&str> = crate::settings::DEFAULT_CONFIG
+            .lines()
+            .filter_map(|l| l.split_once("\"$argon2id$"))
+            .map(|(_, rest)| rest.trim_end_matches('"'))
+            .collect();
+        assert_eq!(hashes.len(), 2, "a user's and a service's");
+        for h in hashes {
+            let phc = format!("$argon2id${h}");
+            let a = auth_with(&[("carol", &phc)], 0);
+            assert_eq!(
+                who(&a, "carol", "change-me").await,
+                Ok(Principal::User("carol".into()))
+            );
+            assert!(a.plain_text_accounts().iter().all(|u| *u != "carol"));
+        }
+    }
+
     #[tokio::test]
     async fn a_login_carries_the_tokens_expiry_plus_leeway() {
         let a = auth_with(&[], 7);
@@ -435,6 +469,13 @@ mod tests {
                 expires_at: Some(exp + 7)
             })
         );
+        // from the second exp + leeway on, it is refused (jsonwebtoken
+        // alone would still take it during that second)
+        let exp = now() - 7;
+        assert!(matches!(
+            a.authenticate("", &hs("bob", exp)).await,
+            Err(AuthError::BadToken(_))
+        ));
         // an absurd exp does not overflow
         let far = a.authenticate("", &hs("bob", u64::MAX)).await;
         assert_eq!(far.map(|l| l.expires_at), Ok(Some(u64::MAX)));
@@ -444,10 +485,7 @@ mod tests {
     async fn hs256_tokens() {
         let a = auth();
         let good = hs("bob", now() + 60);
-        assert_eq!(
-            who(&a, "", &good).await,
-            Ok(Principal::User("bob".into()))
-        );
+        assert_eq!(who(&a, "", &good).await, Ok(Principal::User("bob".into())));
         assert_eq!(
             who(&a, "bob", &good).await,
             Ok(Principal::User("bob".into()))
@@ -526,10 +564,7 @@ mod tests {
         };
         let a = Authenticator::new(&cfg).expect("config");
         let good = rs(&key, "dana", now() + 60);
-        assert_eq!(
-            who(&a, "", &good).await,
-            Ok(Principal::User("dana".into()))
-        );
+        assert_eq!(who(&a, "", &good).await, Ok(Principal::User("dana".into())));
         assert!(who(&a, "", &rs(&key, "dana", now() - 600)).await.is_err());
         // an HS256 token is refused when only RS256 is configured
         let hs = encode(
@@ -551,16 +586,14 @@ mod tests {
         let new = rs(&key_b, "dana", now() + 60);
         assert!(who(&a, "", &new).await.is_err(), "not yet rotated");
         assert!(
-            a.set_rs256_key(b"-----BEGIN PUBLIC KEY-----\nnope\n").is_err(),
+            a.set_rs256_key(b"-----BEGIN PUBLIC KEY-----\nnope\n")
+                .is_err(),
             "a bad key is refused"
         );
         assert!(who(&a, "", &good).await.is_ok(), "and the old one kept");
         a.set_rs256_key(&std::fs::read(&public_b).expect("pem"))
             .expect("new key");
-        assert_eq!(
-            who(&a, "", &new).await,
-            Ok(Principal::User("dana".into()))
-        );
+        assert_eq!(who(&a, "", &new).await, Ok(Principal::User("dana".into())));
         assert!(who(&a, "", &good).await.is_err(), "the old key is gone");
     }
 

@@ -94,11 +94,19 @@ pub(crate) async fn run(
                 match crate::transport::tls_acceptor_from_pem(cert, key) {
                     Ok(a) => {
                         acceptor.store(Arc::new(a));
-                        shared.metrics.secret_reloads.with_label_values(&["tls", "ok"]).inc();
+                        shared
+                            .metrics
+                            .secret_reloads
+                            .with_label_values(&["tls", "ok"])
+                            .inc();
                         info!("tls certificate and key reloaded");
                     }
                     Err(e) => {
-                        shared.metrics.secret_reloads.with_label_values(&["tls", "refused"]).inc();
+                        shared
+                            .metrics
+                            .secret_reloads
+                            .with_label_values(&["tls", "refused"])
+                            .inc();
                         warn!(error = %e, "new tls certificate or key refused; the previous one is kept");
                     }
                 }
@@ -108,11 +116,19 @@ pub(crate) async fn run(
             if let Some(new) = files.changed().await {
                 match shared.auth.set_rs256_key(&new[0]) {
                     Ok(()) => {
-                        shared.metrics.secret_reloads.with_label_values(&["jwt", "ok"]).inc();
+                        shared
+                            .metrics
+                            .secret_reloads
+                            .with_label_values(&["jwt", "ok"])
+                            .inc();
                         info!("jwt rs256 public key reloaded");
                     }
                     Err(e) => {
-                        shared.metrics.secret_reloads.with_label_values(&["jwt", "refused"]).inc();
+                        shared
+                            .metrics
+                            .secret_reloads
+                            .with_label_values(&["jwt", "refused"])
+                            .inc();
                         warn!(error = %e, "new jwt rs256 public key refused; the previous one is kept");
                     }
                 }
@@ -132,10 +148,17 @@ mod tests {
         let b = dir.path().join("b");
         std::fs::write(&a, "a1").expect("write");
         std::fs::write(&b, "b1").expect("write");
-        let mut w = Watched::new("test", vec![a.clone(), b.clone()], vec![b"a1".to_vec(), b"b1".to_vec()]);
+        let mut w = Watched::new(
+            "test",
+            vec![a.clone(), b.clone()],
+            vec![b"a1".to_vec(), b"b1".to_vec()],
+        );
         assert_eq!(w.changed().await, None, "what is in use is no change");
         std::fs::write(&b, "b2").expect("write");
-        assert_eq!(w.changed().await, Some(vec![b"a1".to_vec(), b"b2".to_vec()]));
+        assert_eq!(
+            w.changed().await,
+            Some(vec![b"a1".to_vec(), b"b2".to_vec()])
+        );
         assert_eq!(w.changed().await, None, "reported once");
         // a symlink swapped to another file, as Kubernetes does
         let c = dir.path().join("c");
@@ -146,7 +169,10 @@ mod tests {
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(&c, &a).expect("symlink");
-            assert_eq!(w.changed().await, Some(vec![b"a3".to_vec(), b"b2".to_vec()]));
+            assert_eq!(
+                w.changed().await,
+                Some(vec![b"a3".to_vec(), b"b2".to_vec()])
+            );
             assert!(w.error.is_none());
         }
     }

@@ -166,18 +166,14 @@ pub fn tls_acceptor(
 ) -> Result<(tokio_rustls::TlsAcceptor, Vec<Vec<u8>>), String> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-    let acceptor = tls_acceptor_from_pem(&cert_pem, &key_pem).map_err(|e| {
-        format!("{} and {}: {e}", cert.display(), key.display())
-    })?;
+    let acceptor = tls_acceptor_from_pem(&cert_pem, &key_pem)
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
     Ok((acceptor, vec![cert_pem, key_pem]))
 }
 
 /// A rustls server config from a PEM certificate chain and private key;
 /// refuses a key that does not belong to the certificate.
-pub fn tls_acceptor_from_pem(
-    cert: &[u8],
-    key: &[u8],
-) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn tls_acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
     use tokio_rustls::rustls;
     let certs = rustls_pemfile::certs(&mut &cert[..])
         .collect::<Result<Vec<_>, _>>()

@@ -70,7 +70,28 @@ pub fn chatmq_bin() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(&cargo)
+        let mut cmd = Command::new(&cargo);
+        // cargo test gives this process the tests crate's CARGO_PKG_*,
+        // CARGO_MANIFEST_DIR... Build scripts watch some of them (ring's
+        // does): inherited, they would make this build and the next plain
+        // `cargo build` rebuild ring and everything above it, in turn.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&*k);
+            }
+        }
+        let out = cmd
             .args(["build", "-p", "broker", "--bin", "chatmq"])
             .current_dir(workspace_root())
             .stdout(Stdio::null())

@@ -10,9 +10,15 @@
 //! - [`rooms`]: direct rooms, half-created rooms, paged replies.
 //! - [`refusals`]: every refusal code of PROTOCOL.md, each costing nothing else.
 
+#[path = "hostile/auth.rs"]
 mod auth;
+#[path = "hostile/messages.rs"]
 mod messages;
+#[path = "hostile/publish.rs"]
 mod publish;
+#[path = "hostile/refusals.rs"]
 mod refusals;
+#[path = "hostile/rooms.rs"]
 mod rooms;
+#[path = "hostile/session.rs"]
 mod session;

@@ -206,7 +206,12 @@ async fn accept(
     let deadline = Instant::now() + Duration::from_millis(limits.connect_timeout_ms);
     let io = timeout_at(
         deadline,
-        transport::handshake(kind, tcp, shared.tls.as_ref().map(|t| t.load_full()), max_len),
+        transport::handshake(
+            kind,
+            tcp,
+            shared.tls.as_ref().map(|t| t.load_full()),
+            max_len,
+        ),
     )
     .await
     .map_err(|_| "handshake timeout".to_string())

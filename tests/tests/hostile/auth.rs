@@ -45,10 +45,7 @@ fn openssl(args: &[&str]) -> Result<()> {
         .output()
         .context("running openssl")?;
     if !out.status.success() {
-        bail!(
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -140,7 +137,11 @@ async fn an_expired_jwt_loses_its_connection() -> Result<()> {
     grace.rpc("rooms.list", json!({})).await?;
 
     // the innocent were served throughout
-    assert_eq!(heidi.is_closed(), None, "a valid token keeps its connection");
+    assert_eq!(
+        heidi.is_closed(),
+        None,
+        "a valid token keeps its connection"
+    );
     heidi.rpc("rooms.list", json!({})).await?;
     assert_eq!(alice.is_closed(), None);
     alice.rpc("rooms.list", json!({})).await?;
@@ -192,7 +193,9 @@ async fn a_hashed_static_password_logs_in() -> Result<()> {
 
     for wrong in ["ivan's $ecret", phc.as_str(), ""] {
         let r = client_v4(port, "ivan", wrong, "ivan-x").await;
-        let e = r.err().ok_or_else(|| anyhow!("password {wrong:?} was accepted"))?;
+        let e = r
+            .err()
+            .ok_or_else(|| anyhow!("password {wrong:?} was accepted"))?;
         assert!(
             format!("{e:#}").contains("BadUserNamePassword"),
             "refused as bad credentials: {e:#}"
@@ -248,7 +251,13 @@ impl Mounted {
 /// A CA and a server certificate for 127.0.0.1 it signed: (ca.pem, cert.pem, key.pem).
 fn make_ca_and_cert(dir: &Path, name: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     let p = |f: &str| dir.join(format!("{name}-{f}")).display().to_string();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let subj = format!("/CN=test CA {name}");
     let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subj];
     args.extend(ec);
@@ -271,10 +280,27 @@ fn make_ca_and_cert(dir: &Path, name: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>
         "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
     )?;
     openssl(&[
-        "x509", "-req", "-days", "2", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key,
-        "-CAcreateserial", "-extfile", &ext, "-out", &cert,
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
     ])?;
-    Ok((std::fs::read(ca)?, std::fs::read(cert)?, std::fs::read(key)?))
+    Ok((
+        std::fs::read(ca)?,
+        std::fs::read(cert)?,
+        std::fs::read(key)?,
+    ))
 }
 
 /// An MQTT 3.1.1 client over TLS that trusts only `ca`.
@@ -350,7 +376,9 @@ async fn the_tls_certificate_is_reloaded_without_dropping_connections() -> Resul
     first.subscribe_own().await?;
     first.rpc("rooms.list", json!({})).await?;
     assert!(
-        tls_client(port, &ca_b, "alice", "alice-tls-x").await.is_err(),
+        tls_client(port, &ca_b, "alice", "alice-tls-x")
+            .await
+            .is_err(),
         "before the swap the server presents A"
     );
 
@@ -362,7 +390,9 @@ async fn the_tls_certificate_is_reloaded_without_dropping_connections() -> Resul
     second.subscribe_own().await?;
     second.rpc("rooms.list", json!({})).await?;
     assert!(
-        tls_client(port, &ca_a, "alice", "alice-tls-y").await.is_err(),
+        tls_client(port, &ca_a, "alice", "alice-tls-y")
+            .await
+            .is_err(),
         "new connections get B"
     );
     assert_eq!(first.is_closed(), None, "the first connection was kept");
@@ -373,15 +403,23 @@ async fn the_tls_certificate_is_reloaded_without_dropping_connections() -> Resul
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let (_, m) = srv.http_get("/metrics").await?;
-        if metric(&m, r#"chatmq_secret_reloads_total{result="refused",what="tls"}"#) >= 1.0 {
+        if metric(
+            &m,
+            r#"chatmq_secret_reloads_total{result="refused",what="tls"}"#,
+        ) >= 1.0
+        {
             break;
         }
         if std::time::Instant::now() > deadline {
-            bail!("the mismatched key was not refused:\n{m}\n{}", srv.log_tail());
+            bail!(
+                "the mismatched key was not refused:\n{m}\n{}",
+                srv.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut third = tls_client(port, &ca_b, "dave", "dave-tls-3").await?;
+    third.subscribe_own().await?;
     third.rpc("rooms.list", json!({})).await?;
     bob.rpc("rooms.list", json!({})).await?;
     Ok(())
@@ -404,7 +442,13 @@ async fn the_jwt_key_is_reloaded() -> Result<()> {
         let key_s = key.display().to_string();
         let public_s = public.display().to_string();
         openssl(&[
-            "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &key_s,
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            &key_s,
         ])?;
         openssl(&["pkey", "-pubout", "-in", &key_s, "-out", &public_s])?;
         keys.push((key, public));
