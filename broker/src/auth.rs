@@ -2,14 +2,25 @@
 //!
 //! The MQTT password carries either a static password or a JWT whose `sub`
 //! is the user id. The username may be empty for a JWT; if given, it must
-//! equal `sub`. `exp` is required and enforced.
+//! equal `sub`. `exp` is required and enforced at CONNECT, and the login
+//! carries it (plus the leeway) so the connection is closed when it passes.
+//!
+//! Static passwords are argon2id PHC strings or plain text; see
+//! [`password`] for how they are compared and what a login costs. The RS256
+//! public key can be replaced while the server runs ([`Authenticator::set_rs256_key`]).
 
 use crate::config::{AuthConfig, JwtConfig};
 use crate::names::valid_id;
+use arc_swap::ArcSwapOption;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use password::{Passwords, Secret};
 use serde::Deserialize;
 use std::collections::HashMap;
-use subtle_eq::ct_eq;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod password;
+pub use password::hash as hash_password;
 
 /// Who a connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +35,24 @@ impl Principal {
     pub fn id(&self) -> &str {
         match self {
             Principal::User(id) | Principal::Service { id, .. } => id,
+        }
+    }
+}
+
+/// A successful login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub principal: Principal,
+    /// When the credential stops being valid, unix seconds: a JWT's `exp`
+    /// plus the configured leeway. `None` for static passwords.
+    pub expires_at: Option<u64>,
+}
+
+impl Login {
+    fn forever(principal: Principal) -> Self {
+        Login {
+            principal,
+            expires_at: None,
         }
     }
 }
@@ -43,7 +72,12 @@ pub enum AuthError {
 
 struct Jwt {
     hs: Option<DecodingKey>,
-    rs: Option<DecodingKey>,
+    /// Swapped when the key file changes (see `crate::reload`).
+    rs: ArcSwapOption<DecodingKey>,
+    rs_path: Option<PathBuf>,
+    /// The PEM `rs` was made from, so the reloader starts from it.
+    rs_pem: Vec<u8>,
+    leeway: u64,
     validation_hs: Validation,
     validation_rs: Validation,
 }
@@ -51,12 +85,15 @@ struct Jwt {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Checked by jsonwebtoken (required, numeric); kept to end the connection.
+    exp: u64,
 }
 
 /// Checks logins. Cheap to share behind an `Arc`.
 pub struct Authenticator {
-    users: HashMap<String, String>,
-    services: HashMap<String, (String, Vec<String>)>,
+    users: HashMap<String, Secret>,
+    services: HashMap<String, (Secret, Vec<String>)>,
+    passwords: Passwords,
     jwt: Option<Jwt>,
 }
 
@@ -67,56 +104,130 @@ impl Authenticator {
                 return Err(AuthError::Config(format!("invalid user id {id:?}")));
             }
         }
+        let passwords = Passwords::new(cfg.password_cache_secs)?;
+        let users = cfg
+            .users
+            .iter()
+            .map(|(id, pw)| Ok((id.clone(), passwords.secret(id, pw)?)))
+            .collect::<Result<_, AuthError>>()?;
+        let services = cfg
+            .services
+            .iter()
+            .map(|(id, v)| {
+                let secret = passwords.secret(id, &v.password)?;
+                Ok((id.clone(), (secret, v.allow.clone())))
+            })
+            .collect::<Result<_, AuthError>>()?;
         Ok(Authenticator {
-            users: cfg.users.clone(),
-            services: cfg
-                .services
-                .iter()
-                .map(|(k, v)| (k.clone(), (v.password.clone(), v.allow.clone())))
-                .collect(),
+            users,
+            services,
+            passwords,
             jwt: cfg.jwt.as_ref().map(Jwt::new).transpose()?,
         })
     }
 
     /// Adds a service account at run time (the in-process bridge's).
-    pub fn add_service(&mut self, id: &str, password: &str, allow: Vec<String>) {
-        self.services
-            .insert(id.to_owned(), (password.to_owned(), allow));
+    pub fn add_service(
+        &mut self,
+        id: &str,
+        password: &str,
+        allow: Vec<String>,
+    ) -> Result<(), AuthError> {
+        let secret = self.passwords.secret(id, password)?;
+        self.services.insert(id.to_owned(), (secret, allow));
+        Ok(())
     }
 
-    pub fn authenticate(&self, username: &str, password: &str) -> Result<Principal, AuthError> {
+    /// Accounts whose password is configured in plain text, sorted (the
+    /// server warns about them at start).
+    pub fn plain_text_accounts(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .users
+            .iter()
+            .filter(|(_, s)| s.is_plain())
+            .map(|(id, _)| id.as_str())
+            .chain(
+                self.services
+                    .iter()
+                    .filter(|(_, (s, _))| s.is_plain())
+                    .map(|(id, _)| id.as_str()),
+            )
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Checks a CONNECT's username and password. A hashed static password
+    /// may wait for a verification slot: call it under the connect timeout.
+    pub async fn authenticate(&self, username: &str, password: &str) -> Result<Login, AuthError> {
         if password.is_empty() {
             return Err(AuthError::Missing);
         }
-        if let Some((pw, allow)) = self.services.get(username) {
-            if ct_eq(pw.as_bytes(), password.as_bytes()) {
-                return Ok(Principal::Service {
+        if let Some((secret, allow)) = self.services.get(username) {
+            if self.passwords.check(username, secret, password).await? {
+                return Ok(Login::forever(Principal::Service {
                     id: username.to_owned(),
                     allow: allow.clone(),
-                });
+                }));
             }
             return Err(AuthError::BadCredentials);
         }
-        if let Some(pw) = self.users.get(username) {
-            if ct_eq(pw.as_bytes(), password.as_bytes()) {
-                return Ok(Principal::User(username.to_owned()));
+        if let Some(secret) = self.users.get(username) {
+            if self.passwords.check(username, secret, password).await? {
+                return Ok(Login::forever(Principal::User(username.to_owned())));
             }
             // fall through: the password may still be a valid JWT for this user
         }
-        match &self.jwt {
-            Some(jwt) if looks_like_jwt(password) => {
-                let sub = jwt.verify(password)?;
+        match self.jwt.as_ref().filter(|_| looks_like_jwt(password)) {
+            Some(jwt) => {
+                let (sub, exp) = jwt.verify(password)?;
                 if !username.is_empty() && username != sub {
                     return Err(AuthError::BadToken("username does not match sub".into()));
                 }
                 if self.services.contains_key(&sub) {
                     return Err(AuthError::BadToken("sub names a service account".into()));
                 }
-                Ok(Principal::User(sub))
+                // jsonwebtoken accepts a token through the second exp + leeway
+                // itself; a connection ends when that second begins, so a
+                // login in it would be cut at once: refuse it here.
+                let expires_at = exp.saturating_add(jwt.leeway);
+                if expires_at <= unix_now() {
+                    return Err(AuthError::BadToken("token expired".into()));
+                }
+                Ok(Login {
+                    principal: Principal::User(sub),
+                    expires_at: Some(expires_at),
+                })
             }
-            _ => Err(AuthError::BadCredentials),
+            None => Err(AuthError::BadCredentials),
         }
     }
+
+    /// The RS256 public key file and the PEM in use, if RS256 is configured.
+    pub fn rs256_key(&self) -> Option<(&Path, &[u8])> {
+        let jwt = self.jwt.as_ref()?;
+        Some((jwt.rs_path.as_deref()?, &jwt.rs_pem))
+    }
+
+    /// Replaces the RS256 public key (tokens checked from now on use it).
+    /// A PEM that is not an RSA public key is refused and the old key kept.
+    pub fn set_rs256_key(&self, pem: &[u8]) -> Result<(), AuthError> {
+        let jwt = self
+            .jwt
+            .as_ref()
+            .filter(|j| j.rs_path.is_some())
+            .ok_or_else(|| AuthError::Config("RS256 is not configured".into()))?;
+        let key = DecodingKey::from_rsa_pem(pem).map_err(|e| AuthError::Config(e.to_string()))?;
+        jwt.rs.store(Some(Arc::new(key)));
+        Ok(())
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn looks_like_jwt(s: &str) -> bool {
@@ -129,16 +240,15 @@ impl Jwt {
             .hs256_secret
             .as_ref()
             .map(|s| DecodingKey::from_secret(s.as_bytes()));
-        let rs = match &cfg.rs256_public_key {
+        let (rs, rs_pem) = match &cfg.rs256_public_key {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| AuthError::Config(format!("{}: {e}", path.display())))?;
-                Some(
-                    DecodingKey::from_rsa_pem(&pem)
-                        .map_err(|e| AuthError::Config(format!("{}: {e}", path.display())))?,
-                )
+                let key = DecodingKey::from_rsa_pem(&pem)
+                    .map_err(|e| AuthError::Config(format!("{}: {e}", path.display())))?;
+                (Some(Arc::new(key)), pem)
             }
-            None => None,
+            None => (None, Vec::new()),
         };
         if hs.is_none() && rs.is_none() {
             return Err(AuthError::Config(
@@ -161,18 +271,26 @@ impl Jwt {
         };
         Ok(Jwt {
             hs,
-            rs,
+            rs: ArcSwapOption::new(rs),
+            rs_path: cfg.rs256_public_key.clone(),
+            rs_pem,
+            leeway: cfg.leeway_secs,
             validation_hs: mk(Algorithm::HS256),
             validation_rs: mk(Algorithm::RS256),
         })
     }
 
-    fn verify(&self, token: &str) -> Result<String, AuthError> {
+    /// `sub` and `exp` of a valid token.
+    fn verify(&self, token: &str) -> Result<(String, u64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::BadToken(e.to_string()))?;
+        let rs;
         let (key, validation) = match header.alg {
             Algorithm::HS256 => (self.hs.as_ref(), &self.validation_hs),
-            Algorithm::RS256 => (self.rs.as_ref(), &self.validation_rs),
+            Algorithm::RS256 => {
+                rs = self.rs.load_full();
+                (rs.as_deref(), &self.validation_rs)
+            }
             other => {
                 return Err(AuthError::BadToken(format!(
                     "algorithm {other:?} not accepted"
@@ -185,17 +303,7 @@ impl Jwt {
         if !valid_id(&data.claims.sub) {
             return Err(AuthError::BadToken("sub is not a valid user id".into()));
         }
-        Ok(data.claims.sub)
-    }
-}
-
-/// Constant-time comparison, so a password check leaks no timing.
-mod subtle_eq {
-    pub(super) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-        if a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        Ok((data.claims.sub, data.claims.exp))
     }
 }
 
@@ -219,9 +327,12 @@ mod tests {
             .unwrap_or(0)
     }
 
-    fn auth() -> Authenticator {
+    fn auth_with(users: &[(&str, &str)], leeway_secs: u64) -> Authenticator {
         let mut cfg = AuthConfig::default();
         cfg.users.insert("alice".into(), "pw-a".into());
+        for (u, p) in users {
+            cfg.users.insert((*u).into(), (*p).into());
+        }
         cfg.services.insert(
             "bridge".into(),
             ServiceAccount {
@@ -232,65 +343,160 @@ mod tests {
         );
         cfg.jwt = Some(JwtConfig {
             hs256_secret: Some("s3cret".into()),
+            leeway_secs,
             ..Default::default()
         });
         Authenticator::new(&cfg).expect("config")
     }
 
-    #[test]
-    fn static_users_and_services() {
+    fn auth() -> Authenticator {
+        auth_with(&[], 0)
+    }
+
+    /// The principal of a login, or the error.
+    async fn who(a: &Authenticator, user: &str, pw: &str) -> Result<Principal, AuthError> {
+        a.authenticate(user, pw).await.map(|l| l.principal)
+    }
+
+    fn hs(sub: &str, exp: u64) -> String {
+        encode(
+            &Header::default(),
+            &C { sub, exp },
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .expect("enc")
+    }
+
+    #[tokio::test]
+    async fn static_users_and_services() {
         let a = auth();
         assert_eq!(
-            a.authenticate("alice", "pw-a"),
-            Ok(Principal::User("alice".into()))
+            a.authenticate("alice", "pw-a").await,
+            Ok(Login {
+                principal: Principal::User("alice".into()),
+                expires_at: None
+            })
         );
         assert_eq!(
-            a.authenticate("alice", "nope"),
+            who(&a, "alice", "nope").await,
             Err(AuthError::BadCredentials)
         );
-        assert_eq!(a.authenticate("alice", ""), Err(AuthError::Missing));
+        assert_eq!(who(&a, "alice", "").await, Err(AuthError::Missing));
         assert!(matches!(
-            a.authenticate("bridge", "pw-b"),
+            who(&a, "bridge", "pw-b").await,
             Ok(Principal::Service { .. })
         ));
         assert_eq!(
-            a.authenticate("bridge", "pw-a"),
+            who(&a, "bridge", "pw-a").await,
             Err(AuthError::BadCredentials)
         );
+        assert_eq!(a.plain_text_accounts(), ["alice", "bridge"]);
     }
 
-    #[test]
-    fn hs256_tokens() {
-        let a = auth();
-        let key = EncodingKey::from_secret(b"s3cret");
-        let good = encode(
-            &Header::default(),
-            &C {
-                sub: "bob",
-                exp: now() + 60,
-            },
-            &key,
-        )
-        .expect("enc");
-        assert_eq!(a.authenticate("", &good), Ok(Principal::User("bob".into())));
+    #[tokio::test]
+    async fn hashed_static_passwords() {
+        let phc = hash_password("frank's pw").expect("hash");
+        let a = auth_with(&[("frank", &phc)], 0);
         assert_eq!(
-            a.authenticate("bob", &good),
+            who(&a, "frank", "frank's pw").await,
+            Ok(Principal::User("frank".into()))
+        );
+        assert_eq!(
+            who(&a, "frank", "frank's pw!").await,
+            Err(AuthError::BadCredentials)
+        );
+        assert_eq!(who(&a, "frank", &phc).await, Err(AuthError::BadCredentials));
+        assert_eq!(a.plain_text_accounts(), ["alice", "bridge"]);
+        // a hashed service account
+        let mut cfg = AuthConfig::default();
+        cfg.services.insert(
+            "pusher".into(),
+            ServiceAccount {
+                password: phc.clone(),
+                allow: vec![],
+                client_ids: vec![],
+            },
+        );
+        let a = Authenticator::new(&cfg).expect("config");
+        assert!(matches!(
+            who(&a, "pusher", "frank's pw").await,
+            Ok(Principal::Service { .. })
+        ));
+        assert!(a.plain_text_accounts().is_empty());
+        // a broken hash stops the start instead of becoming a password
+        cfg.users.insert("x".into(), "$argon2id$v=19$oops".into());
+        assert!(matches!(
+            Authenticator::new(&cfg),
+            Err(AuthError::Config(_))
+        ));
+    }
+
+    /// The hashes shown in the generated config are real: "change-me".
+    #[tokio::test]
+    async fn the_generated_configs_hashes_are_change_me() {
+        let hashes: Vec<&str> = crate::settings::DEFAULT_CONFIG
+            .lines()
+            .filter_map(|l| l.split_once("\"$argon2id$"))
+            .map(|(_, rest)| rest.trim_end_matches('"'))
+            .collect();
+        assert_eq!(hashes.len(), 2, "a user's and a service's");
+        for h in hashes {
+            let phc = format!("$argon2id${h}");
+            let a = auth_with(&[("carol", &phc)], 0);
+            assert_eq!(
+                who(&a, "carol", "change-me").await,
+                Ok(Principal::User("carol".into()))
+            );
+            assert!(a.plain_text_accounts().iter().all(|u| *u != "carol"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_login_carries_the_tokens_expiry_plus_leeway() {
+        let a = auth_with(&[], 7);
+        let exp = now() + 60;
+        assert_eq!(
+            a.authenticate("", &hs("bob", exp)).await,
+            Ok(Login {
+                principal: Principal::User("bob".into()),
+                expires_at: Some(exp + 7)
+            })
+        );
+        // within the leeway a token is still accepted, and ends at exp + leeway
+        let exp = now() - 3;
+        assert_eq!(
+            a.authenticate("", &hs("bob", exp)).await,
+            Ok(Login {
+                principal: Principal::User("bob".into()),
+                expires_at: Some(exp + 7)
+            })
+        );
+        // from the second exp + leeway on, it is refused (jsonwebtoken
+        // alone would still take it during that second)
+        let exp = now() - 7;
+        assert!(matches!(
+            a.authenticate("", &hs("bob", exp)).await,
+            Err(AuthError::BadToken(_))
+        ));
+        // an absurd exp does not overflow
+        let far = a.authenticate("", &hs("bob", u64::MAX)).await;
+        assert_eq!(far.map(|l| l.expires_at), Ok(Some(u64::MAX)));
+    }
+
+    #[tokio::test]
+    async fn hs256_tokens() {
+        let a = auth();
+        let good = hs("bob", now() + 60);
+        assert_eq!(who(&a, "", &good).await, Ok(Principal::User("bob".into())));
+        assert_eq!(
+            who(&a, "bob", &good).await,
             Ok(Principal::User("bob".into()))
         );
         assert!(
-            a.authenticate("carol", &good).is_err(),
+            who(&a, "carol", &good).await.is_err(),
             "username must match sub"
         );
-        let expired = encode(
-            &Header::default(),
-            &C {
-                sub: "bob",
-                exp: now() - 600,
-            },
-            &key,
-        )
-        .expect("enc");
-        assert!(a.authenticate("", &expired).is_err());
+        assert!(who(&a, "", &hs("bob", now() - 600)).await.is_err());
         let wrong = encode(
             &Header::default(),
             &C {
@@ -300,38 +506,19 @@ mod tests {
             &EncodingKey::from_secret(b"x"),
         )
         .expect("enc");
-        assert!(a.authenticate("", &wrong).is_err());
-        let bad_sub = encode(
-            &Header::default(),
-            &C {
-                sub: "a/b",
-                exp: now() + 60,
-            },
-            &key,
-        )
-        .expect("enc");
-        assert!(a.authenticate("", &bad_sub).is_err());
-        let svc = encode(
-            &Header::default(),
-            &C {
-                sub: "bridge",
-                exp: now() + 60,
-            },
-            &key,
-        )
-        .expect("enc");
+        assert!(who(&a, "", &wrong).await.is_err());
+        assert!(who(&a, "", &hs("a/b", now() + 60)).await.is_err());
         assert!(
-            a.authenticate("", &svc).is_err(),
+            who(&a, "", &hs("bridge", now() + 60)).await.is_err(),
             "a token may not impersonate a service"
         );
     }
 
-    #[test]
-    fn rs256_tokens() {
-        let dir = std::env::temp_dir().join(format!("chatmq-rs256-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let key = dir.join("k.pem");
-        let public = dir.join("p.pem");
+    /// An RSA key pair made with the openssl command: (private, public) PEM
+    /// paths in `dir`, or `None` when openssl is not there.
+    fn rsa_pair(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
+        let key = dir.join(format!("{name}.key.pem"));
+        let public = dir.join(format!("{name}.pub.pem"));
         let gen = std::process::Command::new("openssl")
             .args([
                 "genpkey",
@@ -344,8 +531,7 @@ mod tests {
             .arg(&key)
             .status();
         if !gen.is_ok_and(|s| s.success()) {
-            eprintln!("SKIPPED rs256_tokens: the openssl command is not available to make a key");
-            return;
+            return None;
         }
         let ok = std::process::Command::new("openssl")
             .args(["pkey", "-pubout", "-in"])
@@ -355,39 +541,33 @@ mod tests {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "openssl pkey -pubout failed");
+        Some((key, public))
+    }
+
+    fn rs(key: &Path, sub: &str, exp: u64) -> String {
+        let pem = std::fs::read(key).expect("key");
+        let enc = EncodingKey::from_rsa_pem(&pem).expect("rsa key");
+        encode(&Header::new(Algorithm::RS256), &C { sub, exp }, &enc).expect("enc")
+    }
+
+    #[tokio::test]
+    async fn rs256_tokens_and_key_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((key, public)) = rsa_pair(dir.path(), "a") else {
+            eprintln!("SKIPPED rs256_tokens: the openssl command is not available to make a key");
+            return;
+        };
         let cfg = AuthConfig {
             jwt: Some(JwtConfig {
-                rs256_public_key: Some(public),
+                rs256_public_key: Some(public.clone()),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let a = Authenticator::new(&cfg).expect("config");
-        let pem = std::fs::read(&key).expect("key");
-        let enc = EncodingKey::from_rsa_pem(&pem).expect("rsa key");
-        let good = encode(
-            &Header::new(Algorithm::RS256),
-            &C {
-                sub: "dana",
-                exp: now() + 60,
-            },
-            &enc,
-        )
-        .expect("enc");
-        assert_eq!(
-            a.authenticate("", &good),
-            Ok(Principal::User("dana".into()))
-        );
-        let expired = encode(
-            &Header::new(Algorithm::RS256),
-            &C {
-                sub: "dana",
-                exp: now() - 600,
-            },
-            &enc,
-        )
-        .expect("enc");
-        assert!(a.authenticate("", &expired).is_err());
+        let good = rs(&key, "dana", now() + 60);
+        assert_eq!(who(&a, "", &good).await, Ok(Principal::User("dana".into())));
+        assert!(who(&a, "", &rs(&key, "dana", now() - 600)).await.is_err());
         // an HS256 token is refused when only RS256 is configured
         let hs = encode(
             &Header::default(),
@@ -398,7 +578,31 @@ mod tests {
             &EncodingKey::from_secret(b"x"),
         )
         .expect("enc");
-        assert!(a.authenticate("", &hs).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(who(&a, "", &hs).await.is_err());
+
+        // rotation: the reloader starts from the PEM in use
+        let (path, pem) = a.rs256_key().expect("rs256 configured");
+        assert_eq!(path, public.as_path());
+        assert_eq!(pem, std::fs::read(&public).expect("pem").as_slice());
+        let (key_b, public_b) = rsa_pair(dir.path(), "b").expect("second key");
+        let new = rs(&key_b, "dana", now() + 60);
+        assert!(who(&a, "", &new).await.is_err(), "not yet rotated");
+        assert!(
+            a.set_rs256_key(b"-----BEGIN PUBLIC KEY-----\nnope\n")
+                .is_err(),
+            "a bad key is refused"
+        );
+        assert!(who(&a, "", &good).await.is_ok(), "and the old one kept");
+        a.set_rs256_key(&std::fs::read(&public_b).expect("pem"))
+            .expect("new key");
+        assert_eq!(who(&a, "", &new).await, Ok(Principal::User("dana".into())));
+        assert!(who(&a, "", &good).await.is_err(), "the old key is gone");
+    }
+
+    #[test]
+    fn no_rs256_key_to_rotate_without_rs256() {
+        let a = auth();
+        assert!(a.rs256_key().is_none());
+        assert!(a.set_rs256_key(b"").is_err());
     }
 }

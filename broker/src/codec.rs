@@ -179,15 +179,64 @@ pub fn read(
 pub fn write(version: Version, packet: Packet, out: &mut BytesMut) -> Result<(), FrameError> {
     let res = match version {
         Version::V4 => protocol::v4::V4.write(packet, out),
-        Version::V5 => protocol::v5::V5.write(packet, out),
+        Version::V5 => protocol::v5::V5.write(v5_disconnect_fix(packet), out),
     };
     res.map(|_| ())
         .map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
+/// rumqttd 0.20's v5 writer mis-encodes a DISCONNECT with a reason code:
+/// without properties it writes 2 bytes after a remaining length of 1, and
+/// with empty properties (a real length of 2) it takes the 2 for its
+/// "normal disconnection" shorthand and writes `E0 00`. Either way the
+/// client never sees the reason. A reason string makes the length right
+/// and tells a person why.
+fn v5_disconnect_fix(packet: Packet) -> Packet {
+    use protocol::{DisconnectProperties, DisconnectReasonCode as Code};
+    match packet {
+        Packet::Disconnect(d, props) if d.reason_code != Code::NormalDisconnection => {
+            let mut props = props.unwrap_or(DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: None,
+                user_properties: Vec::new(),
+                server_reference: None,
+            });
+            if props.reason_string.is_none() {
+                props.reason_string = Some(match d.reason_code {
+                    Code::MaximumConnectTime => "credentials expired".into(),
+                    other => format!("{other:?}"),
+                });
+            }
+            Packet::Disconnect(d, Some(props))
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v5_disconnect_with_a_reason_is_well_formed() {
+        let mut out = BytesMut::new();
+        let d = protocol::Disconnect {
+            reason_code: protocol::DisconnectReasonCode::MaximumConnectTime,
+        };
+        write(Version::V5, Packet::Disconnect(d, None), &mut out).unwrap();
+        // type, remaining length, reason 0xA0, properties: a reason string
+        let why = b"credentials expired";
+        let mut want = vec![0xE0, 5 + why.len() as u8, 0xA0, 3 + why.len() as u8];
+        want.extend([0x1F, 0, why.len() as u8]);
+        want.extend(why);
+        assert_eq!(&out[..], &want[..]);
+        let mut out = BytesMut::new();
+        let d = protocol::Disconnect {
+            reason_code: protocol::DisconnectReasonCode::NormalDisconnection,
+        };
+        write(Version::V5, Packet::Disconnect(d, None), &mut out).unwrap();
+        assert_eq!(&out[..], &[0xE0, 0x00]);
+    }
 
     #[test]
     fn frames_need_whole_packet() {

@@ -23,6 +23,12 @@ pub struct BrokerConfig {
     pub wss: Option<SocketAddr>,
     /// Certificate and key for the TLS listeners.
     pub tls: Option<TlsFiles>,
+    /// How often, in seconds, the TLS certificate and key and the JWT RS256
+    /// public key files are read again (Kubernetes rotates mounted secrets
+    /// by swapping a symlink). Changed, valid files serve new connections
+    /// and new logins; connections already up keep theirs; an invalid file
+    /// is logged and the previous one kept. 0: never.
+    pub secrets_reload_secs: u64,
     pub auth: AuthConfig,
     pub limits: Limits,
     /// Topics outside `prefix`: `true` lets any logged-in user use them (devices
@@ -49,6 +55,7 @@ impl Default for BrokerConfig {
             ws: Some(SocketAddr::from(([0, 0, 0, 0], 8083))),
             wss: None,
             tls: None,
+            secrets_reload_secs: 5,
             auth: AuthConfig::default(),
             limits: Limits::default(),
             open_topics: true,
@@ -91,7 +98,7 @@ impl BrokerConfig {
     }
 }
 
-/// PEM files for TLS.
+/// PEM files for TLS (read again every `secrets_reload_secs`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
@@ -100,10 +107,11 @@ pub struct TlsFiles {
 }
 
 /// Who may log in.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Static users: user id -> password.
+    /// Static users: user id -> argon2id PHC string (`chatmq hash-password`)
+    /// or, warned about at start, the password in plain text.
     pub users: HashMap<String, String>,
     /// Service accounts: user id -> account. They may use the topics their
     /// `allow` filters cover (e.g. `chat/hooks/#`).
@@ -113,12 +121,29 @@ pub struct AuthConfig {
     /// names them). On in the compiled-in defaults so the first run works;
     /// turn it off in production (the server warns while it is on).
     pub demo_users: bool,
+    /// How long, in seconds, a successful argon2 verification is remembered
+    /// (as an HMAC under a key made at start) so that a reconnect does not
+    /// pay for argon2 again. 0: never remembered.
+    pub password_cache_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users: HashMap::new(),
+            services: HashMap::new(),
+            jwt: None,
+            demo_users: false,
+            password_cache_secs: 600,
+        }
+    }
 }
 
 /// A configured non-human account.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceAccount {
+    /// argon2id PHC string or plain text, as for users.
     pub password: String,
     /// Filters this account may publish and subscribe to.
     pub allow: Vec<String>,
@@ -134,13 +159,15 @@ pub struct ServiceAccount {
 pub struct JwtConfig {
     /// Shared secret for HS256.
     pub hs256_secret: Option<String>,
-    /// PEM file with the RSA public key for RS256.
+    /// PEM file with the RSA public key for RS256 (read again every
+    /// `secrets_reload_secs`).
     pub rs256_public_key: Option<PathBuf>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
     /// Required `aud`, if set.
     pub audience: Option<String>,
-    /// Clock skew tolerated on `exp`, seconds.
+    /// Clock skew tolerated on `exp`, seconds: a token is accepted until
+    /// `exp + leeway_secs`, and its connection is closed then.
     pub leeway_secs: u64,
 }
 

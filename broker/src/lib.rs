@@ -9,7 +9,7 @@
 //! - [`transport`]: TCP, TLS and WebSocket byte streams, handshakes with a timeout.
 //! - [`connection`]: one task per client: CONNECT, auth, the socket <-> router loop.
 //! - [`codec`]: framing in front of rumqttd's v4/v5 codecs.
-//! - [`auth`]: static users, service accounts, JWT.
+//! - [`auth`]: static users (argon2id hashes or plain), service accounts, JWT; `reload`: TLS and JWT key files read again when they change.
 //! - [`acl`]: the topic rules and the membership view they read.
 //! - [`metrics`]: Prometheus meters; [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`local_bridge`]: the all-in-one process's bridge on a router link (no MQTT hop).
@@ -27,6 +27,7 @@ pub mod local_bridge;
 pub mod metrics;
 pub mod names;
 pub mod registry;
+mod reload;
 pub mod retain;
 pub mod server;
 pub mod settings;

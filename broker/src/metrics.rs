@@ -28,6 +28,11 @@ pub struct BrokerMetrics {
     pub refused: IntCounterVec,
     /// Failed logins, by reason (`bad_credentials`, `expired`, ...).
     pub auth_failures: IntCounterVec,
+    /// Connections closed because their credential (a JWT) expired.
+    pub credentials_expired: IntCounter,
+    /// TLS certificate or JWT key files read again after a change, by
+    /// `what` (`tls`, `jwt`) and `result` (`ok`, `refused`).
+    pub secret_reloads: IntCounterVec,
     /// Refused PUBLISH/SUBSCRIBE/delivery/will, by action and ACL rule.
     pub acl_denials: IntCounterVec,
     /// PUBLISH packets accepted from clients, and their payload bytes.
@@ -79,6 +84,17 @@ impl BrokerMetrics {
                 "chatmq_auth_failures_total",
                 "Failed logins, by reason",
                 &["reason"],
+            ),
+            credentials_expired: counter(
+                r,
+                "chatmq_credentials_expired_total",
+                "Connections closed because their JWT expired",
+            ),
+            secret_reloads: counter_vec(
+                r,
+                "chatmq_secret_reloads_total",
+                "Changed TLS certificate or JWT key files, by what and whether they were taken",
+                &["what", "result"],
             ),
             acl_denials: counter_vec(
                 r,
@@ -250,8 +266,9 @@ mod tests {
             .inc();
         m.rumqttd_events.with_label_values(&["warn"]).inc();
         m.room_loads.with_label_values(&["missing"]).inc();
+        m.secret_reloads.with_label_values(&["tls", "ok"]).inc();
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert_eq!(names.len(), 18, "{names:?}");
+        assert_eq!(names.len(), 20, "{names:?}");
     }
 
     #[test]

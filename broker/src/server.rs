@@ -8,6 +8,7 @@ use crate::metrics::BrokerMetrics;
 use crate::registry::Registry;
 use crate::retain::{Retained, Verdict};
 use crate::transport::Kind;
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::{LastWill, Packet, PubAck, PubAckReason, Publish};
@@ -104,7 +105,9 @@ pub struct Shared {
     pub authz: Authorizer,
     pub registry: Registry,
     pub router: RouterHandle,
-    pub tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
+    /// The TLS acceptor new connections use, swapped when the certificate
+    /// files change (`crate::reload`); a connection keeps the one it began with.
+    pub tls: Option<Arc<ArcSwap<tokio_rustls::TlsAcceptor>>>,
     /// Flips to true when users are cut off (shutdown): user sessions end,
     /// service sessions (the bridge) go on until the broker is dropped.
     pub shutdown: watch::Receiver<bool>,
@@ -264,9 +267,16 @@ impl Broker {
         metrics: Arc<BrokerMetrics>,
     ) -> Result<Broker, StartError> {
         let tls = match &config.tls {
-            Some(files) => Some(Arc::new(
-                crate::transport::tls_acceptor(&files.cert, &files.key).map_err(StartError::Tls)?,
-            )),
+            Some(files) => {
+                let (acceptor, pem) = crate::transport::tls_acceptor(&files.cert, &files.key)
+                    .map_err(StartError::Tls)?;
+                let watched = crate::reload::Watched::new(
+                    "tls certificate and key",
+                    vec![files.cert.clone(), files.key.clone()],
+                    pem,
+                );
+                Some((Arc::new(ArcSwap::from_pointee(acceptor)), watched))
+            }
             None if listeners.tls.is_some() || listeners.wss.is_some() => {
                 return Err(StartError::Tls(
                     "a TLS listener needs broker.tls.cert and broker.tls.key".into(),
@@ -373,7 +383,7 @@ impl Broker {
             authz,
             registry: Registry::new(reserved),
             router,
-            tls,
+            tls: tls.as_ref().map(|(a, _)| a.clone()),
             shutdown,
             closing,
             metrics,
@@ -386,6 +396,12 @@ impl Broker {
         });
         let mut addrs = HashMap::new();
         let mut tasks = Vec::new();
+        let reload_secs = shared.config.secrets_reload_secs;
+        if reload_secs > 0 {
+            let tls = tls.map(|(a, w)| (w, a));
+            let every = Duration::from_secs(reload_secs);
+            tasks.push(tokio::spawn(crate::reload::run(shared.clone(), tls, every)));
+        }
         for (kind, l) in [
             (Kind::Tcp, listeners.tcp),
             (Kind::Tls, listeners.tls),

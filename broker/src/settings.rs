@@ -189,6 +189,9 @@ mod tests {
         assert_eq!(s.store.backend, Backend::Embedded);
         assert_eq!(s.store.fsync, FsyncPolicy::Always);
         assert_eq!(s.bridge.batch, 512);
+        let (b, d) = (&s.broker, BrokerConfig::default());
+        assert_eq!(b.secrets_reload_secs, d.secrets_reload_secs);
+        assert_eq!(b.auth.password_cache_secs, d.auth.password_cache_secs);
     }
 
     /// The environment variable names are part of the operator interface

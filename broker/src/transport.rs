@@ -49,7 +49,7 @@ impl Kind {
 pub async fn handshake(
     kind: Kind,
     tcp: tokio::net::TcpStream,
-    tls: Option<&Arc<tokio_rustls::TlsAcceptor>>,
+    tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
     max_frame: usize,
 ) -> io::Result<Io> {
     let _ = tcp.set_nodelay(true);
@@ -158,22 +158,32 @@ impl Io {
     }
 }
 
-/// Loads a rustls server config from PEM files.
+/// Loads a rustls server config from PEM files; also returns the files
+/// contents (the reloader compares them with what it reads later).
 pub fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> Result<tokio_rustls::TlsAcceptor, String> {
+) -> Result<(tokio_rustls::TlsAcceptor, Vec<Vec<u8>>), String> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let acceptor = tls_acceptor_from_pem(&cert_pem, &key_pem)
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    Ok((acceptor, vec![cert_pem, key_pem]))
+}
+
+/// A rustls server config from a PEM certificate chain and private key;
+/// refuses a key that does not belong to the certificate.
+pub fn tls_acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
     use tokio_rustls::rustls;
-    let certs = rustls_pemfile::certs(&mut io::BufReader::new(
-        std::fs::File::open(cert).map_err(|e| format!("{}: {e}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut io::BufReader::new(
-        std::fs::File::open(key).map_err(|e| format!("{}: {e}", key.display()))?,
-    ))
-    .map_err(|e| format!("{}: {e}", key.display()))?
-    .ok_or_else(|| format!("{}: no private key", key.display()))?;
+    let certs = rustls_pemfile::certs(&mut &cert[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate".into());
+    }
+    let key = rustls_pemfile::private_key(&mut &key[..])
+        .map_err(|e| format!("private key: {e}"))?
+        .ok_or_else(|| "no private key".to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -70,7 +70,28 @@ pub fn chatmq_bin() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(&cargo)
+        let mut cmd = Command::new(&cargo);
+        // cargo test gives this process the tests crate's CARGO_PKG_*,
+        // CARGO_MANIFEST_DIR... Build scripts watch some of them (ring's
+        // does): inherited, they would make this build and the next plain
+        // `cargo build` rebuild ring and everything above it, in turn.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&*k);
+            }
+        }
+        let out = cmd
             .args(["build", "-p", "broker", "--bin", "chatmq"])
             .current_dir(workspace_root())
             .stdout(Stdio::null())
@@ -97,6 +118,7 @@ pub fn chatmq_bin() -> Result<PathBuf> {
 pub struct TestServerBuilder {
     users: Vec<(String, String)>,
     extra_broker: String,
+    extra_jwt: String,
     extra: String,
     mode: String,
     grace_ms: u64,
@@ -107,6 +129,7 @@ impl Default for TestServerBuilder {
         TestServerBuilder {
             users: USERS.iter().map(|u| (u.to_string(), pw(u))).collect(),
             extra_broker: String::new(),
+            extra_jwt: String::new(),
             extra: String::new(),
             mode: "all".into(),
             grace_ms: 10_000,
@@ -124,6 +147,13 @@ impl TestServerBuilder {
     pub fn broker_toml(mut self, toml: &str) -> Self {
         self.extra_broker.push_str(toml);
         self.extra_broker.push('\n');
+        self
+    }
+    /// Raw TOML lines appended inside `[broker.auth.jwt]` (whose
+    /// `hs256_secret` is `test-secret`).
+    pub fn jwt_toml(mut self, toml: &str) -> Self {
+        self.extra_jwt.push_str(toml);
+        self.extra_jwt.push('\n');
         self
     }
     /// Raw TOML appended at the end of the file (whole sections).
@@ -152,6 +182,7 @@ impl TestServerBuilder {
             s.push_str(&format!("{u} = \"{p}\"\n"));
         }
         s.push_str("\n[broker.auth.jwt]\nhs256_secret = \"test-secret\"\n");
+        s.push_str(&self.extra_jwt);
         s.push_str(
             "\n[broker.auth.services.ext-bridge]\npassword = \"pw-svc\"\nallow = [\"chat/#\"]\n",
         );
@@ -509,6 +540,14 @@ pub async fn client_v4(port: u16, user: &str, password: &str, client_id: &str) -
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(4 << 20, 4 << 20);
     opts.set_clean_session(true);
+    client_v4_with(opts, user).await
+}
+
+/// Connects an MQTT 3.1.1 client with options of the caller's (TLS, a
+/// will...) acting as `user`; fails if the broker refuses the CONNECT.
+pub async fn client_v4_with(opts: rumqttc::MqttOptions, user: &str) -> Result<Client> {
+    let client_id = opts.client_id();
+    let client_id = client_id.as_str();
     let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
     let (tx, rx) = mpsc::unbounded_channel();
     let (ctx, ctl) = mpsc::unbounded_channel();

@@ -1,6 +1,8 @@
 //! `chatmq`: the chat server. `chatmq` (or `chatmq all`) runs broker, bridge
 //! and embedded store in one process; `chatmq broker` and `chatmq bridge`
-//! run them apart; `chatmq generate-config` prints the commented defaults.
+//! run them apart; `chatmq generate-config` prints the commented defaults;
+//! `chatmq hash-password` turns a password on stdin into an argon2id hash
+//! for `broker.auth.users` and service accounts.
 
 use anyhow::Context;
 use broker::acl::Access;
@@ -57,6 +59,9 @@ enum Mode {
     Migrate,
     /// Prints the commented default configuration.
     GenerateConfig,
+    /// Reads a password from stdin (one line) and prints its argon2id hash
+    /// (a PHC string) for `broker.auth.users` or a service account.
+    HashPassword,
 }
 
 fn load(cli: &Cli) -> Result<Settings, String> {
@@ -94,6 +99,16 @@ fn main() {
         print!("{}", settings::DEFAULT_CONFIG);
         return;
     }
+    if cli.mode == Mode::HashPassword {
+        match hash_password() {
+            Ok(phc) => println!("{phc}"),
+            Err(e) => {
+                eprintln!("hash-password: {e}");
+                std::process::exit(64);
+            }
+        }
+        return;
+    }
     let cfg = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -118,6 +133,27 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `chatmq hash-password`: one line of stdin (without its line ending) as
+/// an argon2id PHC string.
+fn hash_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("password (the input is shown; pipe it in to avoid that), then Enter:");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    let pw = line.strip_suffix('\n').unwrap_or(&line);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        return Err("empty password on stdin".into());
+    }
+    broker::auth::hash_password(pw)
 }
 
 /// Logs to stderr filtered by `CHAT_LOG` (default `info,rumqttd=warn`); the
@@ -303,18 +339,29 @@ async fn run(
                 .reserved_client_ids
                 .insert(cfg.bridge.client_id.clone(), cfg.bridge.username.clone());
         }
+        let mut demo = Vec::new();
         if cfg.broker.auth.demo_users {
             tracing::warn!("demo users alice/alice-pw and bob/bob-pw are enabled; set broker.auth.demo_users = false in production");
             for (u, p) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
-                cfg.broker
-                    .auth
-                    .users
-                    .entry(u.to_owned())
-                    .or_insert_with(|| p.to_owned());
+                if !cfg.broker.auth.users.contains_key(u) {
+                    cfg.broker.auth.users.insert(u.to_owned(), p.to_owned());
+                    demo.push(u);
+                }
             }
         }
         let auth = Authenticator::new(&cfg.broker.auth)
             .map_err(|e| anyhow::anyhow!("broker.auth: {e}"))?;
+        let plain: Vec<&str> = auth
+            .plain_text_accounts()
+            .into_iter()
+            .filter(|a| !demo.contains(a))
+            .collect();
+        if !plain.is_empty() {
+            tracing::warn!(
+                accounts = %plain.join(","),
+                "passwords configured in plain text; store argon2id hashes instead (`chatmq hash-password`)"
+            );
+        }
         let listeners = Listeners::bind(&cfg.broker).await?;
         let b = Broker::start(
             cfg.broker.clone(),

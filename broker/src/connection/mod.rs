@@ -33,7 +33,9 @@ enum End {
     Unclean,
     /// The router dropped the link (session taken over inside the router).
     RouterGone,
-    /// Server shutdown or takeover by our registry.
+    /// Server shutdown, takeover by our registry, or the credential expired
+    /// (`MaximumConnectTime`): the will is published, as for any end the
+    /// client did not ask for.
     Stopped(DisconnectReasonCode),
 }
 
@@ -204,7 +206,12 @@ async fn accept(
     let deadline = Instant::now() + Duration::from_millis(limits.connect_timeout_ms);
     let io = timeout_at(
         deadline,
-        transport::handshake(kind, tcp, shared.tls.as_ref(), max_len),
+        transport::handshake(
+            kind,
+            tcp,
+            shared.tls.as_ref().map(|t| t.load_full()),
+            max_len,
+        ),
     )
     .await
     .map_err(|_| "handshake timeout".to_string())
@@ -231,9 +238,16 @@ async fn accept(
 
     // Authenticate.
     let (username, password) = login.map(|l| (l.username, l.password)).unwrap_or_default();
-    let principal = match shared.auth.authenticate(&username, &password) {
-        Ok(p) => p,
-        Err(e) => {
+    // A hashed password waits for a verification slot: not past the deadline.
+    let login = match timeout_at(deadline, shared.auth.authenticate(&username, &password)).await {
+        Ok(Ok(login)) => login,
+        Err(_) => {
+            info!(%username, "login not checked within the connect timeout");
+            refuse("auth_busy");
+            conn.refuse(ConnectReturnCode::ServerUnavailable).await;
+            return Ok(None);
+        }
+        Ok(Err(e)) => {
             let (code, label) = match e {
                 AuthError::Config(_) => (ConnectReturnCode::ServiceUnavailable, "config"),
                 AuthError::Missing => (ConnectReturnCode::BadUserNamePassword, "missing"),
@@ -249,6 +263,7 @@ async fn accept(
             return Ok(None);
         }
     };
+    let principal = login.principal;
     tracing::Span::current().record("user", principal.id());
     if matches!(principal, Principal::User(_)) {
         let mut ready = shared.bridge_ready.clone();
@@ -384,10 +399,20 @@ async fn accept(
             tokens: shared.config.limits.publishes_per_sec as f64 * 2.0,
             refilled: Instant::now(),
             loads: crate::acl::LoadBudget::new(shared.config.limits.room_loads_per_sec.max(1)),
+            expires: login.expires_at.and_then(instant_of),
         },
         keep_alive: connect.keep_alive,
         will,
     }))
+}
+
+/// The monotonic instant of a unix time in seconds; `None` when it is too
+/// far ahead to represent (it never comes).
+fn instant_of(unix_secs: u64) -> Option<Instant> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant::now().checked_add(Duration::from_secs(unix_secs).saturating_sub(now))
 }
 
 fn rand_u64() -> u64 {

@@ -32,6 +32,9 @@ pub(super) struct Session {
     pub(super) refilled: Instant,
     /// Store reads of unknown rooms this connection may still cause.
     pub(super) loads: LoadBudget,
+    /// When the login's credential (a JWT) expires, leeway included: the
+    /// connection is closed then.
+    pub(super) expires: Option<Instant>,
 }
 
 impl Session {
@@ -65,9 +68,19 @@ impl Session {
             tokio::select! {
                 _ = shutdown.changed() => return End::Stopped(DisconnectReasonCode::ServerShuttingDown),
                 _ = stop.notified() => return End::Stopped(DisconnectReasonCode::SessionTakenOver),
-                _ = sleep_until(ka_deadline), if keep_alive > 0 => {
-                    debug!("keep-alive timeout");
-                    return End::Unclean;
+                // One timer for keep-alive and expiry: a second `Sleep`
+                // would be part of every idle session's task.
+                _ = sleep_until(self.wake_at(keep_alive, ka_deadline)), if keep_alive > 0 || self.expires.is_some() => {
+                    let now = Instant::now();
+                    if self.expires.is_some_and(|e| e <= now) {
+                        info!("credentials expired: disconnecting");
+                        self.shared.metrics.credentials_expired.inc();
+                        return End::Stopped(DisconnectReasonCode::MaximumConnectTime);
+                    }
+                    if keep_alive > 0 && ka_deadline <= now {
+                        debug!("keep-alive timeout");
+                        return End::Unclean;
+                    }
                 }
                 r = async {
                     if std::mem::take(&mut pending) {
@@ -158,6 +171,16 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// When the session's one timer fires: the keep-alive deadline (if
+    /// keep-alive is on) or the credential's expiry, whichever comes first.
+    fn wake_at(&self, keep_alive: u16, ka_deadline: Instant) -> Instant {
+        match (keep_alive > 0, self.expires) {
+            (true, Some(e)) => e.min(ka_deadline),
+            (false, Some(e)) => e,
+            _ => ka_deadline,
         }
     }
 
