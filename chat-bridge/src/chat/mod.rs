@@ -21,6 +21,7 @@ use std::time::Instant;
 mod read;
 mod rooms;
 mod send;
+mod target;
 
 /// Told about every membership change, before any reply is published, so the
 /// broker's authorizer is up to date when the client acts on the reply.
