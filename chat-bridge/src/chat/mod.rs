@@ -24,6 +24,7 @@ mod page;
 mod read;
 mod rooms;
 mod send;
+mod target;
 #[cfg(test)]
 mod tests;
 
