@@ -92,7 +92,10 @@ fn tiny_run_fills_every_section() {
     assert_eq!(c["connected"], 20, "{c}");
     // 20 connections are within the allocator's noise: RSS may even shrink
     // (the figure is clamped at 0), so only its presence is checked here.
-    assert!(c["rss_per_conn_kib"].as_f64().is_some_and(|v| v >= 0.0), "{c}");
+    assert!(
+        c["rss_per_conn_kib"].as_f64().is_some_and(|v| v >= 0.0),
+        "{c}"
+    );
     assert!(c["storm"]["caught_up"].as_u64().unwrap() > 0, "{c}");
     assert_eq!(r["targets"].as_array().unwrap().len(), 5);
     assert!(md.contains("| target | goal |"), "{md}");
