@@ -174,16 +174,19 @@ pub fn tls_acceptor(
 /// A rustls server config from a PEM certificate chain and private key;
 /// refuses a key that does not belong to the certificate.
 pub fn tls_acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::{self, PemObject};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls;
-    let certs = rustls_pemfile::certs(&mut &cert[..])
+    let certs = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("certificate: {e}"))?;
     if certs.is_empty() {
         return Err("no certificate".into());
     }
-    let key = rustls_pemfile::private_key(&mut &key[..])
-        .map_err(|e| format!("private key: {e}"))?
-        .ok_or_else(|| "no private key".to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| match e {
+        pem::Error::NoItemsFound => "no private key".to_string(),
+        e => format!("private key: {e}"),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

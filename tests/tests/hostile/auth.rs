@@ -307,7 +307,8 @@ fn make_ca_and_cert(dir: &Path, name: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>
 async fn tls_client(port: u16, ca: &[u8], user: &str, client_id: &str) -> Result<Client> {
     use tokio_rustls::rustls;
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ca[..]) {
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    for c in CertificateDer::pem_slice_iter(ca) {
         roots.add(c?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -23,9 +23,10 @@ pub(super) fn client_config(
     ca: &Path,
     server_name: &str,
 ) -> Result<Arc<rustls::ClientConfig>, StoreError> {
-    let file = std::fs::File::open(ca).map_err(|e| tls_err(format!("{}: {e}", ca.display())))?;
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(ca).map_err(|e| tls_err(format!("{}: {e}", ca.display())))?;
     let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| tls_err(format!("{}: {e}", ca.display())))?;
         roots
             .add(cert)
