@@ -196,3 +196,32 @@ pub fn tls_acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::Tl
         .map_err(|e| e.to_string())?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tls_acceptor_from_pem;
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn pem_files_are_checked_with_clear_errors() {
+        let (cert, key) = pair();
+        assert!(tls_acceptor_from_pem(cert.as_bytes(), key.as_bytes()).is_ok());
+        let err = |c: &str, k: &str| match tls_acceptor_from_pem(c.as_bytes(), k.as_bytes()) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(err("", &key), "no certificate");
+        assert_eq!(err(&key, &key), "no certificate");
+        assert_eq!(err(&cert, ""), "no private key");
+        assert_eq!(err(&cert, &cert), "no private key");
+        // a key that does not belong to the certificate
+        let (_, other_key) = pair();
+        assert!(!err(&cert, &other_key).is_empty());
+    }
+}

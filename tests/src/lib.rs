@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod pki;
+
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use serde_json::json;
 use std::time::Duration;
-use tests::{seq_of, TestServer};
+use tests::{pki, seq_of, TestServer};
 
 /// A broker alone and a bridge alone connected to it (service account
 /// `ext-bridge`); `bridge_toml` is appended inside `[bridge]`.
@@ -112,38 +112,16 @@ fn have(cmd: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_listener_with_mosquitto_clients() -> Result<()> {
-    if !have("mosquitto_pub") || !have("openssl") {
-        eprintln!("SKIPPED tls_listener_with_mosquitto_clients: needs mosquitto_pub and openssl");
+    if !have("mosquitto_pub") {
+        eprintln!("SKIPPED tls_listener_with_mosquitto_clients: needs mosquitto_pub (apt install mosquitto-clients)");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()?;
-    if !ok.status.success() {
-        bail!(
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-    }
+    let made = pki::self_signed_server()?;
+    std::fs::write(&cert, &made.cert_pem)?;
+    std::fs::write(&key, &made.key_pem)?;
     let srv = TestServer::builder()
         .broker_toml(&format!(
             "tls_listen = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}",

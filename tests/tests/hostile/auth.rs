@@ -39,25 +39,6 @@ fn rs256(key: &Path, sub: &str, exp: u64) -> Result<String> {
     )?)
 }
 
-fn openssl(args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .context("running openssl")?;
-    if !out.status.success() {
-        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// Whether the openssl command is there to make keys and certificates.
-fn have_openssl() -> bool {
-    std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Waits until `c`'s connection has ended; the client library's reason.
 async fn closed(c: &mut Client, within: Duration) -> Result<String> {
     let deadline = tokio::time::Instant::now() + within;
@@ -248,61 +229,6 @@ impl Mounted {
     }
 }
 
-/// A CA and a server certificate for 127.0.0.1 it signed: (ca.pem, cert.pem, key.pem).
-fn make_ca_and_cert(dir: &Path, name: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
-    let p = |f: &str| dir.join(format!("{name}-{f}")).display().to_string();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let subj = format!("/CN=test CA {name}");
-    let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subj];
-    args.extend(ec);
-    let (ca_key, ca, key, csr, cert, ext) = (
-        p("ca.key"),
-        p("ca.pem"),
-        p("key.pem"),
-        p("csr.pem"),
-        p("cert.pem"),
-        p("ext.cnf"),
-    );
-    args.extend(["-keyout", &ca_key, "-out", &ca]);
-    openssl(&args)?;
-    let mut args = vec!["req", "-subj", "/CN=localhost"];
-    args.extend(ec);
-    args.extend(["-keyout", &key, "-out", &csr]);
-    openssl(&args)?;
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-extfile",
-        &ext,
-        "-out",
-        &cert,
-    ])?;
-    Ok((
-        std::fs::read(ca)?,
-        std::fs::read(cert)?,
-        std::fs::read(key)?,
-    ))
-}
-
 /// An MQTT 3.1.1 client over TLS that trusts only `ca`.
 async fn tls_client(port: u16, ca: &[u8], user: &str, client_id: &str) -> Result<Client> {
     use tokio_rustls::rustls;
@@ -351,17 +277,16 @@ where
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tls_certificate_is_reloaded_without_dropping_connections() -> Result<()> {
-    if !have_openssl() {
-        eprintln!("SKIPPED the_tls_certificate_is_reloaded: needs the openssl command");
-        return Ok(());
-    }
     let tmp = tempfile::tempdir()?;
-    let (ca_a, cert_a, key_a) = make_ca_and_cert(tmp.path(), "a")?;
-    let (ca_b, cert_b, key_b) = make_ca_and_cert(tmp.path(), "b")?;
+    let (ca_a, ca_b) = (pki::TestCa::new("a")?, pki::TestCa::new("b")?);
+    let (a, b) = (ca_a.server_cert()?, ca_b.server_cert()?);
+    let (ca_a, ca_b) = (ca_a.pem().into_bytes(), ca_b.pem().into_bytes());
+    let (cert_a, key_a) = (a.cert_pem.as_bytes(), a.key_pem.as_bytes());
+    let (cert_b, key_b) = (b.cert_pem.as_bytes(), b.key_pem.as_bytes());
     let secret = tmp.path().join("tls");
     std::fs::create_dir(&secret)?;
     let mut mount = Mounted::new(&secret);
-    mount.publish(&[("tls.crt", &cert_a), ("tls.key", &key_a)])?;
+    mount.publish(&[("tls.crt", cert_a), ("tls.key", key_a)])?;
     let srv = TestServer::builder()
         .broker_toml(&format!(
             "tls_listen = \"127.0.0.1:0\"\nsecrets_reload_secs = 1\ntls = {{ cert = {:?}, key = {:?} }}",
@@ -383,7 +308,7 @@ async fn the_tls_certificate_is_reloaded_without_dropping_connections() -> Resul
         "before the swap the server presents A"
     );
 
-    mount.publish(&[("tls.crt", &cert_b), ("tls.key", &key_b)])?;
+    mount.publish(&[("tls.crt", cert_b), ("tls.key", key_b)])?;
     let mut second = eventually("a TLS connection with certificate B", || {
         tls_client(port, &ca_b, "carol", "carol-tls-2")
     })
@@ -400,7 +325,7 @@ async fn the_tls_certificate_is_reloaded_without_dropping_connections() -> Resul
     first.rpc("rooms.list", json!({})).await?;
 
     // a certificate whose key does not match it: refused, B kept
-    mount.publish(&[("tls.crt", &cert_a), ("tls.key", &key_b)])?;
+    mount.publish(&[("tls.crt", cert_a), ("tls.key", key_b)])?;
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let (_, m) = srv.http_get("/metrics").await?;
@@ -431,28 +356,15 @@ async fn the_tls_certificate_is_reloaded_without_dropping_connections() -> Resul
 /// with an old-key token stays up.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_jwt_key_is_reloaded() -> Result<()> {
-    if !have_openssl() {
-        eprintln!("SKIPPED the_jwt_key_is_reloaded: needs the openssl command");
-        return Ok(());
-    }
     let tmp = tempfile::tempdir()?;
     let mut keys = Vec::new();
     for name in ["a", "b"] {
+        let (private, public) = pki::rsa_key_pair()?;
         let key = tmp.path().join(format!("{name}.key"));
-        let public = tmp.path().join(format!("{name}.pub"));
-        let key_s = key.display().to_string();
-        let public_s = public.display().to_string();
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            &key_s,
-        ])?;
-        openssl(&["pkey", "-pubout", "-in", &key_s, "-out", &public_s])?;
-        keys.push((key, public));
+        let public_path = tmp.path().join(format!("{name}.pub"));
+        std::fs::write(&key, private)?;
+        std::fs::write(&public_path, public)?;
+        keys.push((key, public_path));
     }
     let live = tmp.path().join("jwt.pub.pem");
     std::fs::copy(&keys[0].1, &live)?;
