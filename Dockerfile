@@ -12,7 +12,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p broker --bin chatmq \
+    cargo build --release --locked -p chatmq \
     && install -D -m 0755 target/release/chatmq /out/chatmq
 
 FROM debian:bookworm-slim
@@ -21,7 +21,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/chatmq /usr/local/bin/chatmq
 # The commented default config, so the image runs without a mounted one.
-COPY broker/chatmq.toml /etc/chatmq/chatmq.toml
+COPY chatmq/chatmq.toml /etc/chatmq/chatmq.toml
 RUN install -d -o 65532 -g 65532 /var/lib/chatmq
 USER 65532:65532
 WORKDIR /var/lib/chatmq

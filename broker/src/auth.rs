@@ -431,26 +431,6 @@ mod tests {
         ));
     }
 
-    /// The hashes shown in the generated config are real: "change-me".
-    #[tokio::test]
-    async fn the_generated_configs_hashes_are_change_me() {
-        let hashes: Vec<&str> = crate::settings::DEFAULT_CONFIG
-            .lines()
-            .filter_map(|l| l.split_once("\"$argon2id$"))
-            .map(|(_, rest)| rest.trim_end_matches('"'))
-            .collect();
-        assert_eq!(hashes.len(), 2, "a user's and a service's");
-        for h in hashes {
-            let phc = format!("$argon2id${h}");
-            let a = auth_with(&[("carol", &phc)], 0);
-            assert_eq!(
-                who(&a, "carol", "change-me").await,
-                Ok(Principal::User("carol".into()))
-            );
-            assert!(a.plain_text_accounts().iter().all(|u| *u != "carol"));
-        }
-    }
-
     #[tokio::test]
     async fn a_login_carries_the_tokens_expiry_plus_leeway() {
         let a = auth_with(&[], 7);

@@ -1,21 +1,31 @@
 //! # The broker: the MQTT front of the chat server
 //!
 //! rumqttd 0.20's router does pub/sub, sessions and QoS; everything between
-//! the socket and the router is ours (see ARCHITECTURE.md for why).
+//! the socket and the router is ours (see ARCHITECTURE.md for why). This
+//! crate knows nothing of chat storage: a chat service reaches it as an MQTT
+//! client, or in the same process through a [`link`].
 //!
-//! # Layout
-//! - [`settings`]: every section, layered defaults/files/env; [`config`]: the `[broker]` section.
-//! - [`server`]: starts the router and the listeners; [`server::Shared`] is the per-process state.
-//! - [`transport`]: TCP, TLS and WebSocket byte streams, handshakes with a timeout.
-//! - [`connection`]: one task per client: CONNECT, auth, the socket <-> router loop.
-//! - [`codec`]: framing in front of rumqttd's v4/v5 codecs.
-//! - [`auth`]: static users (argon2id hashes or plain), service accounts, JWT; `reload`: TLS and JWT key files read again when they change.
-//! - [`acl`]: the topic rules and the membership view they read.
-//! - [`metrics`]: Prometheus meters; [`http`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`local_bridge`]: the all-in-one process's bridge on a router link (no MQTT hop).
-//! - [`registry`]: client id -> user binding, per-user counts, session takeover.
-//! - [`retain`]: retain flags stripped in the chat namespace, bounded per user on open topics.
-//! - [`names`]: id syntax.
+//! # Layout (imports go down this table, never up)
+//!
+//! | concern | file |
+//! |---|---|
+//! | start, listeners, accept loops, drain, stop | [`server`] |
+//! | one task per client: CONNECT, login, the socket <-> router loop | `connection/mod.rs`, `connection/session.rs` |
+//! | a trusted in-process service's router link | [`link`] |
+//! | the broker's own router link (presence, wills, access and drain hooks) | `internal.rs` |
+//! | TLS and JWT key files read again when they change | `reload.rs` |
+//! | per-process state every connection shares | `shared.rs` |
+//! | rumqttd's router, links to it, its configuration | `router.rs` |
+//! | TCP, TLS and WebSocket byte streams, handshakes with a timeout | [`transport`] |
+//! | framing in front of rumqttd's v4/v5 codecs | [`codec`] |
+//! | topic rules and the membership view they read | [`acl`] |
+//! | static users (argon2id or plain), service accounts, JWT | [`auth`] |
+//! | client id -> user binding, per-user counts, session takeover | [`registry`] |
+//! | retain flags stripped in the chat namespace, bounded per user | [`retain`] |
+//! | Prometheus meters, rumqttd's warnings as meters | [`metrics`] |
+//! | `/metrics`, `/healthz`, `/readyz` | [`http`] |
+//! | the `[broker]` settings | [`config`] |
+//! | id syntax | [`names`] |
 
 pub mod acl;
 pub mod auth;
@@ -23,14 +33,17 @@ pub mod codec;
 pub mod config;
 mod connection;
 pub mod http;
-pub mod local_bridge;
+mod internal;
+pub mod link;
 pub mod metrics;
 pub mod names;
 pub mod registry;
 mod reload;
 pub mod retain;
+mod router;
 pub mod server;
-pub mod settings;
+mod shared;
 pub mod transport;
 
+pub use router::router_config;
 pub use server::{Broker, Listeners};

@@ -12,7 +12,7 @@
 //! logged once and the previous one kept; it is tried again when the files
 //! change again.
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::Arc;

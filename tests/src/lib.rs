@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, OnceLock};
+use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -43,77 +43,29 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
-        let p = PathBuf::from(d);
-        return if p.is_absolute() {
-            p
-        } else {
-            workspace_root().join(p)
-        };
-    }
-    // The test executable lives in <target>/<profile>/deps/.
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(target) = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .and_then(|d| d.parent())
-        {
-            if target.join("debug").is_dir() {
-                return target.to_path_buf();
-            }
-        }
-    }
-    workspace_root().join("target")
-}
-
-/// Builds `chatmq` once per test process (a no-op when fresh) and returns its path.
+/// The `chatmq` binary under test. Cargo builds it for the `chatmq`
+/// package's integration tests (tests/tests/*.rs) and passes its path in
+/// `CARGO_BIN_EXE_chatmq`; other packages' tests (the benchmark's smoke
+/// test) find it beside their own executable, where `cargo test
+/// --workspace` has built it.
 pub fn chatmq_bin() -> Result<PathBuf> {
-    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(&cargo);
-        // cargo test gives this process the tests crate's CARGO_PKG_*,
-        // CARGO_MANIFEST_DIR... Build scripts watch some of them (ring's
-        // does): inherited, they would make this build and the next plain
-        // `cargo build` rebuild ring and everything above it, in turn.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_MANIFEST_")
-                || k.starts_with("CARGO_BIN_")
-                || matches!(
-                    &*k,
-                    "CARGO_CRATE_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "CARGO_TARGET_TMPDIR"
-                        | "OUT_DIR"
-                )
-            {
-                cmd.env_remove(&*k);
-            }
-        }
-        let out = cmd
-            .args(["build", "-p", "broker", "--bin", "chatmq"])
-            .current_dir(workspace_root())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("running `{cargo} build -p broker --bin chatmq`: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`cargo build -p broker --bin chatmq` failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let bin = target_dir().join("debug").join("chatmq");
-        if !bin.exists() {
-            return Err(format!("built chatmq but {} does not exist", bin.display()));
-        }
-        Ok(bin)
-    })
-    .clone()
-    .map_err(|e| anyhow!(e))
+    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_chatmq") {
+        return Ok(PathBuf::from(p));
+    }
+    // the test executable lives in <target>/<profile>/deps/
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("chatmq"))
+        .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?;
+    if !bin.is_file() {
+        return Err(anyhow!(
+            "{} is not built: run the tests with `cargo test --workspace` (or `cargo build -p chatmq` first)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
 }
 
 /// Builder for a [`TestServer`].
@@ -199,7 +151,7 @@ impl TestServerBuilder {
 
     /// Writes the config, spawns the server, waits for `ready`.
     pub async fn start(self) -> Result<TestServer> {
-        let bin = tokio::task::spawn_blocking(chatmq_bin).await??;
+        let bin = chatmq_bin()?;
         let dir = tempfile::Builder::new().prefix("chatmq-test-").tempdir()?;
         let config_path = dir.path().join("chat.toml");
         std::fs::write(&config_path, self.config())?;

@@ -19,7 +19,7 @@ fn helm_chart_lints_renders_and_validates() {
         return;
     }
     let script = workspace_root().join("tests/helm/check_chart.py");
-    let chatmq = chatmq_bin().expect("building chatmq");
+    let chatmq = chatmq_bin().expect("the chatmq binary");
     let out = Command::new("python3")
         .arg(&script)
         .arg("--chatmq")

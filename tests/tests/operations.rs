@@ -101,7 +101,7 @@ async fn metrics_health_and_readiness() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_config_names_the_key_and_exits_64() -> Result<()> {
-    let bin = tokio::task::spawn_blocking(tests::chatmq_bin).await??;
+    let bin = tests::chatmq_bin()?;
     let dir = tempfile::tempdir()?;
     let out = tokio::process::Command::new(&bin)
         .env("CHAT__BROKER__LIMITS__MAX_CONNECTIONS", "lots")

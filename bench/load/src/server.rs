@@ -141,7 +141,7 @@ impl Server {
     pub fn chatmq(bin: &Path, dir: &Path, fsync: &str) -> Result<Server> {
         if !bin.is_file() {
             bail!(
-                "{} not found: build it first (`cargo build --release -p broker --bin chatmq`) or pass --server-bin",
+                "{} not found: build it first (`cargo build --release -p chatmq`) or pass --server-bin",
                 bin.display()
             );
         }

@@ -6,7 +6,7 @@ use crate::auth::{AuthError, Principal};
 use crate::codec::{self, Version};
 use crate::names::valid_client_id;
 use crate::registry::{Claim, ClaimError, ClaimLimits};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::transport::{self, Io, Kind};
 use bytes::BytesMut;
 use rumqttd::local::{LinkRx, LinkTx};

@@ -6,7 +6,8 @@ use crate::acl::{Decision, Ensured, LoadBudget};
 use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
 use crate::retain::Verdict;
-use crate::server::{forward_pkid, send_all, Shared};
+use crate::router::{forward_pkid, send_all};
+use crate::shared::Shared;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{

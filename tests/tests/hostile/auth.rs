@@ -133,7 +133,7 @@ async fn an_expired_jwt_loses_its_connection() -> Result<()> {
 
 /// `chatmq hash-password`: the password on stdin, the PHC string on stdout.
 async fn hash_password(password: &str) -> Result<String> {
-    let bin = tokio::task::spawn_blocking(chatmq_bin).await??;
+    let bin = chatmq_bin()?;
     let mut child = tokio::process::Command::new(bin)
         .arg("hash-password")
         .stdin(std::process::Stdio::piped())

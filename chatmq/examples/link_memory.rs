@@ -10,7 +10,7 @@
 //! per-connection cost.
 //!
 //! ```sh
-//! cargo run --release -p broker --example link_memory -- 10000
+//! cargo run --release --example link_memory -- 10000
 //! ```
 
 use rumqttd::local::LinkBuilder;
@@ -37,10 +37,10 @@ fn main() -> Result<(), String> {
         Some(a) => a.parse().map_err(|e| format!("links: {e}"))?,
         None => 10_000,
     };
-    let settings = broker::settings::load(&[], std::iter::empty())?;
+    let settings = chatmq::settings::load(&[], std::iter::empty())?;
     let mut cfg = settings.broker;
     cfg.limits.max_connections = cfg.limits.max_connections.max(n + 16);
-    let router_tx = rumqttd::Router::new(0, broker::server::router_config(&cfg)).spawn();
+    let router_tx = rumqttd::Router::new(0, broker::router_config(&cfg)).spawn();
     std::thread::sleep(Duration::from_millis(200));
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -10,7 +10,7 @@
 //!
 //! An invalid value is reported with the dotted key it belongs to.
 
-use crate::config::BrokerConfig;
+use broker::config::BrokerConfig;
 use chat_bridge::bridge::BridgeConfig;
 use chat_bridge::store::embedded::FsyncPolicy;
 use chat_bridge::store::scylla::ScyllaConfig;
@@ -35,10 +35,36 @@ pub struct Settings {
     pub server: ServerSettings,
 }
 
+/// What one process runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Broker, bridge and store in one process; the bridge on an in-process
+    /// router link.
+    #[default]
+    All,
+    /// The MQTT broker alone; its bridge runs apart and tells it about
+    /// memberships through `{prefix}/hooks/access`.
+    Broker,
+    /// The bridge alone: an MQTT client of `bridge.broker`, and the store.
+    Bridge,
+}
+
+impl Role {
+    pub fn runs_broker(self) -> bool {
+        matches!(self, Role::All | Role::Broker)
+    }
+    pub fn runs_bridge(self) -> bool {
+        matches!(self, Role::All | Role::Bridge)
+    }
+}
+
 /// `[server]`: the process around broker and bridge.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
+    /// What this process runs (`chatmq all|broker|bridge` overrides it).
+    pub role: Role,
     /// `/metrics`, `/healthz`, `/readyz`. `None` disables the endpoint.
     pub http: Option<SocketAddr>,
     /// Longest time a graceful shutdown (SIGTERM/SIGINT) may take.
@@ -48,6 +74,7 @@ pub struct ServerSettings {
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
+            role: Role::All,
             http: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
             grace_period_ms: 20_000,
         }
@@ -186,6 +213,7 @@ mod tests {
         assert_eq!(s.broker.prefix, "chat");
         assert_eq!(s.server.http, ServerSettings::default().http);
         assert_eq!(s.server.grace_period_ms, 20_000);
+        assert_eq!(s.server.role, Role::All);
         assert_eq!(s.store.backend, Backend::Embedded);
         assert_eq!(s.store.fsync, FsyncPolicy::Always);
         assert_eq!(s.bridge.batch, 512);
@@ -376,6 +404,47 @@ mod tests {
         for good in ["chat", "talk", "my_chat-2"] {
             let s = load(&[], env(&[("CHAT__BROKER__PREFIX", good)])).expect("a valid prefix");
             assert_eq!(s.broker.prefix, good);
+        }
+    }
+
+    /// The hashes shown in the generated config are real: "change-me", for a
+    /// user's login and a service account's.
+    #[tokio::test]
+    async fn the_generated_configs_hashes_are_change_me() {
+        use broker::auth::{Authenticator, Principal};
+        use broker::config::{AuthConfig, ServiceAccount};
+        let hashes: Vec<&str> = DEFAULT_CONFIG
+            .lines()
+            .filter_map(|l| l.split_once("\"$argon2id$"))
+            .map(|(_, rest)| rest.trim_end_matches('"'))
+            .collect();
+        assert_eq!(hashes.len(), 2, "a user's and a service's");
+        for h in hashes {
+            let phc = format!("$argon2id${h}");
+            let mut cfg = AuthConfig::default();
+            cfg.users.insert("carol".into(), phc.clone());
+            cfg.services.insert(
+                "svc".into(),
+                ServiceAccount {
+                    password: phc,
+                    allow: vec!["chat/#".into()],
+                    client_ids: Vec::new(),
+                },
+            );
+            let a = Authenticator::new(&cfg).expect("the hashes parse");
+            let carol = a
+                .authenticate("carol", "change-me")
+                .await
+                .map(|l| l.principal);
+            assert_eq!(carol, Ok(Principal::User("carol".into())));
+            let svc = a
+                .authenticate("svc", "change-me")
+                .await
+                .map(|l| l.principal);
+            assert!(matches!(svc, Ok(Principal::Service { .. })), "{svc:?}");
+            let wrong = a.authenticate("carol", "change-it").await;
+            assert!(wrong.is_err(), "a wrong password is refused");
+            assert!(a.plain_text_accounts().is_empty());
         }
     }
 }

@@ -1,0 +1,125 @@
+//! The per-process state every connection task shares.
+
+use crate::acl::Authorizer;
+use crate::auth::{Authenticator, Principal};
+use crate::config::BrokerConfig;
+use crate::metrics::BrokerMetrics;
+use crate::registry::Registry;
+use crate::retain::{Retained, Verdict};
+use crate::router::RouterHandle;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use rumqttd::protocol::{LastWill, Packet, Publish};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// State shared by all connection tasks.
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    pub(crate) auth: Authenticator,
+    pub(crate) authz: Authorizer,
+    pub(crate) registry: Registry,
+    pub(crate) router: RouterHandle,
+    /// The TLS acceptor new connections use, swapped when the certificate
+    /// files change (`crate::reload`); a connection keeps the one it began with.
+    pub(crate) tls: Option<Arc<ArcSwap<tokio_rustls::TlsAcceptor>>>,
+    /// Flips to true when users are cut off (shutdown): user sessions end,
+    /// service sessions (the bridge) go on until the broker is dropped.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Flips to true when the broker is dropped: every session ends.
+    pub(crate) closing: watch::Receiver<bool>,
+    pub(crate) metrics: Arc<BrokerMetrics>,
+    /// User sessions past CONNACK, not yet ended.
+    pub(crate) live_users: std::sync::atomic::AtomicUsize,
+    /// False until the in-process bridge has subscribed: users are held at
+    /// CONNECT until then, so no send or request is published before anyone
+    /// listens (rumqttd drops messages that match no subscription).
+    pub(crate) bridge_ready: watch::Receiver<bool>,
+    /// Who holds which retained message on open topics.
+    pub(crate) retained: Retained,
+    /// Packets for the broker's own router link (presence, wills, the drain
+    /// nonce, acks of what it receives), written by one task in order.
+    pub(crate) internal: tokio::sync::mpsc::Sender<Packet>,
+    pub(crate) connect_rate: Mutex<HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+    /// The last nonce the bridge answered on `{prefix}/hooks/drained`.
+    pub(crate) drained: watch::Receiver<bytes::Bytes>,
+}
+
+impl Shared {
+    /// Publishes the retained presence of a user who came online or went offline.
+    pub(crate) fn presence(&self, user: &str, online: bool) {
+        let topic = format!("{}/presence/{user}", self.config.prefix);
+        let payload = serde_json::json!({ "online": online, "ts": now_ms() }).to_string();
+        self.internal_publish(Publish::new(topic.into_bytes(), payload.into_bytes(), true));
+    }
+
+    /// Publishes the will of `who`'s connection, under the same retain
+    /// policy as a publish of theirs (a refused one is dropped).
+    pub(crate) fn publish_will(&self, will: LastWill, who: &Principal) {
+        let topic = std::str::from_utf8(&will.topic).unwrap_or("");
+        let mut retain = will.retain;
+        match self.retain_policy(who, topic, retain, will.message.len()) {
+            Verdict::Pass => {}
+            Verdict::Strip => retain = false,
+            Verdict::Refuse => {
+                info!(topic = %topic.escape_debug(), "retained will refused");
+                return;
+            }
+        }
+        self.internal_publish(Publish::new(will.topic, will.message, retain));
+    }
+
+    /// The retain policy ([`crate::retain`]) for a publish of `who` that
+    /// passed the ACL, counted in the metrics.
+    pub(crate) fn retain_policy(
+        &self,
+        who: &Principal,
+        topic: &str,
+        retain: bool,
+        len: usize,
+    ) -> Verdict {
+        let in_ns = self.authz.in_namespace(topic);
+        let (v, held) = self.retained.check(who, topic, in_ns, retain, len);
+        let m = &self.metrics;
+        m.retained_messages.set(held as i64);
+        match v {
+            Verdict::Strip => m.retain_stripped.inc(),
+            Verdict::Refuse => m.retained_refused.inc(),
+            Verdict::Pass => {}
+        }
+        v
+    }
+
+    pub(crate) fn internal_publish(&self, publish: Publish) {
+        if let Err(e) = self.internal.try_send(Packet::Publish(publish, None)) {
+            warn!(error = %e, "internal publish dropped");
+        }
+    }
+
+    /// Per-source connection rate (token bucket, burst 2x).
+    pub(crate) fn admit(&self, ip: std::net::IpAddr) -> bool {
+        let rate = self.config.limits.connects_per_sec_per_ip.max(1) as f64;
+        let now = std::time::Instant::now();
+        let mut g = self.connect_rate.lock();
+        if g.len() > 100_000 {
+            g.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 10);
+        }
+        let (tokens, last) = g.entry(ip).or_insert((rate * 2.0, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate * 2.0);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
