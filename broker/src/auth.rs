@@ -239,7 +239,9 @@ impl Jwt {
         let hs = cfg
             .hs256_secret
             .as_ref()
-            .map(|s| DecodingKey::from_secret(s.as_bytes()));
+            .map(|s| DecodingKey::from_secret(s.as_bytes()))
+            .transpose()
+            .map_err(|e| AuthError::Config(format!("hs256_secret: {e}")))?;
         let (rs, rs_pem) = match &cfg.rs256_public_key {
             Some(path) => {
                 let pem = std::fs::read(path)
@@ -362,7 +364,7 @@ mod tests {
         encode(
             &Header::default(),
             &C { sub, exp },
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(b"s3cret").expect("key"),
         )
         .expect("enc")
     }
@@ -483,7 +485,7 @@ mod tests {
                 sub: "bob",
                 exp: now() + 60,
             },
-            &EncodingKey::from_secret(b"x"),
+            &EncodingKey::from_secret(b"x").expect("key"),
         )
         .expect("enc");
         assert!(who(&a, "", &wrong).await.is_err());
@@ -532,7 +534,7 @@ mod tests {
                 sub: "dana",
                 exp: now() + 60,
             },
-            &EncodingKey::from_secret(b"x"),
+            &EncodingKey::from_secret(b"x").expect("key"),
         )
         .expect("enc");
         assert!(who(&a, "", &hs).await.is_err());

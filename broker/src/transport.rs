@@ -152,7 +152,7 @@ impl Io {
                 let _ = s.shutdown().await;
             }
             Io::Ws(ws) => {
-                let _ = SinkExt::close(ws).await;
+                let _ = SinkExt::close(&mut **ws).await;
             }
         }
     }
@@ -187,7 +187,7 @@ pub fn tls_acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::Tl
         pem::Error::NoItemsFound => "no private key".to_string(),
         e => format!("private key: {e}"),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -20,11 +20,11 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn chatmq(port: u16, secret: &str) -> Self {
-        Target {
+    pub fn chatmq(port: u16, secret: &str) -> anyhow::Result<Self> {
+        Ok(Target {
             port,
-            key: Some(jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())),
-        }
+            key: Some(jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?),
+        })
     }
 
     pub fn anonymous(port: u16) -> Self {

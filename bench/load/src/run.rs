@@ -96,7 +96,7 @@ async fn chatmq_load(
     p: &LoadParams,
 ) -> Result<crate::report::LoadResult> {
     let mut server = Server::chatmq(&s.server_bin, &s.work.join(dir), fsync)?;
-    let target = Target::chatmq(server.port, JWT_SECRET);
+    let target = Target::chatmq(server.port, JWT_SECRET)?;
     let mut res = load::run(name, &target, server.pid(), path, p).await?;
     server.check_alive()?;
     res.server_log = server.log_problems();
@@ -187,7 +187,7 @@ async fn stored_scenarios(s: &Settings, sections: Sections, r: &mut Report) -> R
         .await
         .context("pre-filling the store")?;
     let mut server = Server::chatmq(&s.server_bin, &dir, &s.fsync)?;
-    let target = Target::chatmq(server.port, JWT_SECRET);
+    let target = Target::chatmq(server.port, JWT_SECRET)?;
     if sections.history {
         match history::run(&target, &s.prefill, &filled, s.history_requests).await {
             Ok(h) => r.history = Some(h),

@@ -20,8 +20,8 @@ use super::AuthError;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::PasswordVerifier;
 use argon2::{Algorithm, Argon2, Params};
+use aws_lc_rs::hmac;
 use parking_lot::Mutex;
-use ring::hmac;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ pub(super) fn verifiers() -> usize {
 
 impl Passwords {
     pub(super) fn new(cache_secs: u64) -> Result<Self, AuthError> {
-        let rng = ring::rand::SystemRandom::new();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
             .map_err(|_| AuthError::Config("no system randomness".into()))?;
         Ok(Passwords {

@@ -7,7 +7,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use tests::*;
 
@@ -24,7 +23,7 @@ fn hs256(sub: &str, exp: u64) -> Result<String> {
     Ok(jsonwebtoken::encode(
         &Header::default(),
         &claims,
-        &EncodingKey::from_secret(b"test-secret"),
+        &EncodingKey::from_secret(b"test-secret")?,
     )?)
 }
 
@@ -229,25 +228,17 @@ impl Mounted {
     }
 }
 
-/// An MQTT 3.1.1 client over TLS that trusts only `ca`.
+/// An MQTT 3.1.1 client (rumqttc) over TLS that trusts only `ca`: a
+/// [`pki::TlsFront`] of its own carries the connection, so the TLS client is
+/// rustls on the process's one crypto provider.
 async fn tls_client(port: u16, ca: &[u8], user: &str, client_id: &str) -> Result<Client> {
-    use tokio_rustls::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::{pem::PemObject, CertificateDer};
-    for c in CertificateDer::pem_slice_iter(ca) {
-        roots.add(c?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let front = pki::TlsFront::start(port, ca).await?;
+    let port = front.port();
     let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
     opts.set_credentials(user, pw(user));
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_transport(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
-    ));
+    // dropping the front stops its accept loop; the connection carried
+    // already runs on in a task of its own
     client_v4_with(opts, user).await
 }
 

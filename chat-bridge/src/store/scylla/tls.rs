@@ -1,4 +1,4 @@
-//! TLS to the nodes: rustls with the ring provider (the broker's provider;
+//! TLS to the nodes: rustls with the aws-lc-rs provider (the process's one;
 //! passed explicitly, so the process never depends on a default provider).
 
 use crate::store::StoreError;
@@ -35,7 +35,7 @@ pub(super) fn client_config(
     if roots.is_empty() {
         return Err(tls_err(format!("{}: no certificate", ca.display())));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(e.to_string()))?;
