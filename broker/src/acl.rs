@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod misses;
-pub use misses::LoadBudget;
+pub use crate::rate::LoadBudget;
 
 /// Outcome of a check; `Deny` names the rule for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,7 @@ impl Access {
     /// starts empty and learns rooms on first use). A store read costs one
     /// load of `budget` (the connection's); a room the store does not have
     /// is remembered for a while, so naming it again costs nothing.
-    pub async fn ensure(&self, room: &str, budget: &mut LoadBudget, rate: u32) -> Ensured {
+    pub async fn ensure(&self, room: &str, budget: &mut LoadBudget) -> Ensured {
         {
             let g = self.inner.read();
             if g.loaded.contains(room) {
@@ -112,7 +112,7 @@ impl Access {
         let Some(loader) = self.loader.read().clone() else {
             return Ensured::Known;
         };
-        if !budget.take(rate) {
+        if !budget.take() {
             return Ensured::Throttled;
         }
         match loader(room.to_owned()).await {
@@ -545,16 +545,13 @@ mod tests {
         access.set_loader(loader);
         let mut budget = LoadBudget::new(100);
         let calls = || calls.load(std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(access.ensure("r1", &mut budget, 100).await, Ensured::Found);
-        assert_eq!(access.ensure("r1", &mut budget, 100).await, Ensured::Known);
+        assert_eq!(access.ensure("r1", &mut budget).await, Ensured::Found);
+        assert_eq!(access.ensure("r1", &mut budget).await, Ensured::Known);
         assert!(access.is_member("r1", "alice"));
-        assert_eq!(
-            access.ensure("nope", &mut budget, 100).await,
-            Ensured::Missing
-        );
+        assert_eq!(access.ensure("nope", &mut budget).await, Ensured::Missing);
         for _ in 0..50 {
             assert_eq!(
-                access.ensure("nope", &mut budget, 100).await,
+                access.ensure("nope", &mut budget).await,
                 Ensured::CachedMiss
             );
         }
@@ -564,28 +561,19 @@ mod tests {
         access.set_member("nope", "bob", true);
         assert!(access.is_member("nope", "bob"), "usable at once");
         assert_ne!(
-            access.ensure("nope", &mut budget, 100).await,
+            access.ensure("nope", &mut budget).await,
             Ensured::CachedMiss
         );
-        assert_eq!(
-            access.ensure("chan", &mut budget, 100).await,
-            Ensured::Missing
-        );
+        assert_eq!(access.ensure("chan", &mut budget).await, Ensured::Missing);
         access.set_open("chan", true);
         assert!(access.can_read("chan", "anyone"));
         assert_ne!(
-            access.ensure("chan", &mut budget, 100).await,
+            access.ensure("chan", &mut budget).await,
             Ensured::CachedMiss
         );
         // a failed read is not remembered
-        assert_eq!(
-            access.ensure("broken", &mut budget, 100).await,
-            Ensured::Failed
-        );
-        assert_eq!(
-            access.ensure("broken", &mut budget, 100).await,
-            Ensured::Failed
-        );
+        assert_eq!(access.ensure("broken", &mut budget).await, Ensured::Failed);
+        assert_eq!(access.ensure("broken", &mut budget).await, Ensured::Failed);
     }
 
     #[tokio::test]
@@ -596,7 +584,7 @@ mod tests {
         let mut hostile = LoadBudget::new(1);
         let mut outcomes = Vec::new();
         for i in 0..20 {
-            outcomes.push(access.ensure(&format!("ghost-{i}"), &mut hostile, 1).await);
+            outcomes.push(access.ensure(&format!("ghost-{i}"), &mut hostile).await);
         }
         let made = outcomes.iter().filter(|o| **o == Ensured::Missing).count();
         // a burst of 2 (and a third if the test took over a second)
@@ -604,10 +592,7 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), made);
         // another connection's budget is its own
         let mut other = LoadBudget::new(1);
-        assert_eq!(
-            access.ensure("ghost-x", &mut other, 1).await,
-            Ensured::Missing
-        );
+        assert_eq!(access.ensure("ghost-x", &mut other).await, Ensured::Missing);
     }
 
     #[tokio::test]
@@ -615,7 +600,7 @@ mod tests {
         let access = Access::new();
         let mut budget = LoadBudget::new(1);
         for _ in 0..5 {
-            assert_eq!(access.ensure("r", &mut budget, 1).await, Ensured::Known);
+            assert_eq!(access.ensure("r", &mut budget).await, Ensured::Known);
         }
     }
 

@@ -126,14 +126,11 @@ mod tests {
         let loader: Loader = Arc::new(|_room: String| Box::pin(async { Ok(None) }));
         access.set_loader(loader);
         let mut budget = LoadBudget::new(10);
-        assert_eq!(access.ensure("r9", &mut budget, 10).await, Ensured::Missing);
-        assert_eq!(
-            access.ensure("r9", &mut budget, 10).await,
-            Ensured::CachedMiss
-        );
+        assert_eq!(access.ensure("r9", &mut budget).await, Ensured::Missing);
+        assert_eq!(access.ensure("r9", &mut budget).await, Ensured::CachedMiss);
         apply_access_hook(&access, br#"{"room":"r9","user":"bob","joined":true}"#);
         assert!(access.is_member("r9", "bob"));
-        assert_eq!(access.ensure("r9", &mut budget, 10).await, Ensured::Missing);
+        assert_eq!(access.ensure("r9", &mut budget).await, Ensured::Missing);
         apply_access_hook(&access, br#"{"room":"r9","open":true}"#);
         assert!(access.can_read("r9", "anyone"));
     }

@@ -37,6 +37,7 @@ mod internal;
 pub mod link;
 pub mod metrics;
 pub mod names;
+mod rate;
 pub mod registry;
 mod reload;
 pub mod retain;

@@ -6,12 +6,12 @@ use crate::auth::{AuthError, Authenticator};
 use crate::config::BrokerConfig;
 use crate::link::{LinkReceiver, LinkSender};
 use crate::metrics::BrokerMetrics;
+use crate::rate::ConnectRate;
 use crate::registry::Registry;
 use crate::retain::Retained;
 use crate::shared::{now_ms, Shared};
 use crate::transport::Kind;
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
 use rumqttd::protocol::Publish;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -133,6 +133,7 @@ impl Broker {
         );
         let retained = Retained::new(limits.retained_per_user, limits.retained_bytes_per_user);
         let authz = Authorizer::new(&config.prefix, config.open_topics, access);
+        let connect_rate = ConnectRate::new(limits.connects_per_sec_per_ip);
         let shared = Arc::new(Shared {
             config,
             auth,
@@ -147,12 +148,19 @@ impl Broker {
             bridge_ready,
             retained,
             internal: internal.outbox,
-            connect_rate: Mutex::new(HashMap::new()),
+            connect_rate,
             drained: internal.drained,
         });
         let mut addrs = HashMap::new();
         let mut tasks = Vec::new();
         let reload_secs = shared.config.secrets_reload_secs;
+        let idle = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                idle.connect_rate.forget_idle();
+            }
+        }));
         if reload_secs > 0 {
             let tls = tls.map(|(a, w)| (w, a));
             let every = Duration::from_secs(reload_secs);
@@ -254,7 +262,7 @@ async fn accept_loop(shared: Arc<Shared>, kind: Kind, listener: TcpListener) {
                     .opened
                     .with_label_values(&[kind.name()])
                     .inc();
-                if !shared.admit(peer.ip()) {
+                if !shared.connect_rate.admit(peer.ip()) {
                     info!(%peer, "connection rate exceeded");
                     shared
                         .metrics

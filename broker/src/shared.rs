@@ -4,13 +4,12 @@ use crate::acl::Authorizer;
 use crate::auth::{Authenticator, Principal};
 use crate::config::BrokerConfig;
 use crate::metrics::BrokerMetrics;
+use crate::rate::ConnectRate;
 use crate::registry::Registry;
 use crate::retain::{Retained, Verdict};
 use crate::router::RouterHandle;
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
 use rumqttd::protocol::{LastWill, Packet, Publish};
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -42,7 +41,8 @@ pub(crate) struct Shared {
     /// Packets for the broker's own router link (presence, wills, the drain
     /// nonce, acks of what it receives), written by one task in order.
     pub(crate) internal: tokio::sync::mpsc::Sender<Packet>,
-    pub(crate) connect_rate: Mutex<HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+    /// New connections per source address (`broker.limits.connects_per_sec_per_ip`).
+    pub(crate) connect_rate: ConnectRate,
     /// The last nonce the bridge answered on `{prefix}/hooks/drained`.
     pub(crate) drained: watch::Receiver<bytes::Bytes>,
 }
@@ -96,24 +96,6 @@ impl Shared {
         if let Err(e) = self.internal.try_send(Packet::Publish(publish, None)) {
             warn!(error = %e, "internal publish dropped");
         }
-    }
-
-    /// Per-source connection rate (token bucket, burst 2x).
-    pub(crate) fn admit(&self, ip: std::net::IpAddr) -> bool {
-        let rate = self.config.limits.connects_per_sec_per_ip.max(1) as f64;
-        let now = std::time::Instant::now();
-        let mut g = self.connect_rate.lock();
-        if g.len() > 100_000 {
-            g.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 10);
-        }
-        let (tokens, last) = g.entry(ip).or_insert((rate * 2.0, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate * 2.0);
-        *last = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
     }
 }
 

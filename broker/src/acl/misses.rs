@@ -1,6 +1,6 @@
-//! What bounds the store reads a client can cause by naming rooms: rooms
-//! remembered as missing ([`Misses`]) and each connection's budget of
-//! loads ([`LoadBudget`]).
+//! Rooms remembered as missing ([`Misses`]): with each connection's budget
+//! of loads (`crate::rate::LoadBudget`), what bounds the store reads a
+//! client can cause by naming rooms.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -91,41 +91,6 @@ impl Misses {
     }
 }
 
-/// A connection's budget of room loads: a token bucket, `rate` per second
-/// with a burst of twice that.
-#[derive(Debug)]
-pub struct LoadBudget {
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl LoadBudget {
-    /// A full bucket for `rate` loads per second.
-    pub fn new(rate: u32) -> Self {
-        LoadBudget {
-            tokens: rate as f64 * 2.0,
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Takes one load if the bucket has one.
-    pub fn take(&mut self, rate: u32) -> bool {
-        self.take_at(rate, Instant::now())
-    }
-
-    fn take_at(&mut self, rate: u32, now: Instant) -> bool {
-        let rate = rate as f64;
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate * 2.0);
-        self.refilled = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,16 +141,5 @@ mod tests {
         let mut m = Misses::new(0, Duration::from_secs(60));
         m.insert("a", Instant::now());
         assert!(!m.contains("a", Instant::now()));
-    }
-
-    #[test]
-    fn the_budget_allows_a_burst_then_the_rate() {
-        let mut b = LoadBudget::new(2);
-        let t0 = b.refilled;
-        let taken = (0..10).filter(|_| b.take_at(2, t0)).count();
-        assert_eq!(taken, 4, "burst of 2x the rate");
-        let later = t0 + Duration::from_millis(500);
-        assert!(b.take_at(2, later), "one more after half a second");
-        assert!(!b.take_at(2, later));
     }
 }

@@ -5,6 +5,7 @@ use super::{Conn, End};
 use crate::acl::{Decision, Ensured, LoadBudget};
 use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
+use crate::rate::Throttle;
 use crate::retain::Verdict;
 use crate::router::{forward_pkid, send_all};
 use crate::shared::Shared;
@@ -29,8 +30,8 @@ pub(super) struct Session {
     /// SUBSCRIBEs partly refused by us: pkid -> our codes (None = the router's).
     pub(super) pending_subs: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     pub(super) client_max: Option<usize>,
-    pub(super) tokens: f64,
-    pub(super) refilled: Instant,
+    /// Publishes per second (`broker.limits.publishes_per_sec`).
+    pub(super) publishes: Throttle,
     /// Store reads of unknown rooms this connection may still cause.
     pub(super) loads: LoadBudget,
     /// When the login's credential (a JWT) expires, leeway included: the
@@ -363,12 +364,11 @@ impl Session {
     /// Loads a room the packet names, if the broker does not know it yet,
     /// within this connection's load budget; counted in the metrics.
     async fn ensure(&mut self, room: &str) {
-        let rate = self.shared.config.limits.room_loads_per_sec.max(1);
         let got = self
             .shared
             .authz
             .access()
-            .ensure(room, &mut self.loads, rate)
+            .ensure(room, &mut self.loads)
             .await;
         let m = &self.shared.metrics;
         match got {
@@ -384,23 +384,12 @@ impl Session {
         }
     }
 
-    /// Token bucket on publishes: an over-eager client is slowed, not cut off.
+    /// Rate of publishes: an over-eager client is slowed, not cut off.
     async fn throttle(&mut self) {
         if matches!(self.principal, Principal::Service { .. }) {
             return;
         }
-        let rate = self.shared.config.limits.publishes_per_sec.max(1) as f64;
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate * 2.0);
-        self.refilled = now;
-        if self.tokens < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - self.tokens) / rate);
-            tokio::time::sleep(wait).await;
-            self.tokens = 1.0;
-            self.refilled = Instant::now();
-        }
-        self.tokens -= 1.0;
+        self.publishes.wait().await;
     }
 }
 

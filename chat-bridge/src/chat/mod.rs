@@ -12,15 +12,14 @@ use crate::metrics::BridgeMetrics;
 use crate::store::{MarkerKind, Member, MemberState, RoomInfo, RoomKind, Store, StoredEvent};
 use crate::wire::{self, Code, Refusal};
 use bytes::Bytes;
-use parking_lot::Mutex;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 mod create;
 mod direct;
 mod page;
+mod rate;
 mod read;
 mod rooms;
 mod send;
@@ -68,7 +67,7 @@ struct ReplyTo {
 }
 
 /// Per-user, per-room send rate limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct SendLimits {
     pub per_sec: f64,
     pub burst: f64,
@@ -83,20 +82,15 @@ impl Default for SendLimits {
     }
 }
 
-/// A send rate bucket: tokens left, last refill.
-type Bucket = (f64, Instant);
-
 /// The service. Cheap to share behind an `Arc`.
 pub struct Chat {
     store: Arc<dyn Store>,
     prefix: String,
     sink: Arc<dyn AccessSink>,
-    limits: SendLimits,
     /// Size and page limits.
     sizes: wire::Limits,
-    /// Send rate buckets: user -> room -> (tokens, last refill). A std
-    /// mutex: never held across an await.
-    buckets: Mutex<HashMap<String, HashMap<String, Bucket>>>,
+    /// Sends per user per room.
+    send_rate: rate::SendRate,
     counter: std::sync::atomic::AtomicU64,
     metrics: Arc<BridgeMetrics>,
 }
@@ -123,9 +117,8 @@ impl Chat {
             store,
             prefix: prefix.trim_end_matches('/').to_owned(),
             sink,
-            limits,
             sizes: wire::Limits::default(),
-            buckets: Mutex::new(HashMap::new()),
+            send_rate: rate::SendRate::new(limits),
             counter: Default::default(),
             metrics: BridgeMetrics::unregistered(),
         }

@@ -8,7 +8,6 @@ use crate::wire::{self, opt_str, opt_u64, Code, Refusal};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::time::Instant;
 
 /// The room and members a batch of sends to one room has read: sends do not
 /// change membership, so each is read once per batch, not once per send.
@@ -293,7 +292,7 @@ impl Chat {
                 ))
             }
         }
-        if !self.take_token(user, room) {
+        if !self.send_rate.take(user, room) {
             return Err(Refusal::new(
                 Code::RateLimited,
                 "too many messages, slow down",
@@ -318,37 +317,5 @@ impl Chat {
             member: None,
             redacts: target.filter(|_| kind == "delete"),
         })
-    }
-
-    pub(super) fn take_token(&self, user: &str, room: &str) -> bool {
-        let now = Instant::now();
-        let mut g = self.buckets.lock();
-        if g.len() > 200_000 {
-            g.retain(|_, rooms| {
-                rooms.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
-                !rooms.is_empty()
-            });
-        }
-        // looked up by reference: keys are only allocated on a first send
-        if !g.contains_key(user) {
-            g.insert(user.to_owned(), HashMap::new());
-        }
-        let Some(rooms) = g.get_mut(user) else {
-            return false;
-        };
-        if !rooms.contains_key(room) {
-            rooms.insert(room.to_owned(), (self.limits.burst, now));
-        }
-        let Some((tokens, last)) = rooms.get_mut(room) else {
-            return false;
-        };
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.limits.per_sec)
-            .min(self.limits.burst);
-        *last = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
     }
 }
