@@ -2,19 +2,23 @@
 //! (liveness: the process answers) and `/readyz` (readiness: every
 //! registered check passes, and the server is not shutting down).
 //!
-//! A deliberately small HTTP/1.1 server: GET only, one request per
-//! connection, bounded request size and time. Probes and scrapers need no more.
+//! On axum (the version rumqttd already builds), so later endpoints (a web
+//! page, admin routes) join the same router.
 
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::warn;
 
 /// A readiness check: `Err` says what is not ready.
 pub type Check =
@@ -29,8 +33,6 @@ pub struct Health {
 
 /// Time one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const REQUEST_MAX: usize = 8 * 1024;
 
 impl Health {
     pub fn new() -> Arc<Self> {
@@ -66,107 +68,104 @@ impl Health {
     }
 }
 
-/// Serves until `shutdown` flips.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Registry,
-    health: Arc<Health>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// The routes: `/metrics`, `/healthz`, `/readyz`. Later endpoints (a web
+/// page, admin routes) are merged into this router by the app.
+pub fn router(registry: Registry, health: Arc<Health>) -> Router {
     let registry = Arc::new(registry);
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((sock, _)) => {
-                let registry = registry.clone();
-                let health = health.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = one(sock, &registry, &health).await {
-                        debug!(error = %e, "http request failed");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "http accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    Router::new()
+        .route("/metrics", get(move || metrics(registry.clone())))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(move || readyz(health.clone())))
 }
 
-/// Reads the request head; returns the method and path.
-async fn read_head(sock: &mut TcpStream) -> Result<(String, String), String> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() > REQUEST_MAX {
-            return Err("request head too large".into());
-        }
-        let n = sock.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed before the request ended".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut first = head.lines().next().unwrap_or("").split_whitespace();
-    let method = first.next().unwrap_or("").to_owned();
-    let path = first.next().unwrap_or("").to_owned();
-    Ok((method, path))
-}
-
-async fn one(mut sock: TcpStream, registry: &Registry, health: &Health) -> Result<(), String> {
-    let (method, path) = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut sock))
-        .await
-        .map_err(|_| "request timeout".to_string())??;
-    let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = if method != "GET" && method != "HEAD" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            b"GET only\n".to_vec(),
-        )
-    } else {
-        match path {
-            "/metrics" => {
-                let mut out = Vec::new();
-                let enc = TextEncoder::new();
-                match enc.encode(&registry.gather(), &mut out) {
-                    Ok(()) => ("200 OK", "text/plain; version=0.0.4", out),
-                    Err(e) => (
-                        "500 Internal Server Error",
-                        "text/plain",
-                        e.to_string().into_bytes(),
-                    ),
-                }
-            }
-            "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
-            "/readyz" => {
-                let failing = health.not_ready().await;
-                if failing.is_empty() {
-                    ("200 OK", "text/plain", b"ready\n".to_vec())
-                } else {
-                    let mut text = failing.join("\n");
-                    text.push('\n');
-                    ("503 Service Unavailable", "text/plain", text.into_bytes())
-                }
-            }
-            _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
-        }
+/// Serves `router` on `listener` until `shutdown` flips; requests in
+/// flight are answered first (axum's graceful shutdown).
+pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes())
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
         .await
-        .map_err(|e| e.to_string())?;
-    if method != "HEAD" {
-        sock.write_all(&body).await.map_err(|e| e.to_string())?;
+    {
+        warn!(error = %e, "http server stopped");
     }
-    let _ = sock.shutdown().await;
-    Ok(())
+}
+
+async fn metrics(registry: Arc<Registry>) -> Response {
+    let mut out = Vec::new();
+    match TextEncoder::new().encode(&registry.gather(), &mut out) {
+        Ok(()) => ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz(health: Arc<Health>) -> (StatusCode, String) {
+    let failing = health.not_ready().await;
+    if failing.is_empty() {
+        return (StatusCode::OK, "ready\n".into());
+    }
+    let mut text = failing.join("\n");
+    text.push('\n');
+    (StatusCode::SERVICE_UNAVAILABLE, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn call(app: &Router, method: &str, path: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        let res = app.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn routes_answer_and_readiness_follows_checks_and_draining() {
+        let registry = Registry::new();
+        let c =
+            prometheus::IntCounter::new("chatmq_test_total", "a test counter").expect("counter");
+        registry.register(Box::new(c.clone())).expect("register");
+        c.inc();
+        let health = Health::new();
+        let app = router(registry, health.clone());
+        assert_eq!(
+            call(&app, "GET", "/healthz").await,
+            (StatusCode::OK, "ok\n".into())
+        );
+        let (status, body) = call(&app, "GET", "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("chatmq_test_total 1"), "{body}");
+        assert_eq!(call(&app, "GET", "/readyz").await.0, StatusCode::OK);
+        health.add(
+            "store",
+            Arc::new(|| Box::pin(async { Err("down".to_string()) })),
+        );
+        assert_eq!(
+            call(&app, "GET", "/readyz").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "store: down\n".into())
+        );
+        health.set_draining();
+        assert_eq!(
+            call(&app, "GET", "/readyz").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+        );
+        assert_eq!(call(&app, "GET", "/nope").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(&app, "POST", "/metrics").await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(call(&app, "HEAD", "/healthz").await.0, StatusCode::OK);
+    }
 }

@@ -134,12 +134,8 @@ impl Server {
         let (bridge_stop, bridge_stop_rx) = watch::channel(false);
         let (http_stop, http_stop_rx) = watch::channel(false);
         if let Some(l) = listeners.http {
-            tokio::spawn(broker::http::serve(
-                l,
-                meters.registry.clone(),
-                health.clone(),
-                http_stop_rx,
-            ));
+            let routes = broker::http::router(meters.registry.clone(), health.clone());
+            tokio::spawn(broker::http::serve(l, routes, http_stop_rx));
         }
         let access = Arc::new(Access::new());
         // the in-process bridge flips this; a broker alone cannot know its bridge
