@@ -1,7 +1,7 @@
 //! Identifier rules shared by the broker and the bridge (PROTOCOL.md "Names").
 
 /// A user id or room id: 1-64 chars of `A-Z a-z 0-9 _ . -`.
-pub fn valid_id(s: &str) -> bool {
+pub(crate) fn valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
@@ -9,7 +9,7 @@ pub fn valid_id(s: &str) -> bool {
 
 /// An MQTT client id: 1-128 chars of `A-Z a-z 0-9 _ . : -`. Refusing `/ + # $`
 /// also keeps rumqttd's client-id defect (#1062) out of reach.
-pub fn valid_client_id(s: &str) -> bool {
+pub(crate) fn valid_client_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))

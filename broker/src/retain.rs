@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 /// What to do with a publish, as far as retaining goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Pass it on as it is.
     Pass,
     /// Pass it on without the retain flag (chat namespace).
@@ -27,7 +27,7 @@ pub enum Verdict {
 
 /// Who holds which retained topic, and each user's totals.
 #[derive(Debug, Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     /// topic -> (user, bytes)
     topics: HashMap<String, (String, usize)>,
     /// user -> (messages, bytes)
@@ -37,7 +37,7 @@ pub struct Ledger {
 impl Ledger {
     /// Admits `user`'s retained message on `topic` if their totals, with it
     /// replacing whatever they held on that topic, stay within the bounds.
-    pub fn admit(
+    pub(crate) fn admit(
         &mut self,
         user: &str,
         topic: &str,
@@ -65,7 +65,7 @@ impl Ledger {
     }
 
     /// The topic's retained message is gone: whoever held it holds it no more.
-    pub fn clear(&mut self, topic: &str) {
+    pub(crate) fn clear(&mut self, topic: &str) {
         let Some((owner, bytes)) = self.topics.remove(topic) else {
             return;
         };
@@ -79,18 +79,19 @@ impl Ledger {
     }
 
     /// Retained messages held by users, in all.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.topics.len()
     }
 
     /// True when no user holds a retained message.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.topics.is_empty()
     }
 }
 
 /// The retain policy of one broker.
-pub struct Retained {
+pub(crate) struct Retained {
     ledger: Mutex<Ledger>,
     max_count: usize,
     max_bytes: usize,
@@ -99,7 +100,7 @@ pub struct Retained {
 impl Retained {
     /// Bounds per user: `max_count` messages of `max_bytes` (topic +
     /// payload) together; `max_count` 0 turns retaining off.
-    pub fn new(max_count: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(max_count: usize, max_bytes: usize) -> Self {
         Retained {
             ledger: Mutex::new(Ledger::default()),
             max_count,
@@ -110,7 +111,7 @@ impl Retained {
     /// Decides on a publish by `who` to `topic` (`in_namespace`: under the
     /// chat prefix) that already passed the ACL, and books it. Returns the
     /// verdict and the number of retained messages now held.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         who: &Principal,
         topic: &str,

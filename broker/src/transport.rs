@@ -16,18 +16,18 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// A TCP or TLS stream.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// The transport of one connection.
-pub enum Io {
+pub(crate) enum Io {
     Stream(Box<dyn Stream>),
     Ws(Box<WebSocketStream<Box<dyn Stream>>>),
 }
 
 /// Which listener accepted a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Tcp,
     Tls,
     Ws,
@@ -35,7 +35,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Tcp => "tcp",
             Kind::Tls => "tls",
@@ -46,7 +46,7 @@ impl Kind {
 }
 
 /// Performs the TLS and/or WebSocket handshake for a freshly accepted socket.
-pub async fn handshake(
+pub(crate) async fn handshake(
     kind: Kind,
     tcp: tokio::net::TcpStream,
     tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
@@ -101,7 +101,7 @@ fn check_upgrade(req: &Request, mut resp: Response) -> Result<Response, ErrorRes
 impl Io {
     /// Reads more bytes into `buf`, with room for at least `want` of them
     /// (a WebSocket frame comes whole); `Ok(0)` when the peer closed.
-    pub async fn read(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
         match self {
             Io::Stream(s) => {
                 buf.reserve(want);
@@ -133,7 +133,7 @@ impl Io {
     }
 
     /// Writes all of `data` and flushes.
-    pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(crate) async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Io::Stream(s) => {
                 s.write_all(data).await?;
@@ -146,7 +146,7 @@ impl Io {
         }
     }
 
-    pub async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         match self {
             Io::Stream(s) => {
                 let _ = s.shutdown().await;
@@ -160,7 +160,7 @@ impl Io {
 
 /// Loads a rustls server config from PEM files; also returns the files
 /// contents (the reloader compares them with what it reads later).
-pub fn tls_acceptor(
+pub(crate) fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<(tokio_rustls::TlsAcceptor, Vec<Vec<u8>>), String> {
@@ -173,7 +173,10 @@ pub fn tls_acceptor(
 
 /// A rustls server config from a PEM certificate chain and private key;
 /// refuses a key that does not belong to the certificate.
-pub fn tls_acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub(crate) fn tls_acceptor_from_pem(
+    cert: &[u8],
+    key: &[u8],
+) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls_pki_types::pem::{self, PemObject};
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls;
