@@ -3,6 +3,18 @@
 //! (rumqttc) with helpers for sends, requests and waiting for messages.
 //!
 //! Every wait has a timeout and fails with a message saying what was awaited.
+//!
+//! # Layout
+//!
+//! | concern | where |
+//! |---|---|
+//! | the binary under test (`CARGO_BIN_EXE_chatmq`) | [`chatmq_bin`] |
+//! | a server with its own config and data dir; restart, kill, logs | [`TestServer`], [`TestServerBuilder`] |
+//! | MQTT 3.1.1 / 5 clients and their waits (send, rpc, recv) | [`Client`], [`client_v4`], [`client_v5`] |
+//! | HTTP probes and metrics | [`http_get`], [`metric`] |
+//! | paho-mqtt scripts (Python) | [`python`], [`paho_available`] |
+//! | test CAs, server certificates, RSA keys; a TLS front for plain clients | [`pki`] |
+//! | the test files themselves | `tests/tests/*.rs` (the `chatmq` package's integration tests) |
 
 #![allow(clippy::unwrap_used)]
 
