@@ -94,22 +94,15 @@ pub(crate) async fn start(
     Ok(Internal { outbox, drained })
 }
 
-/// `{"room":..,"user":..,"joined":bool}` or `{"room":..,"open":bool}` from the bridge.
+/// A [`schema::AccessHook`] from the bridge (the type it publishes with):
+/// `{"room":..,"user":..,"joined":bool}` or `{"room":..,"open":bool}`.
 fn apply_access_hook(access: &Access, payload: &[u8]) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return;
-    };
-    let Some(room) = v.get("room").and_then(|r| r.as_str()) else {
-        return;
-    };
-    if let Some(open) = v.get("open").and_then(|o| o.as_bool()) {
-        access.set_open(room, open);
-    }
-    if let (Some(user), Some(joined)) = (
-        v.get("user").and_then(|u| u.as_str()),
-        v.get("joined").and_then(|j| j.as_bool()),
-    ) {
-        access.set_member(room, user, joined);
+    match serde_json::from_slice::<schema::AccessHook>(payload) {
+        Ok(schema::AccessHook::Member { room, user, joined }) => {
+            access.set_member(&room, &user, joined)
+        }
+        Ok(schema::AccessHook::Open { room, open }) => access.set_open(&room, open),
+        Err(e) => warn!(error = %e, "an access hook that does not read, ignored"),
     }
 }
 
@@ -133,5 +126,36 @@ mod tests {
         assert_eq!(access.ensure("r9", &mut budget).await, Ensured::Missing);
         apply_access_hook(&access, br#"{"room":"r9","open":true}"#);
         assert!(access.can_read("r9", "anyone"));
+    }
+
+    /// The bridge publishes with [`schema::AccessHook`]; this reads the
+    /// same type, and anything else is ignored.
+    #[test]
+    fn the_hook_the_bridge_publishes_applies() {
+        let access = Access::new();
+        let joined = schema::AccessHook::Member {
+            room: "r1".into(),
+            user: "bob".into(),
+            joined: true,
+        };
+        apply_access_hook(&access, &joined.to_vec());
+        assert!(access.is_member("r1", "bob"));
+        let left = schema::AccessHook::Member {
+            room: "r1".into(),
+            user: "bob".into(),
+            joined: false,
+        };
+        apply_access_hook(&access, &left.to_vec());
+        assert!(!access.is_member("r1", "bob"));
+        let open = schema::AccessHook::Open {
+            room: "c1".into(),
+            open: true,
+        };
+        apply_access_hook(&access, &open.to_vec());
+        assert!(access.can_read("c1", "anyone"));
+        for junk in [&b"not json"[..], b"{}", br#"{"room":"r1","user":"bob"}"#] {
+            apply_access_hook(&access, junk);
+        }
+        assert!(!access.is_member("r1", "bob"));
     }
 }

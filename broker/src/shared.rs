@@ -51,8 +51,12 @@ impl Shared {
     /// Publishes the retained presence of a user who came online or went offline.
     pub(crate) fn presence(&self, user: &str, online: bool) {
         let topic = format!("{}/presence/{user}", self.config.prefix);
-        let payload = serde_json::json!({ "online": online, "ts": now_ms() }).to_string();
-        self.internal_publish(Publish::new(topic.into_bytes(), payload.into_bytes(), true));
+        let payload = schema::Presence {
+            online,
+            ts: now_ms(),
+        }
+        .to_vec();
+        self.internal_publish(Publish::new(topic.into_bytes(), payload, true));
     }
 
     /// Publishes the will of `who`'s connection, under the same retain

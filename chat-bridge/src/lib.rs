@@ -1,11 +1,24 @@
 //! # The chat bridge: the only writer of room streams
 //!
 //! # Layout
-//! - [`bridge`]: the MQTT client of the broker; batches, groups by room, acks after durable.
-//! - [`chat`]: sends and requests (`history`, `sync`, `rooms.*`, markers) -> messages to publish.
-//! - [`wire`]: error codes, reply shapes, limits.
-//! - [`metrics`]: Prometheus meters of the bridge and the store.
-//! - [`store`]: the [`store::Store`] trait, the embedded fjall store, the conformance suite.
+//!
+//! | concern | file |
+//! |---|---|
+//! | the MQTT client of the broker (split mode), batches, acks after durable | `src/bridge.rs` ([`bridge`]) |
+//! | the `[bridge]` limits from the settings | `src/bridge/limits.rs` |
+//! | dispatch of sends and requests, reply routing, the payload envelope | `src/chat/mod.rs` ([`chat`]) |
+//! | sends: validation, membership, rate limit, append | `src/chat/send.rs` |
+//! | the target of an edit, delete or reaction | `src/chat/target.rs` |
+//! | `history`, `sync`, `read` / `delivered` markers | `src/chat/read.rs` |
+//! | `rooms.list` and `sync`'s `joined` pages | `src/chat/page.rs` |
+//! | `rooms.create` | `src/chat/create.rs` |
+//! | `rooms.join` / `leave` / `invite` / `kick` / `ban` / `mute` / `role` / `members`, membership events, `hooks/access` | `src/chat/rooms.rs` |
+//! | direct rooms (ids, the pair) | `src/chat/direct.rs` |
+//! | limits, refusals, reading parameters (errors that name the field), writing replies | `src/wire.rs` ([`wire`]) |
+//! | the payload types themselves (requests, replies, events, hooks) | the `schema` crate |
+//! | Prometheus meters of the bridge and the store | `src/metrics.rs` ([`metrics`]) |
+//! | the [`store::Store`] trait, stored event bytes and tombstones | `src/store/mod.rs`, `src/store/payload.rs` |
+//! | the embedded fjall store; ScyllaDB; the conformance suite | `src/store/embedded.rs` + `src/store/embedded/`, `src/store/scylla/`, `src/store/conformance.rs` |
 //!
 //! The path of one message: a client publishes to `chat/rooms/r1/send/alice`;
 //! the broker checks alice may publish there and hands it to the router; the

@@ -1,6 +1,9 @@
-//! Wire types and limits (PROTOCOL.md): error codes, replies, request fields.
+//! The chat service's side of the wire contract: limits, refusals, and
+//! reading and writing the payloads typed in `schema` (replies, request
+//! parameters with errors that name the field).
 
-use serde_json::{json, Map, Value};
+use schema::{ErrorBody, RawValue, Reply};
+use serde::{Deserialize, Serialize};
 
 /// Default of the largest request or send payload, bytes.
 pub const PAYLOAD_MAX: usize = 64 * 1024;
@@ -45,39 +48,8 @@ impl Default for Limits {
 /// the bridge's and the clients' packet limits. The client pages on.
 pub const REPLY_EVENTS_MAX: usize = 512 * 1024;
 
-/// The stable error codes of PROTOCOL.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    NotMember,
-    Banned,
-    Muted,
-    RateLimited,
-    TooLarge,
-    NotFound,
-    Conflict,
-    Unavailable,
-}
-
-impl Code {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::BadRequest => "bad_request",
-            Code::Unauthorized => "unauthorized",
-            Code::Forbidden => "forbidden",
-            Code::NotMember => "not_member",
-            Code::Banned => "banned",
-            Code::Muted => "muted",
-            Code::RateLimited => "rate_limited",
-            Code::TooLarge => "too_large",
-            Code::NotFound => "not_found",
-            Code::Conflict => "conflict",
-            Code::Unavailable => "unavailable",
-        }
-    }
-}
+/// The stable error codes of PROTOCOL.md (typed in `schema`).
+pub use schema::Code;
 
 /// A refusal: code plus a message safe to show the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,64 +78,73 @@ impl From<crate::store::StoreError> for Refusal {
     }
 }
 
-/// `{"corr":..,"ok":true,"result":..}`
-pub fn ok_reply(corr: Option<&Value>, result: Value) -> Vec<u8> {
-    let mut m = Map::new();
-    if let Some(c) = corr {
-        m.insert("corr".into(), c.clone());
-    }
-    m.insert("ok".into(), Value::Bool(true));
-    m.insert("result".into(), result);
-    Value::Object(m).to_string().into_bytes()
+/// Serializes a request's `result`; it goes into its reply as it is.
+pub fn result<T: Serialize>(v: &T) -> Result<Box<RawValue>, Refusal> {
+    serde_json::value::to_raw_value(v).map_err(|e| {
+        tracing::error!(error = %e, "a result does not serialize");
+        Refusal::new(Code::Unavailable, "internal error, retry later")
+    })
+}
+
+/// `{"corr":..,"ok":true,"result":..}`, `corr` as the request wrote it.
+pub fn ok_reply(corr: Option<&RawValue>, result: &RawValue) -> Vec<u8> {
+    // a raw value and a corr that parsed as one: serializing cannot fail
+    serde_json::to_vec(&Reply::ok(corr, result)).unwrap_or_default()
 }
 
 /// `{"corr":..,"ok":false,"error":{"code":..,"message":..}}`
-pub fn err_reply(corr: Option<&Value>, r: &Refusal) -> Vec<u8> {
-    let mut m = Map::new();
-    if let Some(c) = corr {
-        m.insert("corr".into(), c.clone());
-    }
-    m.insert("ok".into(), Value::Bool(false));
-    m.insert(
-        "error".into(),
-        json!({"code": r.code.as_str(), "message": r.message}),
-    );
-    Value::Object(m).to_string().into_bytes()
+pub fn err_reply(corr: Option<&RawValue>, r: &Refusal) -> Vec<u8> {
+    let error = ErrorBody {
+        code: r.code,
+        message: r.message.clone(),
+    };
+    // strings and a corr that parsed as one: serializing cannot fail
+    serde_json::to_vec(&Reply::<()>::err(corr, error)).unwrap_or_default()
 }
 
-/// Reads an optional string field.
-pub fn opt_str<'a>(o: &'a Map<String, Value>, k: &str) -> Result<Option<&'a str>, Refusal> {
-    match o.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(Refusal::bad(format!("{k} must be a string"))),
-    }
+/// Reads a request's or a send's parameters. A field of the wrong type is a
+/// `bad_request` that names it: `limit: invalid type: string "x", expected
+/// u64`. The payload is a JSON object already (its envelope was read).
+pub fn params<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, Refusal> {
+    let de = &mut serde_json::Deserializer::from_slice(payload);
+    serde_path_to_error::deserialize(de).map_err(|e| Refusal::bad(field_error(&e)))
 }
 
-/// Reads an optional unsigned integer field.
-pub fn opt_u64(o: &Map<String, Value>, k: &str) -> Result<Option<u64>, Refusal> {
-    match o.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| Refusal::bad(format!("{k} must be an unsigned integer"))),
+/// `path: what is wrong`, without serde_json's position suffix, the path
+/// cut at 128 bytes (a `sync` room id is the client's).
+fn field_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner();
+    let text = inner.to_string();
+    let position = format!(" at line {} column {}", inner.line(), inner.column());
+    let what = text.strip_suffix(&position).unwrap_or(&text);
+    let mut path = e.path().to_string();
+    if path == "." {
+        return what.to_owned();
     }
+    if path.len() > 128 {
+        let mut cut = 128;
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        path.truncate(cut);
+        path.push_str("...");
+    }
+    format!("{path}: {what}")
 }
 
-/// Reads a required room id.
-pub fn room_field(o: &Map<String, Value>) -> Result<String, Refusal> {
-    match opt_str(o, "room")? {
-        Some(r) if crate::valid_id(r) => Ok(r.to_owned()),
+/// A required room id.
+pub fn required_room(room: Option<String>) -> Result<String, Refusal> {
+    match room {
+        Some(r) if crate::valid_id(&r) => Ok(r),
         Some(_) => Err(Refusal::bad("room must be 1-64 chars of A-Z a-z 0-9 _ . -")),
         None => Err(Refusal::bad("room is required")),
     }
 }
 
-/// Reads the required target `user` of a room request.
-pub fn user_field(o: &Map<String, Value>) -> Result<String, Refusal> {
-    match opt_str(o, "user")? {
-        Some(u) if crate::valid_id(u) => Ok(u.to_owned()),
+/// The required target `user` of a room request.
+pub fn required_user(user: Option<String>) -> Result<String, Refusal> {
+    match user {
+        Some(u) if crate::valid_id(&u) => Ok(u),
         _ => Err(Refusal::bad("user is required (a user id)")),
     }
 }

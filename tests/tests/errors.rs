@@ -65,6 +65,14 @@ async fn malformed_requests_get_bad_request() -> Result<()> {
         !msg.contains("src/") && !msg.contains("panicked"),
         "message leaks internals: {msg}"
     );
+    // ... and name the offending field
+    let r = alice
+        .rpc_raw("history", json!({"room": "r1", "limit": "ten"}))
+        .await?;
+    assert_eq!(
+        r["error"]["message"], "limit: invalid type: string \"ten\", expected u64",
+        "{r}"
+    );
 
     // still serving
     alice.subscribe_ok("chat/rooms/r1/events").await?;

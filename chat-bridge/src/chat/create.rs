@@ -8,8 +8,10 @@
 
 use super::{direct_room_id, now_ms, reserved_room_id, Chat, Out, DIRECT_PREFIX};
 use crate::store::{MemberChange, MemberState, Role, RoomInfo, RoomKind};
-use crate::wire::{opt_str, Code, Refusal};
-use serde_json::{json, Map, Value};
+use crate::wire::{self, Code, Refusal};
+use schema::request::Create;
+use schema::result::Created;
+use schema::{AccessHook, Inbox, RawValue};
 
 impl Chat {
     /// `rooms.create`: `kind` (`group` by default, `direct`, `channel`),
@@ -18,35 +20,21 @@ impl Chat {
     pub(super) async fn create(
         &self,
         user: &str,
-        o: &Map<String, Value>,
+        p: Create,
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
-        let kind = match opt_str(o, "kind")?.unwrap_or("group") {
-            "group" => RoomKind::Group,
-            "direct" => RoomKind::Direct,
-            "channel" => RoomKind::Channel,
-            _ => return Err(Refusal::bad("kind must be direct, group or channel")),
-        };
-        let mut members: Vec<String> = match o.get("members") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .filter(|s| crate::valid_id(s))
-                        .map(str::to_owned)
-                        .ok_or_else(|| Refusal::bad("members must be user ids"))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(Refusal::bad("members must be an array of user ids")),
-        };
+    ) -> Result<Box<RawValue>, Refusal> {
+        let kind = p.kind.unwrap_or(RoomKind::Group);
+        let mut members = p.members.unwrap_or_default();
+        if !members.iter().all(|m| crate::valid_id(m)) {
+            return Err(Refusal::bad("members must be user ids"));
+        }
         members.retain(|m| m != user);
         members.sort();
         members.dedup();
         if members.len() > 1000 {
             return Err(Refusal::bad("at most 1000 members at creation"));
         }
-        let title = opt_str(o, "title")?.map(|t| t.chars().take(256).collect::<String>());
+        let title = p.title.map(|t| t.chars().take(256).collect::<String>());
         let id = match kind {
             RoomKind::Direct => {
                 let [other] = members.as_slice() else {
@@ -54,13 +42,13 @@ impl Chat {
                 };
                 direct_room_id(user, other)
             }
-            _ => match opt_str(o, "room")? {
-                Some(r) if reserved_room_id(r) && crate::valid_id(r) => {
+            _ => match p.room {
+                Some(r) if reserved_room_id(&r) && crate::valid_id(&r) => {
                     return Err(Refusal::bad(format!(
                         "room ids starting with {DIRECT_PREFIX} or dm. are reserved for direct rooms"
                     )))
                 }
-                Some(r) if crate::valid_id(r) => r.to_owned(),
+                Some(r) if crate::valid_id(&r) => r,
                 Some(_) => {
                     return Err(Refusal::bad("room must be 1-64 chars of A-Z a-z 0-9 _ . -"))
                 }
@@ -104,7 +92,10 @@ impl Chat {
             }
         };
         self.populate(&info, user, &members, out).await?;
-        Ok(json!({"room": info, "created": true}))
+        wire::result(&Created {
+            room: info,
+            created: true,
+        })
     }
 
     /// Whether `room` was left half-created by `user`'s own earlier
@@ -135,12 +126,10 @@ impl Chat {
         let (id, kind) = (&info.id, info.kind);
         if kind == RoomKind::Channel {
             self.sink.open(id, true);
-            out.push(Out {
-                topic: format!("{}/hooks/access", self.prefix),
-                payload: json!({"room": id, "open": true}).to_string().into(),
-                corr: None,
-                seq: None,
-            });
+            out.push(self.access_out(&AccessHook::Open {
+                room: id.clone(),
+                open: true,
+            }));
         }
         let owner = MemberChange {
             user: user.into(),
@@ -166,14 +155,13 @@ impl Chat {
             };
             self.member_event(id, user, m, "invite", invite, out)
                 .await?;
-            out.push(Out {
-                topic: self.inbox(m),
-                payload: json!({"type": "invited", "room": id, "by": user})
-                    .to_string()
-                    .into(),
-                corr: None,
-                seq: None,
-            });
+            out.push(self.inbox_out(
+                m,
+                &Inbox::Invited {
+                    room: id.clone(),
+                    by: user.to_owned(),
+                },
+            ));
         }
         Ok(())
     }

@@ -16,8 +16,9 @@
 
 use super::{Chat, Out};
 use crate::store::{MemberChange, MemberState, Role, RoomInfo, RoomKind};
-use crate::wire::{Code, Refusal};
-use serde_json::{json, Value};
+use crate::wire::{self, Code, Refusal};
+use schema::result::Created;
+use schema::RawValue;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
@@ -82,7 +83,7 @@ impl Chat {
         other: &str,
         existing: RoomInfo,
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<Box<RawValue>, Refusal> {
         let id = existing.id.clone();
         if !in_direct_pair(&existing, user) || !in_direct_pair(&existing, other) {
             return Err(Refusal::new(
@@ -105,7 +106,10 @@ impl Chat {
         if self.store.member(&id, other).await?.is_none() {
             self.direct_join(&id, user, other, out).await?;
         }
-        Ok(json!({"room": existing, "created": false}))
+        wire::result(&Created {
+            room: existing,
+            created: false,
+        })
     }
 
     /// `target` joins the direct room `room` as one of its two owners.

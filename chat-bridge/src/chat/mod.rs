@@ -12,7 +12,8 @@ use crate::metrics::BridgeMetrics;
 use crate::store::{MarkerKind, Member, MemberState, RoomInfo, RoomKind, Store, StoredEvent};
 use crate::wire::{self, Code, Refusal};
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use schema::request::Envelope;
+use schema::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,7 +64,8 @@ pub struct Incoming {
 struct ReplyTo {
     topic: Option<String>,
     corr_prop: Option<Bytes>,
-    corr_field: Option<Value>,
+    /// The request's `corr` field, as the client wrote it.
+    corr_field: Option<Box<RawValue>>,
 }
 
 /// Per-user, per-room send rate limits.
@@ -229,21 +231,18 @@ impl Chat {
     fn reply_to(
         &self,
         user: &str,
-        obj: Option<&Map<String, Value>>,
+        env: Option<&Envelope>,
         response_topic: Option<String>,
         corr: Option<Bytes>,
     ) -> ReplyTo {
-        let field_topic = obj
-            .and_then(|o| o.get("reply"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let field_topic = env.and_then(|e| e.reply.clone());
         let topic = response_topic
             .or(field_topic)
             .filter(|t| self.own_reply_topic(user, t));
         ReplyTo {
             topic,
             corr_prop: corr,
-            corr_field: obj.and_then(|o| o.get("corr")).cloned(),
+            corr_field: env.and_then(|e| e.corr).map(ToOwned::to_owned),
         }
     }
 
@@ -255,6 +254,28 @@ impl Chat {
 
     fn inbox(&self, user: &str) -> String {
         format!("{}/users/{user}/inbox", self.prefix)
+    }
+
+    /// A notice for `user`'s inbox.
+    fn inbox_out(&self, user: &str, notice: &schema::Inbox) -> Out {
+        Out {
+            topic: self.inbox(user),
+            // strings and a code: serializing cannot fail
+            payload: serde_json::to_vec(notice).unwrap_or_default().into(),
+            corr: None,
+            seq: None,
+        }
+    }
+
+    /// A membership or channel change for `{prefix}/hooks/access`, which a
+    /// broker run apart reads with the same type.
+    fn access_out(&self, hook: &schema::AccessHook) -> Out {
+        Out {
+            topic: format!("{}/hooks/access", self.prefix),
+            payload: hook.to_vec().into(),
+            corr: None,
+            seq: None,
+        }
     }
 
     fn events_topic(&self, room: &str) -> String {
@@ -280,18 +301,23 @@ impl Chat {
         }
     }
 
-    fn parse(&self, payload: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    /// Checks a payload's size and reads its envelope (it must be a JSON
+    /// object); its parameters are read by the method ([`wire::params`]).
+    fn parse<'a>(&self, payload: &'a [u8]) -> Result<Envelope<'a>, Refusal> {
         if payload.len() > self.sizes.payload_max {
             return Err(Refusal::new(
                 Code::TooLarge,
                 format!("payload exceeds {} bytes", self.sizes.payload_max),
             ));
         }
-        match serde_json::from_slice::<Value>(payload) {
-            Ok(Value::Object(o)) => Ok(o),
-            Ok(_) => Err(Refusal::bad("payload must be a JSON object")),
-            Err(_) => Err(Refusal::bad("payload is not valid JSON")),
-        }
+        let not_json = || Refusal::bad("payload is not valid JSON");
+        // the envelope skips the fields it does not read; UTF-8 is checked
+        // here for all of them
+        let text = std::str::from_utf8(payload).map_err(|_| not_json())?;
+        serde_json::from_str::<Envelope>(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => Refusal::bad("payload must be a JSON object"),
+            _ => not_json(),
+        })
     }
 
     async fn on_rpc(
@@ -307,14 +333,14 @@ impl Chat {
         let to = self.reply_to(user, parsed.as_ref().ok(), rt, corr);
         let mut extra = Vec::new();
         let result = match parsed {
-            Ok(o) => self.rpc(user, method, &o, &mut extra).await,
+            Ok(_) => self.rpc(user, method, payload, &mut extra).await,
             Err(e) => Err(e),
         };
         let body = match &result {
-            Ok(v) => wire::ok_reply(to.corr_field.as_ref(), v.clone()),
+            Ok(v) => wire::ok_reply(to.corr_field.as_deref(), v),
             Err(r) => {
                 self.count_refusal(r);
-                wire::err_reply(to.corr_field.as_ref(), r)
+                wire::err_reply(to.corr_field.as_deref(), r)
             }
         };
         self.metrics
@@ -340,23 +366,31 @@ impl Chat {
         &self,
         user: &str,
         method: &str,
-        o: &Map<String, Value>,
+        payload: &[u8],
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<Box<RawValue>, Refusal> {
+        use wire::params;
         match method {
-            "history" => self.history(user, o).await,
-            "sync" => self.sync(user, o).await,
-            "rooms.create" => self.create(user, o, out).await,
-            "rooms.join" => self.join(user, o, out).await,
-            "rooms.leave" => self.leave(user, o, out).await,
-            "rooms.invite" => self.invite(user, o, out).await,
+            "history" => self.history(user, params(payload)?).await,
+            "sync" => self.sync(user, params(payload)?).await,
+            "rooms.create" => self.create(user, params(payload)?, out).await,
+            "rooms.join" => self.join(user, params(payload)?, out).await,
+            "rooms.leave" => self.leave(user, params(payload)?, out).await,
+            "rooms.invite" => self.invite(user, params(payload)?, out).await,
             "rooms.kick" | "rooms.ban" | "rooms.mute" | "rooms.role" => {
-                self.moderate(user, &method[6..], o, out).await
+                self.moderate(user, &method[6..], params(payload)?, out)
+                    .await
             }
-            "rooms.list" => self.list(user, o).await,
-            "rooms.members" => self.members(user, o).await,
-            "read" => self.marker(user, o, MarkerKind::Read, out).await,
-            "delivered" => self.marker(user, o, MarkerKind::Delivered, out).await,
+            "rooms.list" => self.list(user, params(payload)?).await,
+            "rooms.members" => self.members(user, params(payload)?).await,
+            "read" => {
+                self.marker(user, params(payload)?, MarkerKind::Read, out)
+                    .await
+            }
+            "delivered" => {
+                self.marker(user, params(payload)?, MarkerKind::Delivered, out)
+                    .await
+            }
             _ => Err(Refusal::bad(format!(
                 "unknown method {:?}",
                 method.chars().take(64).collect::<String>()
@@ -365,11 +399,22 @@ impl Chat {
     }
 }
 
-fn events_json(events: &[StoredEvent]) -> Vec<Value> {
-    events
-        .iter()
-        .filter_map(|e| serde_json::from_slice(&e.json).ok())
-        .collect()
+/// Stored events as they are, for a reply: their bytes are JSON already,
+/// so they are only checked to be one value (a corrupt one is left out and
+/// logged), never parsed into a tree and written again.
+fn raw_events(events: &[StoredEvent]) -> Vec<&RawValue> {
+    events.iter().filter_map(raw_event).collect()
+}
+
+/// One stored event as it is (see [`raw_events`]).
+fn raw_event(e: &StoredEvent) -> Option<&RawValue> {
+    match serde_json::from_slice::<&RawValue>(&e.json) {
+        Ok(raw) => Some(raw),
+        Err(err) => {
+            tracing::warn!(seq = e.seq, error = %err, "a stored event is not JSON; left out");
+            None
+        }
+    }
 }
 
 fn broker_client_id(s: &str) -> bool {

@@ -7,10 +7,14 @@
 //! [`REPLY_MAX`] bytes, whichever comes first; `has_more` then says so and
 //! `next` is the cursor (`after`) for the following page.
 
-use super::{can_read, Chat};
+use super::{can_read, raw_event, Chat};
 use crate::store::{Member, MemberState, Range};
-use crate::wire::{self, opt_str, opt_u64, Refusal};
-use serde_json::{json, Map, Value};
+use crate::wire::{self, Refusal};
+use schema::request::List;
+use schema::result::{JoinedEntry, ListEntry, ListResult};
+use schema::RawValue;
+use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// Most bytes of a `rooms.list` or `sync` result (serialized JSON): a page
 /// ends before an entry that would pass it. With the reply's envelope
@@ -40,32 +44,32 @@ impl std::io::Write for Count {
 }
 
 /// The length of `v` serialized, without building the bytes.
-pub(super) fn json_len(v: &Value) -> usize {
+pub(super) fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
     let mut c = Count(0);
-    // a Value always serializes, and Count never fails
+    // the wire types always serialize, and Count never fails
     let _ = serde_json::to_writer(&mut c, v);
     c.0
 }
 
-/// Reads a page size `k`: `default` when absent, refused outside 1..=`max`.
+/// A page size `k`: `default` when absent, refused outside 1..=`max`.
 pub(super) fn page_limit(
-    o: &Map<String, Value>,
+    value: Option<u64>,
     k: &str,
     default: usize,
     max: usize,
 ) -> Result<usize, Refusal> {
-    match opt_u64(o, k)? {
+    match value {
         None => Ok(default),
         Some(l) if (1..=max as u64).contains(&l) => Ok(l as usize),
         Some(_) => Err(Refusal::bad(format!("{k} must be 1..{max}"))),
     }
 }
 
-/// Reads an optional room id cursor `k` (a page starts after it).
-pub(super) fn room_cursor(o: &Map<String, Value>, k: &str) -> Result<Option<String>, Refusal> {
-    match opt_str(o, k)? {
+/// An optional room id cursor `k` (a page starts after it).
+pub(super) fn room_cursor(value: Option<String>, k: &str) -> Result<Option<String>, Refusal> {
+    match value {
         None => Ok(None),
-        Some(r) if crate::valid_id(r) => Ok(Some(r.to_owned())),
+        Some(r) if crate::valid_id(&r) => Ok(Some(r)),
         Some(_) => Err(Refusal::bad(format!("{k} must be a room id"))),
     }
 }
@@ -81,7 +85,7 @@ fn active_after(rows: Vec<Member>, after: Option<&str>) -> impl Iterator<Item = 
 
 /// Adds `entry` (costing `size` bytes) to a page that has `used` bytes of
 /// `max`, unless it would not fit.
-fn take(page: &mut Vec<Value>, entry: Value, size: usize, used: &mut usize, max: usize) -> bool {
+fn take<T>(page: &mut Vec<T>, entry: T, size: usize, used: &mut usize, max: usize) -> bool {
     if used.saturating_add(size) > max {
         return false;
     }
@@ -96,11 +100,13 @@ impl Chat {
     /// `unread` and the `last` event (none for an invitation to a room the
     /// user may not read yet); `has_more`, and `next` (the `after`
     /// of the next page) when there is more.
-    pub(super) async fn list(&self, user: &str, o: &Map<String, Value>) -> Result<Value, Refusal> {
-        let limit = page_limit(o, "limit", LIST_DEFAULT, LIST_MAX)?;
-        let after = room_cursor(o, "after")?;
-        self.list_page(user, after.as_deref(), limit, REPLY_MAX)
-            .await
+    pub(super) async fn list(&self, user: &str, p: List) -> Result<Box<RawValue>, Refusal> {
+        let limit = page_limit(p.limit, "limit", LIST_DEFAULT, LIST_MAX)?;
+        let after = room_cursor(p.after, "after")?;
+        let page = self
+            .list_page(user, after.as_deref(), limit, REPLY_MAX)
+            .await?;
+        wire::result(&page)
     }
 
     /// One `rooms.list` page of at most `max` bytes.
@@ -110,7 +116,7 @@ impl Chat {
         after: Option<&str>,
         limit: usize,
         max: usize,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<ListResult<Box<RawValue>>, Refusal> {
         let rows = self.store.user_rooms(user).await?;
         let mut rooms = Vec::new();
         let mut used = FRAME_RESERVE;
@@ -124,25 +130,33 @@ impl Chat {
             // an invitation shows the room, not what is said in it
             let (head, last) = if info.as_ref().is_some_and(|i| can_read(Some(&m), i)) {
                 let page = self.store.read(&m.room, Range::Latest, 1).await?;
+                // the stored bytes as they are (a copy, not a parse)
                 let last = page
                     .events
                     .last()
-                    .and_then(|e| serde_json::from_slice(&e.json).ok());
+                    .and_then(raw_event)
+                    .map(ToOwned::to_owned);
                 (page.head, last)
             } else {
-                (self.store.head(&m.room).await?, None::<Value>)
+                (self.store.head(&m.room).await?, None)
             };
             let marks = self.store.markers(&m.room, user).await?;
-            let mut entry = json!({
-                "room": m.room, "kind": info.as_ref().map(|i| i.kind), "title": info.and_then(|i| i.title),
-                "state": m.state, "role": m.role, "head": head, "read": marks.read,
-                "unread": head.saturating_sub(marks.read), "last": last,
-            });
+            let mut entry = ListEntry {
+                room: m.room,
+                kind: info.as_ref().map(|i| i.kind),
+                title: info.and_then(|i| i.title),
+                state: m.state,
+                role: m.role,
+                head,
+                read: marks.read,
+                unread: head.saturating_sub(marks.read),
+                last,
+            };
             let size = json_len(&entry) + 1;
             if rooms.is_empty() && used + size > max {
                 // a page makes progress: an entry too large for one goes
                 // without its last event (the rest is a few hundred bytes)
-                entry["last"] = Value::Null;
+                entry.last = None;
                 used += json_len(&entry) + 1;
                 rooms.push(entry);
             } else if !take(&mut rooms, entry, size, &mut used, max) {
@@ -150,7 +164,12 @@ impl Chat {
                 break;
             }
         }
-        Ok(paged(json!({"rooms": rooms}), "", &rooms, has_more))
+        let next = next_room(&rooms, has_more, |r| &r.room);
+        Ok(ListResult {
+            rooms,
+            has_more,
+            next,
+        })
     }
 
     /// The `joined` part of `sync`: rooms the user is in or invited to that
@@ -160,12 +179,12 @@ impl Chat {
     pub(super) async fn joined_page(
         &self,
         user: &str,
-        named: &Map<String, Value>,
+        named: &BTreeMap<String, u64>,
         after: Option<&str>,
         limit: usize,
         used: &mut usize,
         max: usize,
-    ) -> Result<(Vec<Value>, bool), Refusal> {
+    ) -> Result<(Vec<JoinedEntry>, bool), Refusal> {
         let rows = self.store.user_rooms(user).await?;
         let mut joined = Vec::new();
         for m in active_after(rows, after).filter(|m| !named.contains_key(&m.room)) {
@@ -173,7 +192,11 @@ impl Chat {
                 return Ok((joined, true));
             }
             let head = self.store.head(&m.room).await?;
-            let entry = json!({"room": m.room, "state": m.state, "head": head});
+            let entry = JoinedEntry {
+                room: m.room,
+                state: m.state,
+                head,
+            };
             let size = json_len(&entry) + 1;
             if !take(&mut joined, entry, size, used, max) {
                 return Ok((joined, true));
@@ -183,14 +206,12 @@ impl Chat {
     }
 }
 
-/// Adds `{prefix}has_more` to `result`, and `{prefix}next` (the last
-/// entry's room) when there is more.
-pub(super) fn paged(mut result: Value, prefix: &str, page: &[Value], has_more: bool) -> Value {
-    if let Value::Object(m) = &mut result {
-        m.insert(format!("{prefix}has_more"), has_more.into());
-        if let Some(last) = page.last().filter(|_| has_more) {
-            m.insert(format!("{prefix}next"), last["room"].clone());
-        }
-    }
-    result
+/// The cursor of the page after `page` (its last entry's room) when there
+/// is more.
+pub(super) fn next_room<T>(
+    page: &[T],
+    has_more: bool,
+    room: impl Fn(&T) -> &String,
+) -> Option<String> {
+    page.last().filter(|_| has_more).map(|e| room(e).clone())
 }

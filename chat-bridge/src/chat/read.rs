@@ -1,9 +1,12 @@
 //! Reading: `history`, `sync`, and read/delivered markers.
 
-use super::{can_read, events_json, now_ms, page, Chat, Out};
+use super::{can_read, now_ms, page, raw_event, raw_events, Chat, Out};
 use crate::store::{MarkerKind, Member, MemberState, Range, RoomInfo};
-use crate::wire::{self, opt_u64, room_field, Code, Refusal};
-use serde_json::{json, Map, Value};
+use crate::wire::{self, required_room, Code, Refusal};
+use schema::request::{History, Marker, Sync};
+use schema::result::{HistoryResult, MarkerResult, SyncResult, SyncRoom};
+use schema::{ErrorBody, RawValue, Receipt};
+use std::collections::BTreeMap;
 
 /// Bytes kept for each named room's entry in a `sync` result besides its
 /// events: its key, `head`, `has_more`, `unread`, or its refusal (under 200
@@ -33,23 +36,19 @@ impl Chat {
     }
 
     /// A page size field: the configured default when absent, else 1..=max.
-    fn page_limit(&self, o: &Map<String, Value>, field: &str) -> Result<usize, Refusal> {
+    fn page_limit(&self, value: Option<u64>, field: &str) -> Result<usize, Refusal> {
         let max = self.sizes.history_max;
-        match opt_u64(o, field)? {
+        match value {
             None => Ok(self.sizes.history_default),
             Some(l) if l >= 1 && l <= max as u64 => Ok(l as usize),
             Some(_) => Err(Refusal::bad(format!("{field} must be 1..{max}"))),
         }
     }
 
-    pub(super) async fn history(
-        &self,
-        user: &str,
-        o: &Map<String, Value>,
-    ) -> Result<Value, Refusal> {
-        let room = room_field(o)?;
-        let limit = self.page_limit(o, "limit")?;
-        let range = match (opt_u64(o, "before")?, opt_u64(o, "after")?) {
+    pub(super) async fn history(&self, user: &str, p: History) -> Result<Box<RawValue>, Refusal> {
+        let room = required_room(p.room)?;
+        let limit = self.page_limit(p.limit, "limit")?;
+        let range = match (p.before, p.after) {
             (Some(_), Some(_)) => return Err(Refusal::bad("give before or after, not both")),
             (Some(b), None) => Range::Before(b),
             (None, Some(a)) => Range::After(a),
@@ -59,9 +58,13 @@ impl Chat {
         let page = self.store.read(&room, range, limit).await?;
         let mut budget = wire::REPLY_EVENTS_MAX;
         let (events, cut) = fit(&page.events, range, &mut budget);
-        Ok(
-            json!({"room": room, "events": events_json(events), "head": page.head, "has_more": page.has_more || cut}),
-        )
+        // the stored bytes go into the reply as they are
+        wire::result(&HistoryResult {
+            room,
+            events: raw_events(events),
+            head: page.head,
+            has_more: page.has_more || cut,
+        })
     }
 
     /// `sync`: per named room (`rooms`: `{room: cursor}`) the events after
@@ -70,38 +73,33 @@ impl Chat {
     /// the request did not name (`joined`, paged by `joined_limit` and
     /// `joined_after`, with `joined_has_more` and `joined_next`). The whole
     /// result stays within [`page::REPLY_MAX`] bytes.
-    pub(super) async fn sync(&self, user: &str, o: &Map<String, Value>) -> Result<Value, Refusal> {
-        self.sync_within(user, o, page::REPLY_MAX).await
+    pub(super) async fn sync(&self, user: &str, p: Sync) -> Result<Box<RawValue>, Refusal> {
+        let result = self.sync_within(user, p, page::REPLY_MAX).await?;
+        wire::result(&result)
     }
 
     /// [`Chat::sync`] with a result of at most `max` bytes.
     pub(super) async fn sync_within(
         &self,
         user: &str,
-        o: &Map<String, Value>,
+        p: Sync,
         max: usize,
-    ) -> Result<Value, Refusal> {
-        let cursors = match o.get("rooms") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => {
-                return Err(Refusal::bad(
-                    "rooms must be an object {room: last_seen_seq}",
-                ))
-            }
-        };
+    ) -> Result<SyncResult<Box<RawValue>>, Refusal> {
+        // each cursor is an unsigned integer: `wire::params` saw to it
+        let cursors = p.rooms.unwrap_or_default();
         if cursors.len() > 1000 {
             return Err(Refusal::bad("at most 1000 rooms per sync"));
         }
-        let limit = self.page_limit(o, "limit_per_room")?;
-        let joined_limit =
-            page::page_limit(o, "joined_limit", page::JOINED_DEFAULT, page::JOINED_MAX)?;
-        let joined_after = page::room_cursor(o, "joined_after")?;
+        let limit = self.page_limit(p.limit_per_room, "limit_per_room")?;
+        let joined_limit = page::page_limit(
+            p.joined_limit,
+            "joined_limit",
+            page::JOINED_DEFAULT,
+            page::JOINED_MAX,
+        )?;
+        let joined_after = page::room_cursor(p.joined_after, "joined_after")?;
         let mut named = Vec::with_capacity(cursors.len());
-        for (room, cursor) in &cursors {
-            let cursor = cursor
-                .as_u64()
-                .ok_or_else(|| Refusal::bad("each cursor must be an unsigned integer"))?;
+        for (room, &cursor) in &cursors {
             if !crate::valid_id(room) {
                 return Err(Refusal::bad("invalid room id in rooms"));
             }
@@ -120,7 +118,7 @@ impl Chat {
                 max,
             )
             .await?;
-        let mut rooms = Map::new();
+        let mut rooms = BTreeMap::new();
         for (room, cursor) in named {
             let entry = match self.readable_room(user, room).await {
                 Ok((_, m)) => {
@@ -132,31 +130,50 @@ impl Chat {
                         Some(_) => self.store.markers(room, user).await?.read,
                         None => 0,
                     };
-                    json!({"events": events_json(events), "head": page.head, "has_more": page.has_more || cut, "unread": page.head.saturating_sub(read.max(cursor))})
+                    SyncRoom::Page {
+                        // the stored bytes as they are (a copy, not a parse)
+                        events: events
+                            .iter()
+                            .filter_map(raw_event)
+                            .map(ToOwned::to_owned)
+                            .collect(),
+                        head: page.head,
+                        has_more: page.has_more || cut,
+                        unread: page.head.saturating_sub(read.max(cursor)),
+                    }
                 }
                 Err(r) if r.code == Code::Unavailable => return Err(r),
-                Err(r) => {
-                    json!({"left": true, "error": {"code": r.code.as_str(), "message": r.message}})
-                }
+                Err(r) => SyncRoom::Left {
+                    left: true,
+                    error: ErrorBody {
+                        code: r.code,
+                        message: r.message,
+                    },
+                },
             };
             // `"room":` and a comma besides the entry
             used = used - ENTRY_RESERVE + page::json_len(&entry) + room.len() + 4;
             rooms.insert(room.clone(), entry);
         }
-        let result = json!({"rooms": rooms, "joined": joined});
-        Ok(page::paged(result, "joined_", &joined, joined_more))
+        let joined_next = page::next_room(&joined, joined_more, |j| &j.room);
+        Ok(SyncResult {
+            rooms,
+            joined,
+            joined_has_more: joined_more,
+            joined_next,
+        })
     }
 
     /// Moves a read or delivered marker forward.
     pub(super) async fn marker(
         &self,
         user: &str,
-        o: &Map<String, Value>,
+        p: Marker,
         kind: MarkerKind,
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
-        let room = room_field(o)?;
-        let seq = opt_u64(o, "seq")?.ok_or_else(|| Refusal::bad("seq is required"))?;
+    ) -> Result<Box<RawValue>, Refusal> {
+        let room = required_room(p.room)?;
+        let seq = p.seq.ok_or_else(|| Refusal::bad("seq is required"))?;
         let (_, m) = self.readable_room(user, &room).await?;
         if m.map(|m| m.state) != Some(MemberState::Joined) {
             return Err(Refusal::new(
@@ -170,14 +187,25 @@ impl Chat {
             .set_marker(&room, user, kind, seq.min(head))
             .await?;
         if moved {
+            let receipt = Receipt {
+                room: room.clone(),
+                user: user.to_owned(),
+                read: marks.read,
+                delivered: marks.delivered,
+                ts: now_ms(),
+            };
             out.push(Out {
                 topic: format!("{}/rooms/{room}/receipts", self.prefix),
-                payload: json!({"room": room, "user": user, "read": marks.read, "delivered": marks.delivered, "ts": now_ms()}).to_string().into(),
+                payload: serde_json::to_vec(&receipt).unwrap_or_default().into(),
                 corr: None,
                 seq: None,
             });
         }
-        Ok(json!({"read": marks.read, "delivered": marks.delivered, "moved": moved}))
+        wire::result(&MarkerResult {
+            read: marks.read,
+            delivered: marks.delivered,
+            moved,
+        })
     }
 }
 
@@ -227,18 +255,25 @@ mod tests {
     #[test]
     fn a_named_rooms_frame_fits_its_reserve() {
         let room = "r".repeat(64);
-        let mut entries =
-            vec![json!({"events": [], "head": u64::MAX, "has_more": true, "unread": u64::MAX})];
+        let mut entries: Vec<SyncRoom<Box<RawValue>>> = vec![SyncRoom::Page {
+            events: Vec::new(),
+            head: u64::MAX,
+            has_more: true,
+            unread: u64::MAX,
+        }];
         for message in [
             format!("you are not a member of {room}"),
             format!("you are banned from {room}"),
         ] {
-            entries
-                .push(json!({"left": true, "error": {"code": "not_member", "message": message}}));
+            let error = ErrorBody {
+                code: Code::NotMember,
+                message,
+            };
+            entries.push(SyncRoom::Left { left: true, error });
         }
         for e in entries {
             let size = page::json_len(&e) + room.len() + 4;
-            assert!(size <= ENTRY_RESERVE, "{size}: {e}");
+            assert!(size <= ENTRY_RESERVE, "{size}: {e:?}");
         }
     }
 

@@ -2,8 +2,10 @@
 
 use super::{in_direct_pair, now_ms, Chat, Out};
 use crate::store::{MemberChange, MemberState, NewEvent, Role, RoomKind};
-use crate::wire::{opt_str, opt_u64, room_field, user_field, Code, Refusal};
-use serde_json::{json, Map, Value};
+use crate::wire::{self, required_room, required_user, Code, Refusal};
+use schema::request::{Members, Moderate, RoomParam};
+use schema::result::{MemberEntry, MembersResult, SeqResult};
+use schema::{AccessHook, EventBody, Inbox, RawValue};
 
 impl Chat {
     pub(super) async fn member_event(
@@ -18,14 +20,16 @@ impl Chat {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut body = Map::new();
-        body.insert("type".into(), "member".into());
-        body.insert("action".into(), action.into());
-        body.insert("user".into(), target.into());
-        body.insert(
-            "role".into(),
-            serde_json::to_value(change.role).unwrap_or(Value::Null),
-        );
+        let body = EventBody::Member {
+            action: action.to_owned(),
+            user: target.to_owned(),
+            role: change.role,
+        }
+        .to_map()
+        .map_err(|e| {
+            tracing::error!(error = %e, "a member event does not serialize");
+            Refusal::new(Code::Unavailable, "internal error, retry later")
+        })?;
         let joined = change.state == MemberState::Joined;
         let ev = NewEvent {
             room: room.into(),
@@ -39,24 +43,21 @@ impl Chat {
         let a = self.store.append(ev).await?;
         self.sink.member(room, target, joined);
         out.push(self.event_out(room, &a.event));
-        out.push(Out {
-            topic: format!("{}/hooks/access", self.prefix),
-            payload: json!({"room": room, "user": target, "joined": joined})
-                .to_string()
-                .into(),
-            corr: None,
-            seq: None,
-        });
+        out.push(self.access_out(&AccessHook::Member {
+            room: room.to_owned(),
+            user: target.to_owned(),
+            joined,
+        }));
         Ok(a.event.seq)
     }
 
     pub(super) async fn join(
         &self,
         user: &str,
-        o: &Map<String, Value>,
+        p: RoomParam,
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
-        let room = room_field(o)?;
+    ) -> Result<Box<RawValue>, Refusal> {
+        let room = required_room(p.room)?;
         let info = self
             .store
             .room(&room)
@@ -66,7 +67,7 @@ impl Chat {
         let role = m.as_ref().map(|m| m.role).unwrap_or(Role::Member);
         match (m.as_ref().map(|m| m.state), info.kind) {
             (Some(MemberState::Joined), _) => {
-                return Ok(json!({"seq": m.map(|m| m.since).unwrap_or(0), "already": true}))
+                return wire::result(&SeqResult::already(m.map(|m| m.since).unwrap_or(0)))
             }
             (Some(MemberState::Banned), _) => {
                 return Err(Refusal::new(
@@ -105,7 +106,7 @@ impl Chat {
         role: Role,
         state: MemberState,
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<Box<RawValue>, Refusal> {
         let change = MemberChange {
             user: user.into(),
             role,
@@ -115,16 +116,16 @@ impl Chat {
         let seq = self
             .member_event(room, user, user, action, change, out)
             .await?;
-        Ok(json!({"seq": seq}))
+        wire::result(&SeqResult::new(seq))
     }
 
     pub(super) async fn leave(
         &self,
         user: &str,
-        o: &Map<String, Value>,
+        p: RoomParam,
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
-        let room = room_field(o)?;
+    ) -> Result<Box<RawValue>, Refusal> {
+        let room = required_room(p.room)?;
         let m = self.store.member(&room, user).await?;
         match m.as_ref().map(|m| m.state) {
             Some(MemberState::Joined | MemberState::Invited) => {}
@@ -143,11 +144,11 @@ impl Chat {
     pub(super) async fn invite(
         &self,
         user: &str,
-        o: &Map<String, Value>,
+        p: Moderate,
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
-        let room = room_field(o)?;
-        let target = user_field(o)?;
+    ) -> Result<Box<RawValue>, Refusal> {
+        let room = required_room(p.room)?;
+        let target = required_user(p.user)?;
         let (info, m) = self.readable_room(user, &room).await?;
         if m.as_ref().map(|m| m.state) != Some(MemberState::Joined) {
             return Err(Refusal::new(
@@ -174,7 +175,7 @@ impl Chat {
                 ))
             }
             Some((MemberState::Joined | MemberState::Invited, since)) => {
-                return Ok(json!({"seq": since, "already": true}))
+                return wire::result(&SeqResult::already(since))
             }
             _ => {}
         }
@@ -193,34 +194,38 @@ impl Chat {
                 out,
             )
             .await?;
-        out.push(Out {
-            topic: self.inbox(&target),
-            payload: json!({"type": "invited", "room": room, "by": user})
-                .to_string()
-                .into(),
-            corr: None,
-            seq: None,
-        });
-        Ok(json!({"seq": seq}))
+        out.push(self.inbox_out(
+            &target,
+            &Inbox::Invited {
+                room,
+                by: user.to_owned(),
+            },
+        ));
+        wire::result(&SeqResult::new(seq))
     }
 
-    pub(super) async fn members(
-        &self,
-        user: &str,
-        o: &Map<String, Value>,
-    ) -> Result<Value, Refusal> {
-        let room = room_field(o)?;
+    pub(super) async fn members(&self, user: &str, p: Members) -> Result<Box<RawValue>, Refusal> {
+        let room = required_room(p.room)?;
         self.readable_room(user, &room).await?;
-        let limit = opt_u64(o, "limit")?.unwrap_or(100).clamp(1, 1000) as usize;
-        let after = opt_str(o, "after")?;
-        let rows = self.store.members(&room, after, limit + 1).await?;
+        let limit = p.limit.unwrap_or(100).clamp(1, 1000) as usize;
+        let rows = self
+            .store
+            .members(&room, p.after.as_deref(), limit + 1)
+            .await?;
         let has_more = rows.len() > limit;
         let mut members = Vec::new();
         for m in rows.into_iter().take(limit) {
             let marks = self.store.markers(&room, &m.user).await?;
-            members.push(json!({"user": m.user, "role": m.role, "state": m.state, "muted": m.muted, "read": marks.read, "delivered": marks.delivered}));
+            members.push(MemberEntry {
+                user: m.user,
+                role: m.role,
+                state: m.state,
+                muted: m.muted,
+                read: marks.read,
+                delivered: marks.delivered,
+            });
         }
-        Ok(json!({"members": members, "has_more": has_more}))
+        wire::result(&MembersResult { members, has_more })
     }
 
     /// `rooms.kick`, `rooms.ban` (`"remove": true` lifts it), `rooms.mute`
@@ -230,15 +235,15 @@ impl Chat {
         &self,
         actor: &str,
         action: &str,
-        o: &Map<String, Value>,
+        p: Moderate,
         out: &mut Vec<Out>,
-    ) -> Result<Value, Refusal> {
-        let room = room_field(o)?;
-        let target = user_field(o)?;
+    ) -> Result<Box<RawValue>, Refusal> {
+        let room = required_room(p.room)?;
+        let target = required_user(p.user)?;
         if target == actor {
             return Err(Refusal::bad("you cannot moderate yourself"));
         }
-        let remove = o.get("remove").and_then(Value::as_bool) == Some(true);
+        let remove = p.remove;
         let me = self.store.member(&room, actor).await?;
         let my_role = match me.as_ref().map(|m| (m.state, m.role)) {
             Some((MemberState::Joined, r)) => r,
@@ -269,7 +274,7 @@ impl Chat {
             ("ban", _) => (MemberState::Banned, false, their_role),
             ("mute", Some(MemberState::Joined)) => (MemberState::Joined, !remove, their_role),
             ("role", Some(MemberState::Joined)) => {
-                let role = match opt_str(o, "role")? {
+                let role = match p.role.as_deref() {
                     Some("admin") => Role::Admin,
                     Some("member") => Role::Member,
                     _ => return Err(Refusal::bad("role must be admin or member")),
@@ -302,15 +307,15 @@ impl Chat {
             .member_event(&room, actor, &target, label, change, out)
             .await?;
         if state != MemberState::Joined {
-            out.push(Out {
-                topic: self.inbox(&target),
-                payload: json!({"type": label, "room": room, "by": actor})
-                    .to_string()
-                    .into(),
-                corr: None,
-                seq: None,
-            });
+            let (room, by) = (room, actor.to_owned());
+            let notice = match label {
+                "kick" => Some(Inbox::Kick { room, by }),
+                "ban" => Some(Inbox::Ban { room, by }),
+                "unban" => Some(Inbox::Unban { room, by }),
+                _ => None,
+            };
+            out.extend(notice.map(|n| self.inbox_out(&target, &n)));
         }
-        Ok(json!({"seq": seq}))
+        wire::result(&SeqResult::new(seq))
     }
 }

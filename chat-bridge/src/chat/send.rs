@@ -1,12 +1,15 @@
 //! Sends: validation, membership, rate limit, the target of an edit,
 //! delete or reaction (`target.rs`), append.
 
+use super::page::json_len;
 use super::target::Target;
 use super::{now_ms, Chat, Out, ReplyTo};
 use crate::store::{Member, MemberState, NewEvent, RoomInfo, StoredEvent};
-use crate::wire::{self, opt_str, opt_u64, Code, Refusal};
+use crate::wire::{self, Code, Refusal};
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use schema::request::{Send, SendKind};
+use schema::result::SeqResult;
+use schema::{EventBody, Inbox};
 use std::collections::HashMap;
 
 /// The room and members a batch of sends to one room has read: sends do not
@@ -42,14 +45,14 @@ impl Chat {
         cache: &mut SendCache,
     ) -> (SendCtx, Result<NewEvent, Refusal>) {
         let parsed = self.parse(payload);
-        let obj = parsed.as_ref().ok();
-        let to = self.reply_to(user, obj, rt, corr);
-        let msg_id = obj
-            .and_then(|o| o.get("msg_id"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let env = parsed.as_ref().ok();
+        let to = self.reply_to(user, env, rt, corr);
+        let msg_id = env.and_then(|e| e.msg_id.clone());
         let result = match parsed {
-            Ok(o) => self.prepare(room, user, o, cache).await,
+            Ok(_) => match wire::params::<Send>(payload) {
+                Ok(send) => self.prepare(room, user, send, cache).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let ctx = SendCtx {
@@ -76,27 +79,27 @@ impl Chat {
         match result {
             Ok(ev) => {
                 let mut out = vec![self.event_out(&room, &ev)];
-                out.extend(self.reply(
-                    &to,
-                    wire::ok_reply(to.corr_field.as_ref(), json!({"seq": ev.seq})),
-                ));
+                let reply = wire::result(&SeqResult::new(ev.seq))
+                    .map(|r| wire::ok_reply(to.corr_field.as_deref(), &r))
+                    .unwrap_or_else(|r| wire::err_reply(to.corr_field.as_deref(), &r));
+                out.extend(self.reply(&to, reply));
                 out
             }
             Err(r) => {
                 tracing::debug!(room, user, code = r.code.as_str(), "send refused");
                 self.count_refusal(&r);
                 if to.topic.is_some() {
-                    self.reply(&to, wire::err_reply(to.corr_field.as_ref(), &r))
+                    self.reply(&to, wire::err_reply(to.corr_field.as_deref(), &r))
                         .into_iter()
                         .collect()
                 } else {
-                    let body = json!({"type": "error", "room": room, "msg_id": msg_id, "code": r.code.as_str(), "message": r.message});
-                    vec![Out {
-                        topic: self.inbox(&user),
-                        payload: body.to_string().into(),
-                        corr: None,
-                        seq: None,
-                    }]
+                    let notice = Inbox::Error {
+                        room,
+                        msg_id,
+                        code: r.code,
+                        message: r.message,
+                    };
+                    vec![self.inbox_out(&user, &notice)]
                 }
             }
         }
@@ -169,87 +172,75 @@ impl Chat {
         &self,
         room: &str,
         user: &str,
-        o: Map<String, Value>,
+        send: Send,
         cache: &mut SendCache,
     ) -> Result<NewEvent, Refusal> {
-        let msg_id = match opt_str(&o, "msg_id")? {
-            Some(m) if wire::valid_msg_id(m) => m.to_owned(),
+        let Send {
+            msg_id,
+            kind,
+            body: text,
+            target,
+            reply_to,
+            emoji,
+            remove,
+            meta,
+        } = send;
+        let msg_id = match msg_id {
+            Some(m) if wire::valid_msg_id(&m) => m,
             Some(_) => return Err(Refusal::bad("msg_id must be 1-64 printable ASCII chars")),
             None => return Err(Refusal::bad("msg_id is required")),
         };
-        let kind = opt_str(&o, "type")?.unwrap_or("message");
-        let mut body = Map::new();
-        body.insert("type".into(), Value::String(kind.to_owned()));
-        let text = opt_str(&o, "body")?;
-        if let Some(t) = text {
-            if t.len() > self.sizes.body_max {
-                return Err(Refusal::new(
-                    Code::TooLarge,
-                    format!("body exceeds {} bytes", self.sizes.body_max),
-                ));
-            }
+        let kind = kind.unwrap_or(SendKind::Message);
+        if text.as_ref().is_some_and(|t| t.len() > self.sizes.body_max) {
+            return Err(Refusal::new(
+                Code::TooLarge,
+                format!("body exceeds {} bytes", self.sizes.body_max),
+            ));
         }
-        let target = opt_u64(&o, "target")?;
-        match kind {
-            "message" => {
-                let t = text.ok_or_else(|| Refusal::bad("body is required"))?;
-                body.insert("body".into(), t.into());
-                if let Some(r) = opt_u64(&o, "reply_to")? {
-                    body.insert("reply_to".into(), r.into());
+        let required = |v: Option<u64>| v.ok_or_else(|| Refusal::bad("target is required"));
+        let no_body = || Refusal::bad("body is required");
+        let meta_len = meta.as_ref().map(json_len);
+        let event = match kind {
+            SendKind::Message => EventBody::Message {
+                body: text.ok_or_else(no_body)?,
+                reply_to,
+                meta,
+            },
+            SendKind::Edit => {
+                let body = text.ok_or_else(no_body)?;
+                EventBody::Edit {
+                    target: required(target)?,
+                    body,
+                    meta,
                 }
             }
-            "edit" => {
-                let t = text.ok_or_else(|| Refusal::bad("body is required"))?;
-                body.insert(
-                    "target".into(),
-                    target
-                        .ok_or_else(|| Refusal::bad("target is required"))?
-                        .into(),
-                );
-                body.insert("body".into(), t.into());
-            }
-            "delete" => {
-                body.insert(
-                    "target".into(),
-                    target
-                        .ok_or_else(|| Refusal::bad("target is required"))?
-                        .into(),
-                );
-            }
-            "reaction" => {
-                body.insert(
-                    "target".into(),
-                    target
-                        .ok_or_else(|| Refusal::bad("target is required"))?
-                        .into(),
-                );
-                let emoji = opt_str(&o, "emoji")?
+            SendKind::Delete => EventBody::Delete {
+                target: required(target)?,
+                meta,
+            },
+            SendKind::Reaction => {
+                let target = required(target)?;
+                let emoji = emoji
                     .filter(|e| !e.is_empty() && e.len() <= 64)
                     .ok_or_else(|| Refusal::bad("emoji is required (1-64 bytes)"))?;
-                body.insert("emoji".into(), emoji.into());
-                if o.get("remove").and_then(Value::as_bool) == Some(true) {
-                    body.insert("remove".into(), true.into());
+                EventBody::Reaction {
+                    target,
+                    emoji,
+                    remove,
+                    meta,
                 }
             }
-            _ => {
-                return Err(Refusal::bad(
-                    "type must be message, edit, delete or reaction",
-                ))
-            }
+        };
+        if meta_len.is_some_and(|n| n > self.sizes.meta_max) {
+            return Err(Refusal::new(
+                Code::TooLarge,
+                format!("meta exceeds {} bytes", self.sizes.meta_max),
+            ));
         }
-        match o.get("meta") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => {
-                if Value::Object(m.clone()).to_string().len() > self.sizes.meta_max {
-                    return Err(Refusal::new(
-                        Code::TooLarge,
-                        format!("meta exceeds {} bytes", self.sizes.meta_max),
-                    ));
-                }
-                body.insert("meta".into(), Value::Object(m.clone()));
-            }
-            Some(_) => return Err(Refusal::bad("meta must be an object")),
-        }
+        let body = event.to_map().map_err(|e| {
+            tracing::error!(error = %e, "an event body does not serialize");
+            Refusal::new(Code::Unavailable, "internal error, retry later")
+        })?;
         if cache.room_id != room {
             *cache = SendCache {
                 room_id: room.to_owned(),
@@ -301,8 +292,8 @@ impl Chat {
         // only edits, deletes and reactions read a target (after the rate
         // limit: a flood of them is slowed down like any other send)
         let target = match kind {
-            "edit" | "delete" | "reaction" => target,
-            _ => None,
+            SendKind::Edit | SendKind::Delete | SendKind::Reaction => target,
+            SendKind::Message => None,
         };
         if let Some(t) = target {
             self.check_target(room, user, kind, t, &msg_id, cache)
@@ -315,7 +306,7 @@ impl Chat {
             ts: now_ms(),
             body,
             member: None,
-            redacts: target.filter(|_| kind == "delete"),
+            redacts: target.filter(|_| kind == SendKind::Delete),
         })
     }
 }

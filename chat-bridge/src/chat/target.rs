@@ -11,7 +11,8 @@ use super::send::SendCache;
 use super::Chat;
 use crate::store::{Range, Role, RoomKind};
 use crate::wire::{Code, Refusal};
-use serde::Deserialize;
+use schema::request::SendKind;
+use schema::EventHead;
 use std::collections::hash_map::Entry;
 
 /// A message that an edit, delete or reaction names.
@@ -24,16 +25,6 @@ pub(super) struct Target {
     deleted_by: Option<(String, String)>,
 }
 
-/// The fields of a stored event that decide whether it may be a target.
-#[derive(Deserialize)]
-struct TargetHead {
-    from: String,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    deleted: bool,
-}
-
 impl Chat {
     /// Whether `user` may act (`kind`) on the message at `seq`; a delete
     /// that may is remembered for the rest of the batch.
@@ -41,7 +32,7 @@ impl Chat {
         &self,
         room: &str,
         user: &str,
-        kind: &str,
+        kind: SendKind,
         seq: u64,
         msg_id: &str,
         cache: &mut SendCache,
@@ -68,19 +59,19 @@ impl Chat {
         }
         let own = t.from == user;
         let allowed = match kind {
-            "edit" => own,
-            "delete" => own || self.moderates(cache, user),
-            _ => true,
+            SendKind::Edit => own,
+            SendKind::Delete => own || self.moderates(cache, user),
+            SendKind::Message | SendKind::Reaction => true,
         };
         if !allowed {
-            let what = if kind == "edit" {
+            let what = if kind == SendKind::Edit {
                 "only its author may edit a message".to_owned()
             } else {
                 format!("you may not delete message {seq} in {room}")
             };
             return Err(Refusal::new(Code::Forbidden, what));
         }
-        if kind == "delete" {
+        if kind == SendKind::Delete {
             if let Some(Some(t)) = cache.targets.get_mut(&seq) {
                 t.deleted = true;
                 t.deleted_by = Some((user.to_owned(), msg_id.to_owned()));
@@ -99,7 +90,8 @@ impl Chat {
         let Some(ev) = page.events.first().filter(|e| e.seq == seq) else {
             return Ok(None);
         };
-        let head: TargetHead = match serde_json::from_slice(&ev.json) {
+        // the envelope, `type` and `deleted` decide (a tombstone has no more)
+        let head: EventHead = match serde_json::from_slice(&ev.json) {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(room, seq, error = %e, "stored event does not decode");

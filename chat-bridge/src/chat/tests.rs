@@ -5,7 +5,7 @@ use super::*;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore, FsyncPolicy};
 use crate::store::{Appended, Markers, NewEvent, Page, Range, Role, StoreError, StoredEvent};
 use async_trait::async_trait;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -379,6 +379,7 @@ async fn rooms_list_pages_within_the_byte_limit_and_skips_left_rooms() {
             "page over {max}: {}",
             page::json_len(&p)
         );
+        let p = serde_json::to_value(&p).expect("a page serializes");
         let rooms = p["rooms"].as_array().expect("rooms").clone();
         assert!(!rooms.is_empty());
         seen.extend(
@@ -445,15 +446,18 @@ async fn sync_pages_joined_within_the_byte_limit() {
         if let Some(a) = &after {
             req["joined_after"] = a.clone().into();
         }
-        let Value::Object(o) = req else {
-            unreachable!()
-        };
-        let p = f.chat.sync_within("alice", &o, max).await.expect("sync");
+        let params = serde_json::from_value(req).expect("sync parameters");
+        let p = f
+            .chat
+            .sync_within("alice", params, max)
+            .await
+            .expect("sync");
         assert!(
             page::json_len(&p) <= max,
             "page over {max}: {}",
             page::json_len(&p)
         );
+        let p = serde_json::to_value(&p).expect("a page serializes");
         assert!(p["rooms"]["r000"]["head"].as_u64().is_some(), "{p}");
         let joined = p["joined"].as_array().expect("joined").clone();
         assert!(!joined.is_empty());
@@ -482,4 +486,246 @@ async fn sync_pages_joined_within_the_byte_limit() {
     assert_eq!(r["joined_has_more"], false);
     let bad = json!({"joined_limit": 1001});
     assert_eq!(f.err("alice", "sync", bad).await, "bad_request");
+}
+
+/// A request's raw payload as `user`; the reply's bytes and everything else.
+async fn raw_call(f: &Fixture, user: &str, method: &str, payload: &str) -> (String, Vec<Out>) {
+    let reply = format!("chat/users/{user}/replies/t1");
+    let outs = f
+        .chat
+        .handle(
+            &format!("chat/rpc/{user}/{method}"),
+            payload.as_bytes(),
+            None,
+            None,
+        )
+        .await;
+    let (replies, rest): (Vec<Out>, Vec<Out>) = outs.into_iter().partition(|o| o.topic == reply);
+    let [r] = replies.as_slice() else {
+        panic!("{method} {payload}: one reply expected, got {replies:?}");
+    };
+    (String::from_utf8_lossy(&r.payload).into_owned(), rest)
+}
+
+#[tokio::test]
+async fn a_bad_request_names_the_offending_field() {
+    let f = fixture();
+    f.ok("alice", "rooms.create", json!({"room": "r1"})).await;
+    for (method, params, message) in [
+        (
+            "history",
+            json!({"room": "r1", "limit": "x"}),
+            r#"limit: invalid type: string "x", expected u64"#,
+        ),
+        (
+            "history",
+            json!({"room": "r1", "before": -1}),
+            "before: invalid value: integer `-1`, expected u64",
+        ),
+        (
+            "history",
+            json!({"room": 5}),
+            "room: invalid type: integer `5`, expected a string",
+        ),
+        ("history", json!({}), "room is required"),
+        (
+            "history",
+            json!({"room": "r1", "limit": 0}),
+            "limit must be 1..1000",
+        ),
+        (
+            "sync",
+            json!({"rooms": {"r1": "x"}}),
+            r#"rooms.r1: invalid type: string "x", expected u64"#,
+        ),
+        (
+            "rooms.create",
+            json!({"kind": "bogus"}),
+            "kind: unknown variant `bogus`, expected one of `direct`, `group`, `channel`",
+        ),
+        (
+            "rooms.create",
+            json!({"members": ["bob", 7]}),
+            "members[1]: invalid type: integer `7`, expected a string",
+        ),
+        (
+            "rooms.kick",
+            json!({"room": "r1", "user": ["bob"]}),
+            "user: invalid type: sequence, expected a string",
+        ),
+        (
+            "read",
+            json!({"room": "r1", "seq": "1"}),
+            r#"seq: invalid type: string "1", expected u64"#,
+        ),
+        ("read", json!({"room": "r1"}), "seq is required"),
+    ] {
+        let (r, _) = f.call("alice", method, params.clone()).await;
+        assert_eq!(r["error"]["code"], "bad_request", "{method} {params}: {r}");
+        assert_eq!(r["error"]["message"], message, "{method} {params}");
+    }
+    // a send's refusal names the field too, and an unknown field is ignored
+    let reply = "chat/users/alice/replies/t1";
+    for (payload, message) in [
+        (
+            json!({"msg_id": "m1", "body": 5}),
+            "body: invalid type: integer `5`, expected a string",
+        ),
+        (
+            json!({"msg_id": "m1", "type": "poke"}),
+            "type: unknown variant `poke`, expected one of `message`, `edit`, `delete`, `reaction`",
+        ),
+        (
+            json!({"msg_id": "m1", "body": "hi", "meta": []}),
+            "meta: invalid type: sequence, expected a map",
+        ),
+    ] {
+        let mut p = payload.clone();
+        p["reply"] = reply.into();
+        let outs = f
+            .chat
+            .handle(
+                "chat/rooms/r1/send/alice",
+                p.to_string().as_bytes(),
+                None,
+                None,
+            )
+            .await;
+        let r: Value = serde_json::from_slice(&outs[0].payload).expect("a reply");
+        assert_eq!(r["error"]["message"], message, "{payload}");
+    }
+    let ok = json!({"msg_id": "m2", "body": "hi", "unknown": {"x": [1]}, "reply": reply});
+    let outs = f
+        .chat
+        .handle(
+            "chat/rooms/r1/send/alice",
+            ok.to_string().as_bytes(),
+            None,
+            None,
+        )
+        .await;
+    assert!(
+        outs.iter().any(|o| o.topic == "chat/rooms/r1/events"),
+        "{outs:?}"
+    );
+}
+
+#[tokio::test]
+async fn corr_comes_back_as_the_client_wrote_it() {
+    let f = fixture();
+    let reply = "chat/users/alice/replies/t1";
+    for corr in [
+        "5.7460254689548115e+169",
+        r#"{ "a" : [1.10, null] }"#,
+        "null",
+        r#""7""#,
+        "-0",
+    ] {
+        let payload = format!(r#"{{"reply":"{reply}","corr":{corr},"room":"none"}}"#);
+        let (r, _) = raw_call(&f, "alice", "history", &payload).await;
+        let want = format!(r#"{{"corr":{corr},"ok":false,"error":"#);
+        assert!(r.starts_with(&want), "{r}");
+        // on a request that fails to parse too
+        let payload = format!(r#"{{"reply":"{reply}","corr":{corr},"limit":"x"}}"#);
+        let (r, _) = raw_call(&f, "alice", "history", &payload).await;
+        assert!(r.starts_with(&want), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn history_and_sync_serve_the_stored_bytes() {
+    let f = fixture();
+    f.ok("alice", "rooms.create", json!({"room": "r1"})).await;
+    let send = json!({"msg_id": "m1", "body": "h\u{e9}llo \"q\"", "meta": {"n": 1.5, "z": [true]}});
+    let outs = f
+        .chat
+        .handle(
+            "chat/rooms/r1/send/alice",
+            send.to_string().as_bytes(),
+            None,
+            None,
+        )
+        .await;
+    let event = outs
+        .iter()
+        .find(|o| o.topic == "chat/rooms/r1/events")
+        .map(|o| String::from_utf8_lossy(&o.payload).into_owned())
+        .expect("the event");
+    let page = f.store.read("r1", Range::Latest, 10).await.expect("read");
+    let stored: Vec<String> = page
+        .events
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.json).into_owned())
+        .collect();
+    assert_eq!(stored.last(), Some(&event));
+    let reply = "chat/users/alice/replies/t1";
+    let events = format!(r#""events":[{}]"#, stored.join(","));
+    for (method, params) in [
+        ("history", r#""room":"r1""#),
+        ("sync", r#""rooms":{"r1":0}"#),
+    ] {
+        let payload = format!(r#"{{"reply":"{reply}",{params}}}"#);
+        let (r, _) = raw_call(&f, "alice", method, &payload).await;
+        assert!(r.contains(&events), "{method}: {r}\n{events}");
+    }
+    let (r, _) = raw_call(
+        &f,
+        "alice",
+        "rooms.list",
+        &format!(r#"{{"reply":"{reply}"}}"#),
+    )
+    .await;
+    assert!(r.contains(&format!(r#""last":{event}"#)), "{r}");
+    // and they read back as typed events
+    let (r, _) = f.call("alice", "history", json!({"room": "r1"})).await;
+    let h: schema::result::HistoryResult<schema::Event> =
+        serde_json::from_value(r["result"].clone()).expect("a typed history");
+    assert!(matches!(
+        h.events.last().map(|e| &e.body),
+        Some(schema::EventBody::Message { body, .. }) if body == "h\u{e9}llo \"q\""
+    ));
+}
+
+#[tokio::test]
+async fn the_access_hooks_read_as_the_broker_reads_them() {
+    let f = fixture();
+    let (_, outs) = f
+        .call(
+            "alice",
+            "rooms.create",
+            json!({"room": "c1", "kind": "channel"}),
+        )
+        .await;
+    let (_, more) = f
+        .call(
+            "alice",
+            "rooms.invite",
+            json!({"room": "c1", "user": "bob"}),
+        )
+        .await;
+    let hooks: Vec<schema::AccessHook> = outs
+        .iter()
+        .chain(&more)
+        .filter(|o| o.topic == "chat/hooks/access")
+        .map(|o| serde_json::from_slice(&o.payload).expect("an access hook"))
+        .collect();
+    assert_eq!(
+        hooks,
+        [
+            schema::AccessHook::Open {
+                room: "c1".into(),
+                open: true
+            },
+            schema::AccessHook::Member {
+                room: "c1".into(),
+                user: "alice".into(),
+                joined: true
+            },
+            schema::AccessHook::Member {
+                room: "c1".into(),
+                user: "bob".into(),
+                joined: false
+            },
+        ]
+    );
 }

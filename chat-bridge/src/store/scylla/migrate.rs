@@ -1,4 +1,4 @@
-//! `chatmq migrate`: applies the CQL migrations in `schema/` (compiled in),
+//! `chatmq migrate`: applies the CQL migrations in `schema/cql/` (compiled in),
 //! in order, skipping those recorded in `schema_migrations`. Every statement
 //! is idempotent (`IF NOT EXISTS`), so an interrupted run is simply repeated,
 //! and two concurrent runs are harmless.
@@ -12,8 +12,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Every migration, in order: (version, CQL text). Never edit a released one.
-pub const MIGRATIONS: &[(&str, &str)] =
-    &[("001_init", include_str!("../../../../schema/001_init.cql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[(
+    "001_init",
+    include_str!("../../../../schema/cql/001_init.cql"),
+)];
 
 /// What `${tablets}` becomes on ScyllaDB versions that know tablets.
 const NO_TABLETS: &str = "AND tablets = {'enabled': false}";

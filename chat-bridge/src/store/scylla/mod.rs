@@ -1,6 +1,6 @@
 //! The ScyllaDB store: the production [`Store`] behind the same trait as the
 //! embedded one, for deployments that outgrow one machine. The schema is in
-//! `schema/*.cql` (applied by [`migrate`]); `docs/scylla.md` is the guide.
+//! `schema/cql/*.cql` (applied by [`migrate`]); `docs/scylla.md` is the guide.
 //!
 //! # Tables (keyspace from the config)
 //!
