@@ -186,19 +186,17 @@ async fn batch(inner: &Inner, room: &Room, st: &mut State, jobs: Vec<Job>) {
             (None, _, None) => Err(StoreError::Unavailable("append not attempted".into())),
         });
     }
+    // Answers are copied, not taken: a later in-batch duplicate reads its
+    // first occurrence's answer after that one was sent.
     for (i, job) in jobs.into_iter().enumerate() {
-        let r = match dup_of[i] {
-            Some(f) => match results[f].as_ref() {
-                Some(Ok(a)) => Ok(Appended {
-                    event: a.event.clone(),
-                    duplicate: true,
-                }),
-                Some(Err(e)) => Err(same_err(e)),
-                None => Err(StoreError::Unavailable("append not attempted".into())),
-            },
-            None => results[i]
-                .take()
-                .unwrap_or_else(|| Err(StoreError::Unavailable("append not attempted".into()))),
+        let r = match (dup_of[i], results.get(dup_of[i].unwrap_or(i))) {
+            (Some(_), Some(Some(Ok(a)))) => Ok(Appended {
+                event: a.event.clone(),
+                duplicate: true,
+            }),
+            (None, Some(Some(Ok(a)))) => Ok(a.clone()),
+            (_, Some(Some(Err(e)))) => Err(same_err(e)),
+            (_, _) => Err(StoreError::Unavailable("append not attempted".into())),
         };
         drop(job.reply.send(r));
     }
