@@ -46,16 +46,19 @@ pub async fn migrate(cfg: &Settings) -> anyhow::Result<Vec<String>> {
         ]),
         Backend::Scylla => {
             let ks = &cfg.store.scylla.keyspace;
-            let applied = chat_bridge::store::scylla::migrate(&cfg.store.scylla)
+            let done = chat_bridge::store::scylla::migrate(&cfg.store.scylla)
                 .await
                 .map_err(|e| anyhow::anyhow!("store.scylla: {e}"))?;
-            if applied.is_empty() {
-                return Ok(vec![format!("keyspace {ks}: up to date")]);
+            let mut lines = vec![format!("server: {}", done.server.describe())];
+            if done.applied.is_empty() {
+                lines.push(format!("keyspace {ks}: up to date"));
             }
-            Ok(applied
-                .into_iter()
-                .map(|v| format!("keyspace {ks}: applied {v}"))
-                .collect())
+            lines.extend(
+                done.applied
+                    .into_iter()
+                    .map(|v| format!("keyspace {ks}: applied {v}")),
+            );
+            Ok(lines)
         }
     }
 }

@@ -22,12 +22,22 @@ const NO_TABLETS: &str = "AND tablets = {'enabled': false}";
 /// DDL waits for schema agreement: give it more than a normal request.
 const DDL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What a [`migrate`] call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The server, as [`detect`] saw it.
+    pub server: Server,
+    /// The versions applied by this call (empty: the schema was up to date).
+    pub applied: Vec<String>,
+}
+
 /// Applies the pending migrations to `cfg.keyspace` (creating it with
-/// `cfg.replication` if needed); returns the versions applied by this call
-/// (empty when the schema was up to date).
-pub async fn migrate(cfg: &ScyllaConfig) -> Result<Vec<String>, StoreError> {
+/// `cfg.replication` if needed).
+pub async fn migrate(cfg: &ScyllaConfig) -> Result<Migrated, StoreError> {
     let session = cfg.session().await?;
     let ks = cfg.keyspace.as_str();
+    let server = detect(&session).await?;
+    tracing::info!(server = server.describe(), "scylla: migrate");
     let applied = applied(&session, ks).await?;
     let mut done = Vec::new();
     for &(version, text) in MIGRATIONS {
@@ -42,7 +52,7 @@ pub async fn migrate(cfg: &ScyllaConfig) -> Result<Vec<String>, StoreError> {
             continue;
         }
         for cql in statements(text, ks, &cfg.replication) {
-            run_ddl(&session, &cql).await?;
+            run_ddl(&session, server, &cql).await?;
         }
         let mut record = Statement::new(format!(
             "INSERT INTO {ks}.schema_migrations (version, checksum, applied_at) \
@@ -56,7 +66,10 @@ pub async fn migrate(cfg: &ScyllaConfig) -> Result<Vec<String>, StoreError> {
         tracing::info!(version, keyspace = ks, "scylla: migration applied");
         done.push(version.to_owned());
     }
-    Ok(done)
+    Ok(Migrated {
+        server,
+        applied: done,
+    })
 }
 
 /// Applied versions and their checksums; empty if the keyspace or the
@@ -94,30 +107,77 @@ async fn applied(session: &Session, ks: &str) -> Result<HashMap<String, String>,
     Ok(out)
 }
 
-/// Runs one DDL statement. `${tablets}` is first tried as [`NO_TABLETS`];
-/// a server that does not know the option (before tablets existed) gets
-/// the statement without it.
-async fn run_ddl(session: &Session, cql: &str) -> Result<(), StoreError> {
-    let exec = |text: String| async move {
-        let mut s = Statement::new(text);
-        s.set_request_timeout(Some(DDL_TIMEOUT));
-        session.query_unpaged(s, ()).await.map(|_| ())
-    };
-    if !cql.contains("${tablets}") {
-        return exec(cql.to_owned())
-            .await
-            .map_err(|e| unavailable(&format!("running `{cql}`"), e));
-    }
-    match exec(cql.replace("${tablets}", NO_TABLETS)).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.to_string().to_ascii_lowercase().contains("tablets") => {
-            tracing::info!(error = %e, "scylla: no tablets option on this server; creating the keyspace without it");
-            exec(cql.replace("${tablets}", ""))
-                .await
-                .map_err(|e| unavailable(&format!("running `{cql}`"), e))
+/// The CQL server `migrate` talks to, as far as the schema cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// ScyllaDB with tablets (`system_schema.scylla_keyspaces.initial_tablets`
+    /// exists): keyspaces are created with `tablets = {'enabled': false}`.
+    ScyllaTablets,
+    /// ScyllaDB before tablets (`system.scylla_local` exists, no tablets column).
+    Scylla,
+    /// Any other CQL server (Apache Cassandra): no ScyllaDB-only options.
+    Cassandra,
+}
+
+impl Server {
+    /// What `${tablets}` in a migration becomes on this server.
+    pub fn tablets_clause(self) -> &'static str {
+        match self {
+            Server::ScyllaTablets => NO_TABLETS,
+            Server::Scylla | Server::Cassandra => "",
         }
-        Err(e) => Err(unavailable(&format!("running `{cql}`"), e)),
     }
+
+    /// A name for logs and `chatmq migrate`'s output.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Server::ScyllaTablets => "ScyllaDB (tablets known: the keyspace is created without them)",
+            Server::Scylla => "ScyllaDB (before tablets)",
+            Server::Cassandra => "Apache Cassandra or another CQL server (no ScyllaDB-only options)",
+        }
+    }
+}
+
+/// Tells ScyllaDB (with or without tablets) from other CQL servers by the
+/// system tables only ScyllaDB has. A table or column that does not exist is
+/// an answer; any other failure is an error (guessing could create a
+/// keyspace with tablets, where the LWT path does not work).
+pub async fn detect(session: &Session) -> Result<Server, StoreError> {
+    if exists(session, "SELECT initial_tablets FROM system_schema.scylla_keyspaces LIMIT 1").await? {
+        return Ok(Server::ScyllaTablets);
+    }
+    if exists(session, "SELECT key FROM system.scylla_local LIMIT 1").await? {
+        return Ok(Server::Scylla);
+    }
+    Ok(Server::Cassandra)
+}
+
+/// Whether `cql` (a read of a system table) runs: `false` when the server
+/// says the table or column is unknown.
+async fn exists(session: &Session, cql: &str) -> Result<bool, StoreError> {
+    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+    let mut s = Statement::new(cql);
+    s.set_request_timeout(Some(DDL_TIMEOUT));
+    match session.query_unpaged(s, ()).await {
+        Ok(_) => Ok(true),
+        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid | DbError::SyntaxError,
+            _,
+        ))) => Ok(false),
+        Err(e) => Err(unavailable(&format!("probing the server with `{cql}`"), e)),
+    }
+}
+
+/// Runs one DDL statement, `${tablets}` replaced for `server`.
+async fn run_ddl(session: &Session, server: Server, cql: &str) -> Result<(), StoreError> {
+    let text = cql.replace("${tablets}", server.tablets_clause());
+    let mut s = Statement::new(text.as_str());
+    s.set_request_timeout(Some(DDL_TIMEOUT));
+    session
+        .query_unpaged(s, ())
+        .await
+        .map(|_| ())
+        .map_err(|e| unavailable(&format!("running `{text}`"), e))
 }
 
 /// The statements of a migration file, `${keyspace}` and `${replication}`

@@ -101,7 +101,7 @@ mod stmts;
 mod tls;
 
 pub use config::{ScyllaConfig, DEFAULT_REPLICATION};
-pub use migrate::{migrate, MIGRATIONS};
+pub use migrate::{detect, migrate, Migrated, Server, MIGRATIONS};
 
 use super::{
     Appended, MarkerKind, Markers, Member, NewEvent, Page, Range, RoomInfo, Store, StoreError,
