@@ -86,6 +86,7 @@ pub struct TestServerBuilder {
     extra_broker: String,
     extra_jwt: String,
     extra: String,
+    extra_store: String,
     mode: String,
     grace_ms: u64,
 }
@@ -97,6 +98,7 @@ impl Default for TestServerBuilder {
             extra_broker: String::new(),
             extra_jwt: String::new(),
             extra: String::new(),
+            extra_store: String::new(),
             mode: "all".into(),
             grace_ms: 10_000,
         }
@@ -128,6 +130,18 @@ impl TestServerBuilder {
         self.extra.push('\n');
         self
     }
+    /// Raw TOML lines appended inside `[store]` (before its sub-tables).
+    pub fn store_toml(mut self, toml: &str) -> Self {
+        self.extra_store.push_str(toml);
+        self.extra_store.push('\n');
+        self
+    }
+    /// The ScyllaDB store on the CQL node `uri`, keyspace `keyspace`
+    /// (migrated first with [`migrate_cql`]).
+    pub fn cql_store(self, uri: &str, keyspace: &str) -> Self {
+        self.store_toml("backend = \"scylla\"")
+            .toml(&cql_store_toml(uri, keyspace))
+    }
     /// `server.grace_period_ms` (10 s by default).
     pub fn grace_period_ms(mut self, ms: u64) -> Self {
         self.grace_ms = ms;
@@ -153,6 +167,7 @@ impl TestServerBuilder {
             "\n[broker.auth.services.ext-bridge]\npassword = \"pw-svc\"\nallow = [\"chat/#\"]\n",
         );
         s.push_str("\n[store]\nfsync = \"always\"\n");
+        s.push_str(&self.extra_store);
         s.push_str(&format!(
             "\n[server]\nhttp = \"127.0.0.1:0\"\ngrace_period_ms = {}\n",
             self.grace_ms
@@ -181,6 +196,103 @@ impl TestServerBuilder {
         server.spawn().await?;
         Ok(server)
     }
+}
+
+/// The CQL node to test the ScyllaDB store against: `SCYLLA_URI`
+/// (`host:port`, as printed by `tests/cql/start`). `None` (with a SKIPPED
+/// line) without it, unless `CHATMQ_CQL_REQUIRED` is set (as `.ci/run` does):
+/// then a missing node fails the test instead of skipping it.
+pub fn cql_node() -> Option<String> {
+    match std::env::var("SCYLLA_URI") {
+        Ok(u) if !u.trim().is_empty() => Some(u.trim().to_owned()),
+        _ => {
+            assert!(
+                std::env::var_os("CHATMQ_CQL_REQUIRED").is_none(),
+                "CHATMQ_CQL_REQUIRED is set but SCYLLA_URI is not: the CQL node did not start"
+            );
+            println!("SKIPPED: SCYLLA_URI not set (export SCYLLA_URI=$(tests/cql/start))");
+            None
+        }
+    }
+}
+
+/// The store a test suite written once runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// The embedded store in the server's data dir (the default).
+    Embedded,
+    /// The ScyllaDB store on the CQL node of [`cql_node`], a fresh keyspace
+    /// migrated per server.
+    Cql,
+}
+
+impl Store {
+    /// A server builder on this store; `None` when the test must skip (no
+    /// CQL node, see [`cql_node`]).
+    pub fn builder(self) -> Result<Option<TestServerBuilder>> {
+        match self {
+            Store::Embedded => Ok(Some(TestServer::builder())),
+            Store::Cql => {
+                let Some(uri) = cql_node() else {
+                    return Ok(None);
+                };
+                let ks = fresh_keyspace("suite");
+                migrate_cql(&uri, &ks)?;
+                Ok(Some(TestServer::builder().cql_store(&uri, &ks)))
+            }
+        }
+    }
+}
+
+/// A keyspace name no other test (or run) uses.
+pub fn fresh_keyspace(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!(
+        "chatmq_e2e_{tag}_{t:x}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `[store.scylla]` for one test node (replication factor 1, long timeouts:
+/// the node shares the machine with the tests).
+pub fn cql_store_toml(uri: &str, keyspace: &str) -> String {
+    format!(
+        "[store.scylla]\nnodes = \"{uri}\"\nkeyspace = \"{keyspace}\"\n\
+         replication = \"{{'class': 'SimpleStrategy', 'replication_factor': 1}}\"\n\
+         request_timeout_ms = 20000\n"
+    )
+}
+
+/// Runs `chatmq migrate` for `keyspace` on the CQL node `uri`; its stdout.
+pub fn migrate_cql(uri: &str, keyspace: &str) -> Result<String> {
+    let dir = tempfile::Builder::new().prefix("chatmq-migrate-").tempdir()?;
+    let cfg = dir.path().join("migrate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nbackend = \"scylla\"\n{}",
+            cql_store_toml(uri, keyspace)
+        ),
+    )?;
+    let out = Command::new(chatmq_bin()?)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("migrate")
+        .output()
+        .context("running chatmq migrate")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "chatmq migrate exited {}: {stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
 }
 
 /// Ports printed by the server on startup.
@@ -1141,3 +1253,104 @@ c.loop_stop()
 print(json.dumps({"connected": state["connected"], "subacked": state["subacked"], "msg": state["msg"]}))
 sys.exit(0 if state["msg"] is not None else 3)
 "#;
+
+/// Publishes a stream of sends to `room` as `user` on `port` (rumqttc, QoS 1,
+/// up to 10 unacknowledged, msg_ids `{user}-0`, `{user}-1`, ...) until `stop`
+/// is set, then waits up to [`TIMEOUT`] for the last acknowledgements.
+/// Returns the msg_ids the broker acknowledged (PUBACK): what the server
+/// promised to keep. A lost connection ends the stream early.
+pub async fn send_stream(
+    port: u16,
+    user: &str,
+    room: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::collections::BTreeSet<String>> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    let n = CORR.fetch_add(1, Ordering::Relaxed);
+    let mut opts = MqttOptions::new(format!("{user}-stream-{n}"), "127.0.0.1", port);
+    opts.set_credentials(user, pw(user));
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = AsyncClient::new(opts, 100);
+    let topic = format!("chat/rooms/{room}/send/{user}");
+    let mut sent: std::collections::HashMap<u16, String> = std::collections::HashMap::new();
+    let mut queue: VecDeque<String> = VecDeque::new();
+    let mut acked = std::collections::BTreeSet::new();
+    let (mut next, mut in_flight) = (0u32, 0usize);
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if drain_until.is_none() && stop.load(Ordering::Relaxed) {
+            drain_until = Some(Instant::now() + TIMEOUT);
+        }
+        match drain_until {
+            Some(t) if in_flight == 0 || Instant::now() > t => return Ok(acked),
+            Some(_) => {}
+            None => {
+                while in_flight < 10 {
+                    let id = format!("{user}-{next}");
+                    next += 1;
+                    let body = json!({"msg_id": id, "body": "stream"}).to_string();
+                    client
+                        .publish(topic.clone(), QoS::AtLeastOnce, false, body)
+                        .await?;
+                    queue.push_back(id);
+                    in_flight += 1;
+                }
+            }
+        }
+        let polled = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+        match polled {
+            Err(_) => {}
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                if let Some(id) = queue.pop_front() {
+                    sent.insert(pkid, id);
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
+                if let Some(id) = sent.remove(&a.pkid) {
+                    acked.insert(id);
+                    in_flight -= 1;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Ok(acked),
+        }
+    }
+}
+
+/// Reads a room's whole history (`after` pages) as `reader`, asserting it is
+/// gap-free from 1 to the head and holds each msg_id once; returns msg_id ->
+/// seq of the messages, and the head.
+pub async fn read_whole_room(
+    reader: &mut Client,
+    room: &str,
+) -> Result<(std::collections::HashMap<String, u64>, u64)> {
+    let mut stored = std::collections::HashMap::new();
+    let mut after = 0u64;
+    loop {
+        let page = reader
+            .rpc("history", json!({"room": room, "after": after, "limit": 1000}))
+            .await?;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        for e in &events {
+            let seq = seq_of(e);
+            if seq != after + 1 {
+                bail!("gap in {room}: seq {seq} after {after}");
+            }
+            after = seq;
+            if e["type"] == "message" {
+                if let Some(id) = e["msg_id"].as_str() {
+                    if let Some(first) = stored.insert(id.to_owned(), seq) {
+                        bail!("{id} stored twice in {room}: at {first} and {seq}");
+                    }
+                }
+            }
+        }
+        if events.is_empty() || page["has_more"] != json!(true) {
+            let head = page["head"].as_u64().unwrap_or(0);
+            if after != head {
+                bail!("history of {room} stops at {after}, head is {head}");
+            }
+            return Ok((stored, head));
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! End-to-end chat flows against a spawned `chatmq` (broker + bridge + store),
+//! written once for any store: `e2e_chat.rs` runs them on the embedded store,
+//! `cql_store.rs` on the ScyllaDB store against a CQL node (see [`chat_suite!`]).
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use tests::{group_room, seq_of, Store};
+
+fn seqs(events: &Value) -> Vec<u64> {
+    events
+        .as_array()
+        .unwrap_or_else(|| panic!("events is not an array: {events}"))
+        .iter()
+        .map(seq_of)
+        .collect()
+}
+
+pub(crate) async fn group_room_send_and_echo(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+
+    let created = alice
+        .rpc(
+            "rooms.create",
+            json!({"room": "r1", "kind": "group", "members": ["bob"], "title": "Room 1"}),
+        )
+        .await?;
+    assert_eq!(
+        created["room"]["id"], "r1",
+        "rooms.create result: {created}"
+    );
+    assert_eq!(
+        created["room"]["kind"], "group",
+        "rooms.create result: {created}"
+    );
+
+    // bob is invited, not yet a member: he may not subscribe to the events.
+    alice.subscribe_ok("chat/rooms/r1/events").await?;
+    let joined = bob.rpc("rooms.join", json!({"room": "r1"})).await?;
+    assert!(
+        joined["seq"].as_u64().is_some(),
+        "rooms.join result has a seq: {joined}"
+    );
+    bob.subscribe_ok("chat/rooms/r1/events").await?;
+
+    let head0 = alice.head("r1").await?;
+    assert!(
+        head0 >= joined["seq"].as_u64().unwrap_or(0),
+        "head {head0} >= join seq {joined}"
+    );
+
+    for i in 1..=3u64 {
+        let id = format!("m{i}");
+        alice.send("r1", &id, &format!("hello {i}")).await?;
+        let ea = alice.recv_msg("r1", "alice", &id).await?;
+        let eb = bob.recv_msg("r1", "alice", &id).await?;
+        assert_eq!(seq_of(&ea), head0 + i, "alice's echo of {id}: {ea}");
+        assert_eq!(ea, eb, "alice and bob see the same event");
+        assert_eq!(ea["room"], "r1");
+        assert_eq!(ea["from"], "alice");
+        assert_eq!(ea["type"], "message");
+        assert_eq!(ea["body"], format!("hello {i}"));
+        assert!(
+            ea["ts"].as_u64().unwrap_or(0) > 1_600_000_000_000,
+            "ts in ms: {ea}"
+        );
+    }
+    // bob answers
+    bob.send("r1", "b1", "hi alice").await?;
+    let e = alice.recv_msg("r1", "bob", "b1").await?;
+    assert_eq!(seq_of(&e), head0 + 4);
+
+    // rooms.members
+    let members = alice.rpc("rooms.members", json!({"room": "r1"})).await?;
+    let list = members["members"].as_array().cloned().unwrap_or_default();
+    let users: BTreeSet<String> = list
+        .iter()
+        .filter_map(|m| m["user"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        users.contains("alice") && users.contains("bob"),
+        "members: {members}"
+    );
+    for m in &list {
+        assert!(
+            m.get("role").is_some() && m.get("state").is_some(),
+            "member entry has role/state: {m}"
+        );
+    }
+
+    // rooms.list
+    let rooms = bob.rpc("rooms.list", json!({})).await?;
+    let r1 = rooms["rooms"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["room"] == "r1"))
+        .cloned()
+        .unwrap_or_else(|| panic!("r1 not in bob's rooms.list: {rooms}"));
+    assert_eq!(r1["kind"], "group", "{r1}");
+    assert_eq!(r1["head"].as_u64(), Some(head0 + 4), "{r1}");
+    assert!(
+        r1.get("unread").is_some() && r1.get("read").is_some(),
+        "{r1}"
+    );
+    assert_eq!(
+        r1["last"]["seq"].as_u64(),
+        Some(head0 + 4),
+        "last event in rooms.list: {r1}"
+    );
+
+    // read marker moves unread
+    bob.rpc("read", json!({"room": "r1", "seq": head0 + 4}))
+        .await?;
+    let rooms = bob.rpc("rooms.list", json!({})).await?;
+    let r1 = rooms["rooms"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["room"] == "r1"))
+        .cloned();
+    let r1 = r1.unwrap_or_default();
+    assert_eq!(r1["read"].as_u64(), Some(head0 + 4), "{r1}");
+    assert_eq!(r1["unread"].as_u64(), Some(0), "{r1}");
+    Ok(())
+}
+
+pub(crate) async fn history_paging_and_sync(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+    group_room(&mut alice, "h1", &mut [&mut bob]).await?;
+    alice.subscribe_ok("chat/rooms/h1/events").await?;
+    let head0 = alice.head("h1").await?;
+    for i in 1..=30 {
+        alice
+            .send("h1", &format!("m{i}"), &format!("body {i}"))
+            .await?;
+    }
+    alice.recv_msg("h1", "alice", "m30").await?;
+    let head = head0 + 30;
+
+    // latest
+    let r = alice
+        .rpc("history", json!({"room": "h1", "limit": 10}))
+        .await?;
+    assert_eq!(
+        seqs(&r["events"]),
+        ((head - 9)..=head).collect::<Vec<_>>(),
+        "latest page: {r}"
+    );
+    assert_eq!(r["head"].as_u64(), Some(head));
+    assert_eq!(r["has_more"], true, "{r}");
+    // before
+    let r = alice
+        .rpc(
+            "history",
+            json!({"room": "h1", "before": head - 9, "limit": 10}),
+        )
+        .await?;
+    assert_eq!(
+        seqs(&r["events"]),
+        ((head - 19)..=(head - 10)).collect::<Vec<_>>(),
+        "before page: {r}"
+    );
+    assert_eq!(r["has_more"], true, "{r}");
+    // before the start
+    let r = alice
+        .rpc("history", json!({"room": "h1", "before": 3, "limit": 10}))
+        .await?;
+    assert_eq!(seqs(&r["events"]), vec![1, 2], "before 3: {r}");
+    assert_eq!(r["has_more"], false, "{r}");
+    // after
+    let r = alice
+        .rpc(
+            "history",
+            json!({"room": "h1", "after": head0, "limit": 20}),
+        )
+        .await?;
+    assert_eq!(
+        seqs(&r["events"]),
+        ((head0 + 1)..=(head0 + 20)).collect::<Vec<_>>(),
+        "after page: {r}"
+    );
+    assert_eq!(r["has_more"], true, "{r}");
+    assert_eq!(r["events"][0]["msg_id"], "m1");
+    let r = alice
+        .rpc(
+            "history",
+            json!({"room": "h1", "after": head0 + 20, "limit": 20}),
+        )
+        .await?;
+    assert_eq!(
+        seqs(&r["events"]),
+        ((head0 + 21)..=head).collect::<Vec<_>>(),
+        "last after page: {r}"
+    );
+    assert_eq!(r["has_more"], false, "{r}");
+    // full history is 1..=head
+    let r = alice
+        .rpc("history", json!({"room": "h1", "after": 0, "limit": 1000}))
+        .await?;
+    assert_eq!(
+        seqs(&r["events"]),
+        (1..=head).collect::<Vec<_>>(),
+        "whole history: {r}"
+    );
+
+    // sync with cursors
+    let r = bob
+        .rpc(
+            "sync",
+            json!({"rooms": {"h1": head - 5}, "limit_per_room": 100}),
+        )
+        .await?;
+    let h1 = &r["rooms"]["h1"];
+    assert_eq!(
+        seqs(&h1["events"]),
+        ((head - 4)..=head).collect::<Vec<_>>(),
+        "sync h1: {r}"
+    );
+    assert_eq!(h1["head"].as_u64(), Some(head), "{r}");
+    assert_eq!(h1["has_more"], false, "{r}");
+    assert!(h1["unread"].as_u64().is_some(), "sync unread: {r}");
+    let r = bob
+        .rpc("sync", json!({"rooms": {"h1": 0}, "limit_per_room": 5}))
+        .await?;
+    let h1 = &r["rooms"]["h1"];
+    assert_eq!(seqs(&h1["events"]).len(), 5, "sync limited: {r}");
+    assert_eq!(
+        seqs(&h1["events"])[0],
+        1,
+        "sync limited starts after cursor: {r}"
+    );
+    assert_eq!(h1["has_more"], true, "{r}");
+    let r = bob.rpc("sync", json!({"rooms": {"h1": head}})).await?;
+    assert_eq!(
+        r["rooms"]["h1"]["events"].as_array().map(|a| a.len()),
+        Some(0),
+        "up to date: {r}"
+    );
+    // a room joined but not named in the request is reported
+    // a room joined but not named in the request is reported (under `rooms`
+    // or in a `joined` list)
+    let r = bob.rpc("sync", json!({"rooms": {}})).await?;
+    let listed = r["rooms"].get("h1").is_some()
+        || r["joined"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|j| j["room"] == "h1"));
+    assert!(listed, "sync names joined rooms the request did not: {r}");
+    Ok(())
+}
+
+pub(crate) async fn direct_room_has_one_id(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+    let a = alice
+        .rpc(
+            "rooms.create",
+            json!({"kind": "direct", "members": ["bob"]}),
+        )
+        .await?;
+    let b = bob
+        .rpc(
+            "rooms.create",
+            json!({"kind": "direct", "members": ["alice"]}),
+        )
+        .await?;
+    let id = a["room"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no room id: {a}"))
+        .to_owned();
+    assert_eq!(
+        a["room"]["id"], b["room"]["id"],
+        "direct room by alice {a} vs by bob {b}"
+    );
+    assert_eq!(a["room"]["kind"], "direct");
+    // both can talk without joining
+    alice
+        .subscribe_ok(&format!("chat/rooms/{id}/events"))
+        .await?;
+    bob.subscribe_ok(&format!("chat/rooms/{id}/events")).await?;
+    alice.send(&id, "d1", "psst").await?;
+    let e = bob.recv_msg(&id, "alice", "d1").await?;
+    assert_eq!(e["body"], "psst");
+    Ok(())
+}
+
+pub(crate) async fn retried_send_is_idempotent(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+    group_room(&mut alice, "i1", &mut [&mut bob]).await?;
+    alice.subscribe_ok("chat/rooms/i1/events").await?;
+    alice.send("i1", "same-id", "once").await?;
+    let first = alice.recv_msg("i1", "alice", "same-id").await?;
+    let head = alice.head("i1").await?;
+    assert_eq!(head, seq_of(&first));
+    // retry: the original seq comes back (echo or reply), nothing new is stored
+    alice.send("i1", "same-id", "once").await?;
+    if let Ok(again) = alice.recv_msg("i1", "alice", "same-id").await {
+        assert_eq!(
+            seq_of(&again),
+            seq_of(&first),
+            "retry echo has the original seq: {again} vs {first}"
+        );
+    }
+    alice.send("i1", "after", "next").await?;
+    let next = alice.recv_msg("i1", "alice", "after").await?;
+    assert_eq!(seq_of(&next), head + 1, "retry did not move head: {next}");
+    let h = alice
+        .rpc("history", json!({"room": "i1", "after": 0, "limit": 1000}))
+        .await?;
+    let ids: Vec<&Value> = h["events"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["msg_id"] == "same-id").collect())
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 1, "msg same-id stored once: {h}");
+    // a different sender may reuse the msg_id (unique per room and sender)
+    bob.subscribe_ok("chat/rooms/i1/events").await?;
+    bob.send("i1", "same-id", "bob's").await?;
+    let e = bob.recv_msg("i1", "bob", "same-id").await?;
+    assert_eq!(seq_of(&e), head + 2, "{e}");
+    Ok(())
+}
+
+pub(crate) async fn concurrent_senders_get_gap_free_seqs(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    // The default send rate limit (burst 30 per user and room) would refuse
+    // part of this burst; raise it, this test is about sequencing.
+    let srv = builder
+        .toml("[bridge]\nsends_per_sec = 10000.0\nsends_burst = 10000.0")
+        .start()
+        .await?;
+    let users = ["alice", "bob", "carol", "dave"];
+    let mut clients = Vec::new();
+    for u in users {
+        clients.push(srv.user_v4(u, &format!("{u}-c")).await?);
+    }
+    let mut observer = srv.user_v4("eve", "eve-obs").await?;
+    {
+        let (first, rest) = clients.split_at_mut(1);
+        let mut others: Vec<&mut tests::Client> = rest.iter_mut().collect();
+        others.push(&mut observer);
+        group_room(&mut first[0], "c1", &mut others).await?;
+    }
+    observer.subscribe_ok("chat/rooms/c1/events").await?;
+    let head0 = observer.head("c1").await?;
+
+    let mut tasks = Vec::new();
+    for c in clients {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                c.send("c1", &format!("{}-{i}", c.user), "x").await?;
+            }
+            anyhow::Ok(c)
+        }));
+    }
+    let mut clients: Vec<tests::Client> = Vec::new();
+    for t in tasks {
+        clients.push(t.await??);
+    }
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        match observer.recv_event("c1", |e| e["type"] == "message").await {
+            Ok(e) => got.push(seq_of(&e)),
+            Err(err) => {
+                // Diagnose: what was stored, and what did the senders hear?
+                let head = observer.head("c1").await;
+                let mut errors = Vec::new();
+                for c in clients.iter_mut() {
+                    let inbox = c.inbox_topic();
+                    while let Ok(m) = c
+                        .recv_until("inbox", std::time::Duration::from_millis(200), |m| {
+                            m.topic == inbox
+                        })
+                        .await
+                    {
+                        errors.push(m.json());
+                    }
+                }
+                errors.truncate(5);
+                panic!(
+                    "only {} of 200 message events arrived live: {err:#}\nhead now {head:?} (was {head0}); sender inbox: {errors:?}",
+                    got.len()
+                );
+            }
+        }
+    }
+    let set: BTreeSet<u64> = got.iter().copied().collect();
+    assert_eq!(set.len(), 200, "no repeated seq among live events");
+    assert_eq!(
+        set,
+        ((head0 + 1)..=(head0 + 200)).collect::<BTreeSet<u64>>(),
+        "seqs gap-free after head {head0}"
+    );
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(got, sorted, "live events arrive in seq order");
+    let h = observer
+        .rpc("history", json!({"room": "c1", "after": 0, "limit": 1000}))
+        .await?;
+    assert_eq!(
+        seqs(&h["events"]),
+        (1..=(head0 + 200)).collect::<Vec<_>>(),
+        "stored history gap-free"
+    );
+    // per-sender order preserved
+    for u in users {
+        let mine: Vec<String> = h["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e["from"] == u && e["type"] == "message")
+                    .filter_map(|e| e["msg_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let want: Vec<String> = (0..50).map(|i| format!("{u}-{i}")).collect();
+        assert_eq!(mine, want, "{u}'s messages stored once each, in order");
+    }
+    drop(clients);
+    Ok(())
+}
+
+pub(crate) async fn restart_after_kill_keeps_sequence(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let mut srv = builder.start().await?;
+    let echoed;
+    let head;
+    {
+        let mut alice = srv.user_v4("alice", "alice-1").await?;
+        let mut bob = srv.user_v4("bob", "bob-1").await?;
+        group_room(&mut alice, "k1", &mut [&mut bob]).await?;
+        alice.subscribe_ok("chat/rooms/k1/events").await?;
+        let mut e = Vec::new();
+        for i in 0..20 {
+            alice.send("k1", &format!("m{i}"), &format!("b{i}")).await?;
+        }
+        for i in 0..20 {
+            e.push(alice.recv_msg("k1", "alice", &format!("m{i}")).await?);
+        }
+        echoed = e;
+        head = seq_of(echoed.last().expect("20 events"));
+    }
+    srv.kill();
+    srv.restart().await?;
+    let mut alice = srv.user_v4("alice", "alice-2").await?;
+    alice.subscribe_ok("chat/rooms/k1/events").await?;
+    let h = alice
+        .rpc("history", json!({"room": "k1", "after": 0, "limit": 1000}))
+        .await?;
+    assert_eq!(h["head"].as_u64(), Some(head), "head after restart: {h}");
+    let stored = h["events"].as_array().cloned().unwrap_or_default();
+    for e in &echoed {
+        assert!(
+            stored.contains(e),
+            "echoed event {e} is in history after kill -9"
+        );
+    }
+    alice.send("k1", "after-restart", "again").await?;
+    let e = alice.recv_msg("k1", "alice", "after-restart").await?;
+    assert_eq!(
+        seq_of(&e),
+        head + 1,
+        "first send after restart continues the sequence: {e}"
+    );
+    // retry of a pre-crash msg_id is still recognised
+    alice.send("k1", "m0", "b0").await?;
+    alice.send("k1", "after-2", "x").await?;
+    let e = alice.recv_msg("k1", "alice", "after-2").await?;
+    assert_eq!(
+        seq_of(&e),
+        head + 2,
+        "retry of pre-crash msg_id stored nothing new: {e}"
+    );
+    Ok(())
+}
+
+pub(crate) async fn mqtt5_response_topic_and_correlation(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v5("alice", "alice-v5").await?;
+    let mut bob = srv.user_v4("bob", "bob-1").await?;
+    group_room(&mut alice, "v1", &mut [&mut bob]).await?;
+    let m = alice
+        .rpc_v5("history", serde_json::to_vec(&json!({"room": "v1"}))?)
+        .await?;
+    let v = m.json();
+    assert_eq!(v["ok"], true, "v5 history reply: {v}");
+    assert!(v["result"]["events"].is_array(), "{v}");
+    // a v5 sender and a v4 reader
+    bob.subscribe_ok("chat/rooms/v1/events").await?;
+    alice.send("v1", "x5", "from v5").await?;
+    let e = bob.recv_msg("v1", "alice", "x5").await?;
+    assert_eq!(e["body"], "from v5");
+    Ok(())
+}
+
+/// A history page bigger than any MQTT packet limit is cut short with
+/// `has_more` (newest kept for `latest`), never sent whole: the bridge stays
+/// connected and paging on returns the rest without a gap.
+pub(crate) async fn history_larger_than_a_reply_is_cut_and_pages_on(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder
+        .toml("[bridge]\nsends_per_sec = 100000.0\nsends_burst = 100000.0\n")
+        .broker_toml("limits = { publishes_per_sec = 5000 }")
+        .start()
+        .await?;
+    let mut alice = srv.user_v4("alice", "alice-big").await?;
+    alice
+        .rpc("rooms.create", json!({"room": "big1", "kind": "group"}))
+        .await?;
+    alice.subscribe_ok("chat/rooms/big1/events").await?;
+    let body = "y".repeat(2000);
+    let n = 400; // ~900 KiB of events: more than one reply may carry
+    for i in 0..n {
+        alice.send("big1", &format!("b{i}"), &body).await?;
+    }
+    alice
+        .recv_msg("big1", "alice", &format!("b{}", n - 1))
+        .await?;
+    let first = alice
+        .rpc("history", json!({"room": "big1", "limit": 1000}))
+        .await?;
+    let got = seqs(&first["events"]);
+    let head = first["head"].as_u64().unwrap_or(0);
+    assert!(got.len() < n, "the page was cut: {} events", got.len());
+    assert!(got.len() > 100, "but still large: {} events", got.len());
+    assert_eq!(first["has_more"], json!(true));
+    assert_eq!(got.last().copied(), Some(head), "latest keeps the newest");
+    let mut all: Vec<u64> = got.clone();
+    let mut before = got[0];
+    loop {
+        let page = alice
+            .rpc(
+                "history",
+                json!({"room": "big1", "before": before, "limit": 1000}),
+            )
+            .await?;
+        let s = seqs(&page["events"]);
+        let Some(first_seq) = s.first().copied() else {
+            break;
+        };
+        all.splice(0..0, s);
+        before = first_seq;
+        if page["has_more"] != json!(true) {
+            break;
+        }
+    }
+    let want: Vec<u64> = (1..=head).collect();
+    assert_eq!(all, want, "paging on returns everything, in order, once");
+    Ok(())
+}
+
+/// One `#[tokio::test]` per check of this suite, each on `$store`.
+macro_rules! chat_suite {
+    ($store:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn group_room_send_and_echo() -> anyhow::Result<()> {
+            $crate::chat_suite::group_room_send_and_echo($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn history_paging_and_sync() -> anyhow::Result<()> {
+            $crate::chat_suite::history_paging_and_sync($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn direct_room_has_one_id() -> anyhow::Result<()> {
+            $crate::chat_suite::direct_room_has_one_id($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retried_send_is_idempotent() -> anyhow::Result<()> {
+            $crate::chat_suite::retried_send_is_idempotent($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_senders_get_gap_free_seqs() -> anyhow::Result<()> {
+            $crate::chat_suite::concurrent_senders_get_gap_free_seqs($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn restart_after_kill_keeps_sequence() -> anyhow::Result<()> {
+            $crate::chat_suite::restart_after_kill_keeps_sequence($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn mqtt5_response_topic_and_correlation() -> anyhow::Result<()> {
+            $crate::chat_suite::mqtt5_response_topic_and_correlation($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn history_larger_than_a_reply_is_cut_and_pages_on() -> anyhow::Result<()> {
+            $crate::chat_suite::history_larger_than_a_reply_is_cut_and_pages_on($store).await
+        }
+    };
+}
+pub(crate) use chat_suite;
