@@ -76,12 +76,19 @@ struct Cli {
     #[arg(long, global = true)]
     work: Option<PathBuf>,
     /// Only these load scenarios, comma-separated: raw, chat, mosquitto,
-    /// chat-1room, fixed, fixed-1room [default: all]
+    /// chat-1room, fixed, fixed-1room, chat-cql [default: all]
     #[arg(long, global = true, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Keep the scratch directory (server logs, configs) after the run
     #[arg(long, global = true)]
     keep_work: bool,
+    /// A CQL node (host:port, e.g. `$(tests/cql/start)`): also run the chat
+    /// path on the ScyllaDB store, in a fresh keyspace, beside the embedded store
+    #[arg(long, global = true)]
+    cql: Option<String>,
+    /// With --cql: offered events/s of a fixed-rate chat run on both stores
+    #[arg(long, global = true, default_value_t = 1000.0)]
+    cql_rate: f64,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +162,8 @@ fn main() {
         },
         history_requests: cli.history_requests.unwrap_or(if q { 200 } else { 1000 }),
         only: cli.only.clone(),
+        cql: cli.cql.clone().filter(|u| !u.trim().is_empty()),
+        cql_rate: cli.cql_rate,
         command: std::iter::once("chatmq-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()

@@ -36,6 +36,10 @@ pub struct Settings {
     /// Run only these load scenarios (raw, chat, mosquitto, chat-1room,
     /// fixed, fixed-1room); `None` = all.
     pub only: Option<Vec<String>>,
+    /// A CQL node (`host:port`): also run the chat path on the ScyllaDB store.
+    pub cql: Option<String>,
+    /// Offered events/s of the fixed-rate run on both stores (with `cql`).
+    pub cql_rate: f64,
     pub command: String,
 }
 
@@ -103,6 +107,37 @@ async fn chatmq_load(
     Ok(res)
 }
 
+/// The chat path on the ScyllaDB store: a fresh keyspace on the CQL node
+/// `uri`, migrated with `chatmq migrate`, then the same load as [`summary::CHAT`].
+async fn chatmq_cql_load(
+    s: &Settings,
+    uri: &str,
+    p: &LoadParams,
+) -> Result<crate::report::LoadResult> {
+    let keyspace = format!(
+        "chatmq_bench_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let dir = s.work.join(&keyspace);
+    let config = crate::server::chatmq_cql_config(uri, &keyspace)?;
+    crate::server::chatmq_migrate(&s.server_bin, &dir, &config)?;
+    let mut server = Server::chatmq_with(&s.server_bin, &dir, &config)?;
+    let target = Target::chatmq(server.port, JWT_SECRET)?;
+    let mut res = load::run(
+        summary::CHAT_CQL,
+        &target,
+        server.pid(),
+        LoadPath::Chat,
+        p,
+    )
+    .await?;
+    server.check_alive()?;
+    res.server_log = server.log_problems();
+    Ok(res)
+}
+
 async fn load_scenarios(s: &Settings, r: &mut Report) {
     let mut record = |name: &str, res: Result<crate::report::LoadResult>| match res {
         Ok(l) => r.load.push(l),
@@ -116,6 +151,19 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
     if want("chat") {
         let res = chatmq_load(s, "chat", summary::CHAT, &s.fsync, LoadPath::Chat, &s.load).await;
         record(summary::CHAT, res);
+    }
+    match &s.cql {
+        Some(uri) if want("chat") || want("chat-cql") => {
+            let res = chatmq_cql_load(s, uri, &s.load).await;
+            record(summary::CHAT_CQL, res);
+        }
+        Some(_) => {}
+        None => {
+            if want("chat-cql") {
+                r.notes
+                    .push("chat path on the ScyllaDB store skipped: no --cql node".into());
+            }
+        }
     }
     match &s.mosquitto {
         _ if !want("mosquitto") => {}
@@ -176,6 +224,27 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
         let name = summary::fixed_name(s.rate, p.rooms);
         match chatmq_load(s, dir, &name, &s.fsync, LoadPath::Chat, &p).await {
             Ok(l) => r.fixed_rate.push(l),
+            Err(e) => r.errors.push(format!("{name}: {e:#}")),
+        }
+    }
+    if let Some(uri) = s.cql.as_ref().filter(|_| want("chat") || want("chat-cql")) {
+        // Both stores at the same offered rate, one the CQL node sustains:
+        // latency without the closed loop's queueing.
+        let p = LoadParams {
+            rate: Some(s.cql_rate),
+            ..s.load.clone()
+        };
+        let name = summary::fixed_name(s.cql_rate, p.rooms);
+        match chatmq_load(s, "fixed-cql-embedded", &name, &s.fsync, LoadPath::Chat, &p).await {
+            Ok(l) => r.fixed_rate.push(l),
+            Err(e) => r.errors.push(format!("{name}: {e:#}")),
+        }
+        let name = format!("{name}, ScyllaDB store");
+        match chatmq_cql_load(s, uri, &p).await {
+            Ok(mut l) => {
+                l.name = name;
+                r.fixed_rate.push(l);
+            }
             Err(e) => r.errors.push(format!("{name}: {e:#}")),
         }
     }

@@ -136,9 +136,47 @@ fsync = {}
     ))
 }
 
+/// [`chatmq_config`] on the ScyllaDB store: the CQL node `uri`, keyspace
+/// `keyspace` (replication factor 1: one test node).
+pub fn chatmq_cql_config(uri: &str, keyspace: &str) -> Result<String> {
+    Ok(format!(
+        "{}backend = \"scylla\"\n\n[store.scylla]\nnodes = \"{uri}\"\nkeyspace = \"{keyspace}\"\n\
+         replication = \"{{'class': 'SimpleStrategy', 'replication_factor': 1}}\"\n",
+        chatmq_config("always")?
+    ))
+}
+
+/// Runs `chatmq migrate` with the config text `config_text` (written to
+/// `dir/migrate.toml`); fails with its output when it fails.
+pub fn chatmq_migrate(bin: &Path, dir: &Path, config_text: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("migrate.toml");
+    std::fs::write(&config, config_text)?;
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .arg("migrate")
+        .output()
+        .with_context(|| format!("running {} migrate", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "chatmq migrate failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 impl Server {
     /// Starts `chatmq` on `dir/data` with [`chatmq_config`]; waits for `ready`.
     pub fn chatmq(bin: &Path, dir: &Path, fsync: &str) -> Result<Server> {
+        Self::chatmq_with(bin, dir, &chatmq_config(fsync)?)
+    }
+
+    /// Starts `chatmq` on `dir/data` with the config text `config`; waits for `ready`.
+    pub fn chatmq_with(bin: &Path, dir: &Path, config_text: &str) -> Result<Server> {
         if !bin.is_file() {
             bail!(
                 "{} not found: build it first (`cargo build --release -p chatmq`) or pass --server-bin",
@@ -148,7 +186,7 @@ impl Server {
         let bin = &std::fs::canonicalize(bin)?;
         std::fs::create_dir_all(dir)?;
         let config = dir.join("chatmq.toml");
-        std::fs::write(&config, chatmq_config(fsync)?)?;
+        std::fs::write(&config, config_text)?;
         let log = dir.join("chatmq.log");
         let mut child = Command::new(bin)
             .arg("--config")

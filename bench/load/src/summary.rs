@@ -9,6 +9,8 @@ pub const RAW: &str = "raw pass-through, chatmq";
 pub const CHAT: &str = "chat path, chatmq";
 pub const MOSQUITTO: &str = "raw pass-through, mosquitto";
 pub const CHAT_ONE_ROOM: &str = "chat path, chatmq, all in 1 room";
+/// The chat path on the ScyllaDB store (`--cql`), beside [`CHAT`] on the embedded one.
+pub const CHAT_CQL: &str = "chat path, chatmq, ScyllaDB store (CQL node on this machine)";
 
 /// Name of a fixed-rate run.
 pub fn fixed_name(rate: f64, rooms: usize) -> String {
