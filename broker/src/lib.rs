@@ -44,6 +44,7 @@ mod internal;
 pub mod link;
 pub mod metrics;
 mod names;
+mod presence;
 mod rate;
 mod registry;
 mod reload;

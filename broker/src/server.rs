@@ -1,6 +1,7 @@
 //! Starting the broker: the rumqttd router, the broker's internal link,
 //! our listeners and their accept loops; draining and stopping.
 
+use crate::presence::Presence;
 use crate::acl::{Access, Authorizer};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::BrokerConfig;
@@ -134,7 +135,9 @@ impl Broker {
         let retained = Retained::new(limits.retained_per_user, limits.retained_bytes_per_user);
         let authz = Authorizer::new(&config.prefix, config.open_topics, access);
         let connect_rate = ConnectRate::new(limits.connects_per_sec_per_ip);
+        let presences = Presence::new(&config.prefix);
         let shared = Arc::new(Shared {
+            presences,
             config,
             auth,
             authz,

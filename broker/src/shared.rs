@@ -4,6 +4,7 @@ use crate::acl::Authorizer;
 use crate::auth::{Authenticator, Principal};
 use crate::config::BrokerConfig;
 use crate::metrics::BrokerMetrics;
+use crate::presence::Presence;
 use crate::rate::ConnectRate;
 use crate::registry::Registry;
 use crate::retain::{Retained, Verdict};
@@ -45,18 +46,26 @@ pub(crate) struct Shared {
     pub(crate) connect_rate: ConnectRate,
     /// The last nonce the bridge answered on `{prefix}/hooks/drained`.
     pub(crate) drained: watch::Receiver<bytes::Bytes>,
+    /// Each user's last presence, handed to new subscribers by the
+    /// connection layer (not a rumqttd retained message: see `presence`).
+    pub(crate) presences: Presence,
 }
 
 impl Shared {
-    /// Publishes the retained presence of a user who came online or went offline.
+    /// Records and publishes the presence of a user who came online or went
+    /// offline: unretained through the router (live subscribers), kept in
+    /// [`Shared::presences`] for later ones.
     pub(crate) fn presence(&self, user: &str, online: bool) {
-        let topic = format!("{}/presence/{user}", self.config.prefix);
-        let payload = schema::Presence {
-            online,
-            ts: now_ms(),
-        }
-        .to_vec();
-        self.internal_publish(Publish::new(topic.into_bytes(), payload, true));
+        let topic = self.presences.topic(user);
+        let payload = bytes::Bytes::from(
+            schema::Presence {
+                online,
+                ts: now_ms(),
+            }
+            .to_vec(),
+        );
+        self.presences.set(user, payload.clone());
+        self.internal_publish(Publish::new(bytes::Bytes::from(topic), payload, false));
     }
 
     /// Publishes the will of `who`'s connection, under the same retain

@@ -390,6 +390,7 @@ async fn accept(
             principal,
             client_id,
             pending_subs: HashMap::new(),
+            pending_presence: HashMap::new(),
             client_max,
             publishes: crate::rate::Throttle::new(shared.config.limits.publishes_per_sec),
             loads: crate::acl::LoadBudget::new(shared.config.limits.room_loads_per_sec),

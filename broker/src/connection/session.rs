@@ -11,9 +11,10 @@ use crate::router::{forward_pkid, send_all};
 use crate::shared::Shared;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
+use bytes::Bytes;
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, QoS, SubAck, Subscribe,
-    SubscribeReasonCode,
+    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, QoS,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use std::collections::HashMap;
@@ -29,6 +30,9 @@ pub(super) struct Session {
     pub(super) client_id: String,
     /// SUBSCRIBEs partly refused by us: pkid -> our codes (None = the router's).
     pub(super) pending_subs: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// SUBSCRIBEs with filters that may match presence topics: pkid ->
+    /// (position in the SUBACK, filter); the current presence follows the SUBACK.
+    pub(super) pending_presence: HashMap<u16, Vec<(usize, String)>>,
     pub(super) client_max: Option<usize>,
     /// Publishes per second (`broker.limits.publishes_per_sec`).
     pub(super) publishes: Throttle,
@@ -233,6 +237,7 @@ impl Session {
             Packet::Subscribe(sub, props) => {
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut allowed = Vec::new();
+                let mut presence = Vec::new();
                 for mut f in sub.filters {
                     if let Some(room) = self.shared.authz.membership_room(&f.path, false) {
                         self.ensure(room).await;
@@ -247,6 +252,11 @@ impl Session {
                             // grants what it was asked: typing is QoS 0
                             if self.shared.authz.is_typing(&f.path) {
                                 f.qos = QoS::AtMostOnce;
+                            }
+                            if f.retain_forward_rule != RetainForwardRule::Never
+                                && self.shared.presences.may_match(&f.path)
+                            {
+                                presence.push((codes.len(), f.path.clone()));
                             }
                             codes.push(None);
                             allowed.push(f);
@@ -278,6 +288,9 @@ impl Session {
                         .inc_by(allowed.len() as u64);
                     if codes.iter().any(Option::is_some) {
                         self.pending_subs.insert(sub.pkid, codes);
+                    }
+                    if !presence.is_empty() {
+                        self.pending_presence.insert(sub.pkid, presence);
                     }
                     to_router.push(Packet::Subscribe(
                         Subscribe {
@@ -349,7 +362,17 @@ impl Session {
                         s.return_codes = merged;
                     }
                 }
+                let presence = match &packet {
+                    Packet::SubAck(s, _) => self
+                        .pending_presence
+                        .remove(&s.pkid)
+                        .map(|filters| (filters, s.return_codes.clone())),
+                    _ => None,
+                };
                 conn.push(packet);
+                if let Some((filters, codes)) = presence {
+                    self.current_presence(conn, &filters, &codes);
+                }
             }
             Notification::Unschedule => return Outcome::Unscheduled,
             Notification::Disconnect(d, props) => {
@@ -359,6 +382,40 @@ impl Session {
             _ => {}
         }
         Outcome::Continue
+    }
+
+    /// After a SUBACK: the current presence each granted filter matches (as
+    /// a retained message would be), where this principal may receive it.
+    fn current_presence(
+        &self,
+        conn: &mut Conn,
+        filters: &[(usize, String)],
+        codes: &[SubscribeReasonCode],
+    ) {
+        for (pos, filter) in filters {
+            let granted = matches!(
+                codes.get(*pos),
+                Some(
+                    SubscribeReasonCode::QoS0
+                        | SubscribeReasonCode::QoS1
+                        | SubscribeReasonCode::QoS2
+                        | SubscribeReasonCode::Success(_)
+                )
+            );
+            if !granted {
+                continue;
+            }
+            for (topic, payload) in self.shared.presences.matching(filter) {
+                if !self.shared.authz.may_deliver(&self.principal, &topic) {
+                    continue;
+                }
+                self.shared.metrics.publishes_out.inc();
+                conn.push(Packet::Publish(
+                    Publish::new(Bytes::from(topic), payload, true),
+                    None,
+                ));
+            }
+        }
     }
 
     /// Loads a room the packet names, if the broker does not know it yet,
