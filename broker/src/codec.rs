@@ -185,6 +185,65 @@ pub fn write(version: Version, packet: Packet, out: &mut BytesMut) -> Result<(),
         .map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
+/// Encodes `publish` as a QoS 1 PUBLISH with packet id `pkid`.
+///
+/// rumqttd 0.20's `Publish` keeps its QoS and packet id private (only its
+/// router sets them), so the packet is written as QoS 0 by rumqttd's writer
+/// (which knows the v5 properties) and then given its QoS bits and the two
+/// packet id bytes after the topic, with the remaining length grown by 2.
+pub fn write_qos1(
+    version: Version,
+    publish: protocol::Publish,
+    props: Option<protocol::PublishProperties>,
+    pkid: u16,
+    out: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let plain = protocol::Publish::new(publish.topic, publish.payload, publish.retain);
+    let mut tmp = BytesMut::new();
+    write(version, Packet::Publish(plain, props), &mut tmp)?;
+    let bad = || FrameError::Malformed("rumqttd wrote an unexpected PUBLISH".into());
+    let first = *tmp.first().ok_or_else(bad)?;
+    let (len, len_bytes) = remaining_length(&tmp[1..]).ok_or_else(bad)?;
+    let body = tmp.get(1 + len_bytes..).ok_or_else(bad)?;
+    if body.len() != len || body.len() < 2 {
+        return Err(bad());
+    }
+    let topic_end = 2 + usize::from(u16::from_be_bytes([body[0], body[1]]));
+    if topic_end > body.len() {
+        return Err(bad());
+    }
+    out.reserve(tmp.len() + 3);
+    out.extend_from_slice(&[(first & !0b0000_0110) | 0b0000_0010]);
+    let mut n = len + 2;
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.extend_from_slice(&[byte]);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&body[..topic_end]);
+    out.extend_from_slice(&pkid.to_be_bytes());
+    out.extend_from_slice(&body[topic_end..]);
+    Ok(())
+}
+
+/// The remaining length at the start of `b` and how many bytes it took.
+fn remaining_length(b: &[u8]) -> Option<(usize, usize)> {
+    let mut len = 0usize;
+    for (i, byte) in b.iter().take(4).enumerate() {
+        len += usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((len, i + 1));
+        }
+    }
+    None
+}
+
 /// rumqttd 0.20's v5 writer mis-encodes a DISCONNECT with a reason code:
 /// without properties it writes 2 bytes after a remaining length of 1, and
 /// with empty properties (a real length of 2) it takes the 2 for its
@@ -236,6 +295,40 @@ mod tests {
         };
         write(Version::V5, Packet::Disconnect(d, None), &mut out).unwrap();
         assert_eq!(&out[..], &[0xE0, 0x00]);
+    }
+
+    #[test]
+    fn qos1_publishes_read_back_with_their_packet_id() {
+        use bytes::Bytes;
+        for version in [Version::V4, Version::V5] {
+            for payload_len in [0usize, 3, 200, 20_000] {
+                let p = protocol::Publish::new(
+                    Bytes::from_static(b"chat/users/alice/inbox"),
+                    Bytes::from(vec![7u8; payload_len]),
+                    false,
+                );
+                let props = (version == Version::V5).then(|| protocol::PublishProperties {
+                    correlation_data: Some(Bytes::from_static(b"corr-1")),
+                    ..Default::default()
+                });
+                let mut out = BytesMut::new();
+                write_qos1(version, p, props, 4242, &mut out).expect("written");
+                let inc = read(version, &mut out, usize::MAX)
+                    .expect("reads back")
+                    .expect("whole");
+                assert_eq!((inc.qos, inc.pkid), (1, 4242), "{version:?} {payload_len}");
+                let Packet::Publish(back, props) = inc.packet else {
+                    panic!("not a publish");
+                };
+                assert_eq!(back.topic, Bytes::from_static(b"chat/users/alice/inbox"));
+                assert_eq!(back.payload.len(), payload_len);
+                if version == Version::V5 {
+                    let corr = props.and_then(|p| p.correlation_data);
+                    assert_eq!(corr, Some(Bytes::from_static(b"corr-1")));
+                }
+                assert!(out.is_empty());
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use crate::acl::Access;
 use crate::config::BrokerConfig;
+use crate::direct::Direct;
+use crate::metrics::BrokerMetrics;
 use crate::router::{forward_pkid, send_all, RouterHandle};
 use rumqttd::protocol::{Packet, PubAck, PubAckReason};
 use rumqttd::Notification;
@@ -24,6 +26,8 @@ pub(crate) async fn start(
     router: &RouterHandle,
     config: &BrokerConfig,
     access: Arc<Access>,
+    direct: Arc<Direct>,
+    metrics: Arc<BrokerMetrics>,
 ) -> Result<Internal, String> {
     let (mut internal_tx, mut internal_rx, _) = router
         // '@' is refused in clients' ids: no client can take this link over
@@ -49,6 +53,12 @@ pub(crate) async fn start(
     internal_tx
         .subscribe(format!("{}/presence/+", config.prefix))
         .map_err(|e| e.to_string())?;
+    // Every reply topic and inbox (crate::direct): the router holds these
+    // two filters instead of one per client and user.
+    for filter in direct.link_filters() {
+        internal_tx.subscribe(filter).map_err(|e| e.to_string())?;
+    }
+    let users_root = format!("{}/users/", config.prefix);
     let (drained_tx, drained) = watch::channel(bytes::Bytes::new());
     // One task writes the internal link, so its packets (and the acks
     // rumqttd wants in delivery order) reach the router in order, and a
@@ -69,7 +79,13 @@ pub(crate) async fn start(
             match n {
                 Some(Notification::Forward(f)) => {
                     let topic = &f.publish.topic[..];
-                    if topic == access_topic.as_bytes() {
+                    if topic.starts_with(users_root.as_bytes()) {
+                        let (sent, full) = direct.deliver(&f.publish, &f.properties);
+                        metrics.direct_deliveries.inc_by(sent as u64);
+                        if full > 0 {
+                            metrics.direct_dropped.inc_by(full as u64);
+                        }
+                    } else if topic == access_topic.as_bytes() {
                         apply_access_hook(&access, &f.publish.payload);
                     } else if topic == drained_topic.as_bytes() {
                         drained_tx.send_replace(f.publish.payload.clone());

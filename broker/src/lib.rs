@@ -39,6 +39,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 mod connection;
+mod direct;
 pub mod http;
 mod internal;
 pub mod link;

@@ -69,6 +69,11 @@ pub struct BrokerMetrics {
     pub bytes_out: IntCounter,
     /// Subscription filters granted.
     pub subscriptions: IntCounter,
+    /// Reply-topic and inbox publishes handed to sessions without the
+    /// router (`broker::direct`), and those dropped because a session's
+    /// queue was full.
+    pub direct_deliveries: IntCounter,
+    pub direct_dropped: IntCounter,
     /// rumqttd cursor jumps: a subscriber fell behind its log and lost messages.
     pub cursor_jumps: IntCounter,
     /// rumqttd log events at WARN or ERROR, by level.
@@ -147,6 +152,16 @@ impl BrokerMetrics {
                 r,
                 "chatmq_publish_bytes_out_total",
                 "Payload bytes of PUBLISH packets delivered to clients",
+            ),
+            direct_deliveries: counter(
+                r,
+                "chatmq_direct_deliveries_total",
+                "Reply-topic and inbox publishes handed to sessions by the broker (not through router filters)",
+            ),
+            direct_dropped: counter(
+                r,
+                "chatmq_direct_dropped_total",
+                "Reply-topic and inbox publishes dropped because the session's queue was full",
             ),
             subscriptions: counter(
                 r,
@@ -294,7 +309,7 @@ mod tests {
         m.room_loads.with_label_values(&["missing"]).inc();
         m.secret_reloads.with_label_values(&["tls", "ok"]).inc();
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert_eq!(names.len(), 20, "{names:?}");
+        assert_eq!(names.len(), 22, "{names:?}");
     }
 
     #[test]

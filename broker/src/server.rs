@@ -1,6 +1,7 @@
 //! Starting the broker: the rumqttd router, the broker's internal link,
 //! our listeners and their accept loops; draining and stopping.
 
+use crate::direct::Direct;
 use crate::presence::Presence;
 use crate::acl::{Access, Authorizer};
 use crate::auth::{AuthError, Authenticator};
@@ -122,9 +123,16 @@ impl Broker {
             .client_id_reservations()
             .map_err(|e| StartError::Auth(AuthError::Config(e)))?;
         let router = crate::router::spawn(&config);
-        let internal = crate::internal::start(&router, &config, access.clone())
-            .await
-            .map_err(StartError::Router)?;
+        let direct = Arc::new(Direct::new(&config.prefix));
+        let internal = crate::internal::start(
+            &router,
+            &config,
+            access.clone(),
+            direct.clone(),
+            metrics.clone(),
+        )
+        .await
+        .map_err(StartError::Router)?;
         let (closing_tx, closing) = watch::channel(false);
 
         let limits = &config.limits;
@@ -138,6 +146,7 @@ impl Broker {
         let presences = Presence::new(&config.prefix);
         let shared = Arc::new(Shared {
             presences,
+            direct,
             config,
             auth,
             authz,

@@ -4,6 +4,7 @@ use crate::acl::Authorizer;
 use crate::auth::{Authenticator, Principal};
 use crate::config::BrokerConfig;
 use crate::metrics::BrokerMetrics;
+use crate::direct::Direct;
 use crate::presence::Presence;
 use crate::rate::ConnectRate;
 use crate::registry::Registry;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     /// Each user's last presence, handed to new subscribers by the
     /// connection layer (not a rumqttd retained message: see `presence`).
     pub(crate) presences: Presence,
+    /// Users' reply topics and inboxes, delivered without router filters.
+    pub(crate) direct: Arc<Direct>,
 }
 
 impl Shared {

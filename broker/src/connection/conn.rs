@@ -81,6 +81,22 @@ impl Conn {
         }
     }
 
+    /// Encodes a QoS 1 PUBLISH with our own packet id (`codec::write_qos1`).
+    pub(super) fn push_qos1(
+        &mut self,
+        publish: rumqttd::protocol::Publish,
+        props: Option<rumqttd::protocol::PublishProperties>,
+        pkid: u16,
+    ) {
+        let props = match self.version {
+            Version::V4 => None,
+            Version::V5 => props,
+        };
+        if let Err(e) = codec::write_qos1(self.version, publish, props, pkid, &mut self.wbuf) {
+            warn!(error = %e, "cannot encode packet");
+        }
+    }
+
     /// Reads more bytes into `rbuf` (cancel safe: nothing is lost if the
     /// future is dropped); `Ok(0)` when the peer closed.
     pub(super) async fn read_more(&mut self) -> std::io::Result<usize> {

@@ -125,6 +125,8 @@ struct Accepted {
     session: Session,
     keep_alive: u16,
     will: Option<LastWill>,
+    direct_rx: tokio::sync::mpsc::Receiver<crate::direct::Delivery>,
+    persistent: bool,
 }
 
 async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Result<(), Failure> {
@@ -136,6 +138,8 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         mut session,
         keep_alive,
         will,
+        mut direct_rx,
+        persistent,
     }) = Box::pin(accept(&shared, kind, tcp)).await?
     else {
         return Ok(());
@@ -153,11 +157,13 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
             &mut conn,
             &mut link_tx,
             &mut link_rx,
+            &mut direct_rx,
             keep_alive,
             &claim.stop,
         )
         .await;
     debug!(?end, "disconnected");
+    session.end_direct(persistent);
 
     if let End::Stopped(reason) = end {
         if conn.version == Version::V5 {
@@ -380,6 +386,11 @@ async fn accept(
         ack_props,
     ));
     conn.flush().await.map_err(|e| e.to_string())?;
+    let (direct_tx, direct_rx) = tokio::sync::mpsc::channel(crate::direct::SESSION_QUEUE);
+    // a persistent session's reply topic and inbox, as it left them, with
+    // what was published to them meanwhile
+    let (direct_id, direct_topics, direct_kept) =
+        shared.direct.attach(&client_id, &direct_tx, !persistent);
     Ok(Some(Accepted {
         conn,
         link_tx,
@@ -391,6 +402,10 @@ async fn accept(
             client_id,
             pending_subs: HashMap::new(),
             pending_presence: HashMap::new(),
+            direct_id,
+            direct_kept,
+            direct_topics,
+            direct_pkid: session::DIRECT_PKIDS,
             client_max,
             publishes: crate::rate::Throttle::new(shared.config.limits.publishes_per_sec),
             loads: crate::acl::LoadBudget::new(shared.config.limits.room_loads_per_sec),
@@ -398,6 +413,8 @@ async fn accept(
         },
         keep_alive: connect.keep_alive,
         will,
+        direct_rx,
+        persistent,
     }))
 }
 

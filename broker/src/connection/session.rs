@@ -8,6 +8,7 @@ use crate::codec::{self, FrameError, Version};
 use crate::rate::Throttle;
 use crate::retain::Verdict;
 use crate::router::{forward_pkid, send_all};
+use crate::direct::Delivery;
 use crate::shared::Shared;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
@@ -33,6 +34,14 @@ pub(super) struct Session {
     /// SUBSCRIBEs with filters that may match presence topics: pkid ->
     /// (position in the SUBACK, filter); the current presence follows the SUBACK.
     pub(super) pending_presence: HashMap<u16, Vec<(usize, String)>>,
+    /// This session in `crate::direct`: its id, the reply topic
+    /// and inbox it subscribed (with the granted QoS), and the next packet
+    /// id of a direct delivery.
+    pub(super) direct_id: u64,
+    /// Kept deliveries of a resumed persistent session, sent before the rest.
+    pub(super) direct_kept: Vec<Delivery>,
+    pub(super) direct_topics: Vec<(String, QoS)>,
+    pub(super) direct_pkid: u16,
     pub(super) client_max: Option<usize>,
     /// Publishes per second (`broker.limits.publishes_per_sec`).
     pub(super) publishes: Throttle,
@@ -49,6 +58,7 @@ impl Session {
         conn: &mut Conn,
         link_tx: &mut LinkTx,
         link_rx: &mut LinkRx,
+        direct_rx: &mut tokio::sync::mpsc::Receiver<Delivery>,
         keep_alive: u16,
         stop: &tokio::sync::Notify,
     ) -> End {
@@ -70,6 +80,12 @@ impl Session {
         // Packets that came in the same read as CONNECT are handled at once,
         // not when the next bytes arrive.
         let mut pending = !conn.rbuf.is_empty();
+        for (publish, props) in std::mem::take(&mut self.direct_kept) {
+            self.direct_out(conn, publish, props);
+        }
+        if conn.flush().await.is_err() {
+            return End::Unclean;
+        }
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return End::Stopped(DisconnectReasonCode::ServerShuttingDown),
@@ -141,6 +157,16 @@ impl Session {
                     }
                     // packets are ~400 bytes: an idle session keeps none
                     to_router.shrink_to(0);
+                    if conn.flush().await.is_err() {
+                        return End::Unclean;
+                    }
+                }
+                Some(first) = direct_rx.recv() => {
+                    let mut next = Some(first);
+                    while let Some((publish, props)) = next {
+                        self.direct_out(conn, publish, props);
+                        next = direct_rx.try_recv().ok();
+                    }
                     if conn.flush().await.is_err() {
                         return End::Unclean;
                     }
@@ -247,6 +273,26 @@ impl Session {
                         &self.client_id,
                         &f.path,
                     ) {
+                        Decision::Allow
+                            if matches!(self.principal, Principal::User(_))
+                                && self.shared.direct.is_direct(&f.path) =>
+                        {
+                            // a reply topic or inbox: delivered by the
+                            // broker, never a router filter (crate::direct)
+                            let qos = match f.qos {
+                                QoS::AtMostOnce => QoS::AtMostOnce,
+                                _ => QoS::AtLeastOnce,
+                            };
+                            self.shared
+                                .direct
+                                .add(&self.client_id, self.direct_id, &f.path, qos);
+                            self.direct_topics.retain(|(t, _)| *t != f.path);
+                            self.direct_topics.push((f.path, qos));
+                            codes.push(Some(match qos {
+                                QoS::AtMostOnce => SubscribeReasonCode::QoS0,
+                                _ => SubscribeReasonCode::QoS1,
+                            }));
+                        }
                         Decision::Allow => {
                             // rumqttd delivers at the subscription's QoS and
                             // grants what it was asked: typing is QoS 0
@@ -300,6 +346,19 @@ impl Session {
                         props,
                     ));
                 }
+            }
+            Packet::PubAck(ack, _) if ack.pkid >= DIRECT_PKIDS => {
+                // the client acknowledged a direct delivery: nothing to tell the router
+            }
+            Packet::Unsubscribe(unsub, props) => {
+                for f in &unsub.filters {
+                    if self.direct_topics.iter().any(|(t, _)| t == f) {
+                        self.shared.direct.remove(&self.client_id, f);
+                        self.direct_topics.retain(|(t, _)| t != f);
+                    }
+                }
+                // the router answers (a filter it never had is fine)
+                to_router.push(Packet::Unsubscribe(unsub, props));
             }
             Packet::PingReq(_) => conn.push(Packet::PingResp(rumqttd::protocol::PingResp)),
             Packet::Disconnect(..) => return Ok(false),
@@ -382,6 +441,46 @@ impl Session {
             _ => {}
         }
         Outcome::Continue
+    }
+
+    /// A direct delivery (reply topic or inbox) to the client, at the
+    /// subscription's QoS (0 or 1), with a packet id from
+    /// [`DIRECT_PKIDS`] up (rumqttd numbers its own 1..=100).
+    fn direct_out(
+        &mut self,
+        conn: &mut Conn,
+        publish: Publish,
+        props: Option<rumqttd::protocol::PublishProperties>,
+    ) {
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+        let Some((_, sub_qos)) = self.direct_topics.iter().find(|(t, _)| t == topic) else {
+            return; // unsubscribed meanwhile
+        };
+        if self.client_max.is_some_and(|m| publish.len() + 5 > m) {
+            return;
+        }
+        // the bridge publishes replies and the inbox at QoS 1 (PROTOCOL.md);
+        // the internal link that hands them over holds them at QoS 0
+        let qos1 = *sub_qos != QoS::AtMostOnce;
+        let m = &self.shared.metrics;
+        m.publishes_out.inc();
+        m.bytes_out.inc_by(publish.payload.len() as u64);
+        let publish = Publish::new(publish.topic, publish.payload, false);
+        if !qos1 {
+            conn.push(Packet::Publish(publish, props));
+            return;
+        }
+        let pkid = self.direct_pkid;
+        self.direct_pkid = if pkid == u16::MAX { DIRECT_PKIDS } else { pkid + 1 };
+        conn.push_qos1(publish, props, pkid);
+    }
+
+    /// The session ended: a persistent one keeps its direct topics (and
+    /// collects what is published to them) for its next connection.
+    pub(super) fn end_direct(&mut self, persistent: bool) {
+        self.shared
+            .direct
+            .detach(&self.client_id, self.direct_id, persistent);
     }
 
     /// After a SUBACK: the current presence each granted filter matches (as
@@ -474,6 +573,11 @@ fn refuse(
     }
     Ok(true)
 }
+
+/// Packet ids of direct deliveries start here: rumqttd 0.20 numbers the
+/// deliveries it forwards 1..=100 (its `MAX_INFLIGHT`), so the two never
+/// meet, and a PUBACK says by its id whose delivery it acknowledges.
+pub(super) const DIRECT_PKIDS: u16 = 1024;
 
 enum Outcome {
     Continue,

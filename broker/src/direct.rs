@@ -1,0 +1,313 @@
+//! Point-to-point topics delivered by the broker itself: a client's reply
+//! topic (`{prefix}/users/{user}/replies/{client}`) and a user's inbox
+//! (`{prefix}/users/{user}/inbox`).
+//!
+//! rumqttd 0.20 matches a topic published for the first time against every
+//! filter it holds, and a new filter against every topic it has cached, on
+//! its one router thread. With a reply filter and an inbox filter per user,
+//! each connect and each first reply cost O(clients): 10,000 clients
+//! reconnecting at once took over a minute (bench/results/profile.md). So
+//! users' own subscriptions to these topics never reach the router: the
+//! connection layer registers them here, the broker's internal link holds
+//! the two wildcard filters that match every such topic, and hands each
+//! publish to the registered sessions ([`Direct::deliver`]), which send it
+//! at QoS 1 with packet ids of their own. The router then holds O(rooms)
+//! filters, not O(clients).
+//!
+//! Registrations belong to the client id, as subscriptions do in the
+//! router: a takeover by a new connection with the same id moves them to
+//! it, and a persistent session keeps them while it is away, with what is
+//! published to them meanwhile (at most [`KEPT_MAX`]), handed over when it
+//! comes back ([`Direct::attach`] / [`Direct::detach`]).
+
+use parking_lot::Mutex;
+use rumqttd::protocol::{Publish, PublishProperties, QoS};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// A publish for one session.
+pub(crate) type Delivery = (Publish, Option<PublishProperties>);
+
+/// Deliveries a session may have queued before new ones are dropped (and
+/// counted): a reader that slow is already behind its keep-alive.
+pub(crate) const SESSION_QUEUE: usize = 256;
+
+/// Messages kept for a persistent session while it is away; beyond, the
+/// oldest are dropped (and counted).
+pub(crate) const KEPT_MAX: usize = 1000;
+
+/// One client id's direct subscriptions.
+#[derive(Default)]
+struct Client {
+    /// topic and granted QoS
+    topics: Vec<(String, QoS)>,
+    /// the connected session (its id and queue); `None`: a persistent
+    /// session away, whose deliveries wait in `kept`
+    live: Option<(u64, mpsc::Sender<Delivery>)>,
+    kept: VecDeque<Delivery>,
+}
+
+#[derive(Default)]
+struct State {
+    /// topic -> client ids subscribed
+    subs: HashMap<String, Vec<String>>,
+    clients: HashMap<String, Client>,
+}
+
+/// The registry of direct subscriptions, by client id (so that a takeover
+/// and a persistent session behave as they do in the router).
+pub(crate) struct Direct {
+    /// `{prefix}/users/`
+    root: String,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+}
+
+impl Direct {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            root: format!("{prefix}/users/"),
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The two filters of the broker's internal link that match every
+    /// direct topic.
+    pub(crate) fn link_filters(&self) -> [String; 2] {
+        [
+            format!("{}+/replies/+", self.root),
+            format!("{}+/inbox", self.root),
+        ]
+    }
+
+    /// Whether `filter` is a direct topic: exactly one reply topic or one
+    /// inbox, no wildcard.
+    pub(crate) fn is_direct(&self, filter: &str) -> bool {
+        let Some(rest) = filter.strip_prefix(&self.root) else {
+            return false;
+        };
+        if rest.contains(['+', '#']) {
+            return false;
+        }
+        let levels: Vec<&str> = rest.split('/').collect();
+        matches!(levels.as_slice(), [u, "replies", c] if !u.is_empty() && !c.is_empty())
+            || matches!(levels.as_slice(), [u, "inbox"] if !u.is_empty())
+    }
+
+    /// A new session of `client_id` takes over its direct subscriptions:
+    /// `clean` drops what an earlier session left; otherwise the topics it
+    /// kept are returned with what was published to them meanwhile.
+    pub(crate) fn attach(
+        &self,
+        client_id: &str,
+        tx: &mpsc::Sender<Delivery>,
+        clean: bool,
+    ) -> (u64, Vec<(String, QoS)>, Vec<Delivery>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock();
+        if clean {
+            drop_client(&mut st, client_id);
+        }
+        let c = st.clients.entry(client_id.to_owned()).or_default();
+        c.live = Some((id, tx.clone()));
+        let kept = std::mem::take(&mut c.kept).into();
+        (id, c.topics.clone(), kept)
+    }
+
+    /// Session `id` of `client_id` subscribes to `topic`.
+    pub(crate) fn add(&self, client_id: &str, id: u64, topic: &str, qos: QoS) {
+        let mut st = self.state.lock();
+        let Some(c) = st.clients.get_mut(client_id) else {
+            return;
+        };
+        if c.live.as_ref().map(|(i, _)| *i) != Some(id) {
+            return; // taken over meanwhile
+        }
+        c.topics.retain(|(t, _)| t != topic);
+        c.topics.push((topic.to_owned(), qos));
+        let subs = st.subs.entry(topic.to_owned()).or_default();
+        if !subs.iter().any(|c| c == client_id) {
+            subs.push(client_id.to_owned());
+        }
+    }
+
+    /// `client_id` unsubscribes from `topic`.
+    pub(crate) fn remove(&self, client_id: &str, topic: &str) {
+        let mut st = self.state.lock();
+        if let Some(c) = st.clients.get_mut(client_id) {
+            c.topics.retain(|(t, _)| t != topic);
+        }
+        unsub(&mut st, client_id, topic);
+    }
+
+    /// Session `id` of `client_id` ended: a persistent session's topics stay
+    /// and collect deliveries; a clean one's go. A session already taken over
+    /// changes nothing.
+    pub(crate) fn detach(&self, client_id: &str, id: u64, persistent: bool) {
+        let mut st = self.state.lock();
+        let Some(c) = st.clients.get_mut(client_id) else {
+            return;
+        };
+        if c.live.as_ref().map(|(i, _)| *i) != Some(id) {
+            return;
+        }
+        if persistent {
+            c.live = None;
+        } else {
+            drop_client(&mut st, client_id);
+        }
+    }
+
+    /// Hands `publish` to every client subscribed to its topic: a connected
+    /// session's queue, or a persistent session's kept messages. Returns how
+    /// many took it and how many were dropped (a full queue, or the oldest
+    /// kept message).
+    pub(crate) fn deliver(&self, publish: &Publish, props: &Option<PublishProperties>) -> (usize, usize) {
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            return (0, 0);
+        };
+        let mut st = self.state.lock();
+        let State { subs, clients } = &mut *st;
+        let Some(list) = subs.get(topic) else {
+            return (0, 0);
+        };
+        let (mut sent, mut dropped) = (0, 0);
+        for client_id in list {
+            let Some(c) = clients.get_mut(client_id) else {
+                continue;
+            };
+            let d = (publish.clone(), props.clone());
+            match &c.live {
+                Some((_, tx)) => match tx.try_send(d) {
+                    Ok(()) => sent += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                },
+                None => {
+                    if c.kept.len() >= KEPT_MAX {
+                        c.kept.pop_front();
+                        dropped += 1;
+                    }
+                    c.kept.push_back(d);
+                    sent += 1;
+                }
+            }
+        }
+        (sent, dropped)
+    }
+}
+
+/// Forgets `client_id` and its subscriptions.
+fn drop_client(st: &mut State, client_id: &str) {
+    if let Some(c) = st.clients.remove(client_id) {
+        for (t, _) in c.topics {
+            unsub(st, client_id, &t);
+        }
+    }
+}
+
+fn unsub(st: &mut State, client_id: &str, topic: &str) {
+    if let Some(list) = st.subs.get_mut(topic) {
+        list.retain(|c| c != client_id);
+        if list.is_empty() {
+            st.subs.remove(topic);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn publish(topic: &str) -> Publish {
+        Publish::new(Bytes::from(topic.to_owned()), Bytes::from_static(b"x"), false)
+    }
+
+    #[test]
+    fn only_exact_reply_and_inbox_topics_are_direct() {
+        let d = Direct::new("chat");
+        for (f, want) in [
+            ("chat/users/alice/replies/phone", true),
+            ("chat/users/alice/inbox", true),
+            ("chat/users/+/inbox", false),
+            ("chat/users/alice/replies/+", false),
+            ("chat/users/#", false),
+            ("chat/users/alice/replies/phone/x", false),
+            ("chat/users//inbox", false),
+            ("chat/rooms/r1/events", false),
+            ("other/users/alice/inbox", false),
+        ] {
+            assert_eq!(d.is_direct(f), want, "{f}");
+        }
+        assert_eq!(
+            d.link_filters(),
+            ["chat/users/+/replies/+".to_owned(), "chat/users/+/inbox".to_owned()]
+        );
+    }
+
+    #[test]
+    fn deliveries_reach_subscribed_sessions_only() {
+        let d = Direct::new("chat");
+        let (tx1, mut rx1) = mpsc::channel(1);
+        let (tx2, mut rx2) = mpsc::channel(4);
+        let (a, _, _) = d.attach("phone", &tx1, true);
+        let (b, _, _) = d.attach("laptop", &tx2, true);
+        d.add("phone", a, "chat/users/alice/inbox", QoS::AtLeastOnce);
+        d.add("phone", a, "chat/users/alice/inbox", QoS::AtLeastOnce);
+        d.add("laptop", b, "chat/users/alice/inbox", QoS::AtLeastOnce);
+        d.add("laptop", b, "chat/users/bob/inbox", QoS::AtLeastOnce);
+        let p = publish("chat/users/alice/inbox");
+        assert_eq!(d.deliver(&p, &None), (2, 0), "each session once");
+        assert_eq!(d.deliver(&p, &None), (1, 1), "a full queue drops");
+        assert!(rx1.try_recv().is_ok() && rx1.try_recv().is_err());
+        assert!(rx2.try_recv().is_ok());
+        d.remove("laptop", "chat/users/alice/inbox");
+        while rx2.try_recv().is_ok() {}
+        assert_eq!(d.deliver(&p, &None), (1, 0));
+        assert_eq!(d.deliver(&publish("chat/users/carol/inbox"), &None), (0, 0));
+    }
+
+    #[test]
+    fn persistent_sessions_keep_topics_and_messages() {
+        let d = Direct::new("chat");
+        let (tx, _rx) = mpsc::channel(4);
+        let (a, topics, kept) = d.attach("phone", &tx, false);
+        assert!(topics.is_empty() && kept.is_empty());
+        d.add("phone", a, "chat/users/alice/inbox", QoS::AtLeastOnce);
+        d.detach("phone", a, true);
+        let p = publish("chat/users/alice/inbox");
+        assert_eq!(d.deliver(&p, &None), (1, 0), "kept while away");
+        let (b, topics, kept) = d.attach("phone", &tx, false);
+        assert_eq!(topics.len(), 1);
+        assert_eq!(kept.len(), 1, "handed over on return");
+        // a takeover: the old session's end changes nothing
+        let (c, topics, _) = d.attach("phone", &tx, false);
+        assert_eq!(topics.len(), 1);
+        d.detach("phone", b, false);
+        assert_eq!(d.deliver(&p, &None), (1, 0), "still subscribed after the old session ended");
+        // a clean start forgets everything
+        d.detach("phone", c, true);
+        let (_, topics, kept) = d.attach("phone", &tx, true);
+        assert!(topics.is_empty() && kept.is_empty());
+        assert_eq!(d.deliver(&p, &None), (0, 0));
+    }
+
+    #[test]
+    fn kept_messages_are_bounded() {
+        let d = Direct::new("chat");
+        let (tx, _rx) = mpsc::channel(1);
+        let (a, _, _) = d.attach("phone", &tx, false);
+        d.add("phone", a, "chat/users/alice/inbox", QoS::AtLeastOnce);
+        d.detach("phone", a, true);
+        let p = publish("chat/users/alice/inbox");
+        for _ in 0..KEPT_MAX {
+            d.deliver(&p, &None);
+        }
+        assert_eq!(d.deliver(&p, &None), (1, 1), "the oldest goes");
+        let (_, _, kept) = d.attach("phone", &tx, false);
+        assert_eq!(kept.len(), KEPT_MAX);
+    }
+}
