@@ -26,8 +26,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
-/// A publish for one session.
-pub(crate) type Delivery = (Publish, Option<PublishProperties>);
+/// A publish for one session (boxed: a session's queue then allocates a
+/// pointer per slot, not a whole publish with its properties).
+pub(crate) type Delivery = Box<(Publish, Option<PublishProperties>)>;
 
 /// Deliveries a session may have queued before new ones are dropped (and
 /// counted): a reader that slow is already behind its keep-alive.
@@ -178,7 +179,7 @@ impl Direct {
             let Some(c) = clients.get_mut(client_id) else {
                 continue;
             };
-            let d = (publish.clone(), props.clone());
+            let d = Box::new((publish.clone(), props.clone()));
             match &c.live {
                 Some((_, tx)) => match tx.try_send(d) {
                     Ok(()) => sent += 1,

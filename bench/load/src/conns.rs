@@ -1,12 +1,13 @@
 //! Connections: N idle authenticated clients (each subscribed to its reply
-//! topic and its room) to measure server memory per connection; then all of
+//! topic, its inbox and its 5 rooms' events) to measure server memory per
+//! connection; then all of
 //! them go away, their rooms move on, and they come back at once, each
 //! with a `sync` from its cursor (the reconnect storm).
 
 use crate::client::{Conn, ConnOpts, Target};
 use crate::hist::Histogram;
-use crate::history::{catchup_room, conn_user, Filled, Prefill, CATCHER};
-use crate::report::{Connections, Latency, Storm};
+use crate::history::{catchup_room, conn_user, user_rooms, Filled, Prefill, CATCHER};
+use crate::report::{Connections, Latency, MosquittoStorm, Storm};
 use crate::server::Server;
 use crate::spawn_all;
 use anyhow::{bail, Result};
@@ -38,8 +39,14 @@ pub const MISSED_PER_ROOM: u64 = 10;
 async fn connect_user(target: &Target, i: usize, rooms: usize, suffix: &str) -> Result<Conn> {
     let user = conn_user(i);
     let mut c = Conn::login(target, &user, &format!("{user}-{suffix}"), OPTS).await?;
-    let events = format!("chat/rooms/{}/events", catchup_room(i % rooms));
-    c.subscribe(&[c.reply_topic(), events]).await?;
+    // as an app does: its reply topic, its inbox and its rooms' events
+    let mut filters = vec![c.reply_topic(), format!("chat/users/{user}/inbox")];
+    filters.extend(
+        user_rooms(i, rooms)
+            .into_iter()
+            .map(|r| format!("chat/rooms/{}/events", catchup_room(r))),
+    );
+    c.subscribe(&filters).await?;
     Ok(c)
 }
 
@@ -95,6 +102,7 @@ pub async fn run(
     server: &mut Server,
     p: &Prefill,
     filled: &Filled,
+    mosquitto: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<Connections> {
     let n = p.users;
     let rooms = p.catchup_rooms;
@@ -128,7 +136,20 @@ pub async fn run(
         server_log: server.log_problems(),
         ..storm
     };
+    let mosquitto_storm = match mosquitto {
+        Some((bin, dir)) if bin.is_file() => {
+            let m = mosquitto_storm(bin, dir, n, rooms).await?;
+            let chatmq_rate = storm.caught_up as f64 / storm.all_caught_up_seconds.max(1e-9);
+            let mosq_rate = m.subscribed as f64 / m.all_subscribed_seconds.max(1e-9);
+            Some(MosquittoStorm {
+                chatmq_rate_ratio: chatmq_rate / mosq_rate.max(1e-9),
+                ..m
+            })
+        }
+        _ => None,
+    };
     Ok(Connections {
+        mosquitto_storm,
         target: n,
         connected,
         connect_seconds,
@@ -225,5 +246,52 @@ async fn storm(target: &Target, p: &Prefill, filled: &Filled) -> Result<Storm> {
         error_kinds: crate::top_kinds(kinds, 5),
         server_peak_rss_mib: 0.0,
         server_log: Vec::new(),
+    })
+}
+
+/// `n` clients connect at once to a fresh Mosquitto, each subscribing to
+/// the same filters as a chatmq storm client (reply topic, inbox, its 5
+/// rooms' events); the time until the last SUBACK.
+async fn mosquitto_storm(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    n: usize,
+    rooms: usize,
+) -> Result<MosquittoStorm> {
+    let server = Server::mosquitto(bin, dir)?;
+    let target = Target::anonymous(server.port);
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                for attempt in 0..3u64 {
+                    if attempt > 0 {
+                        tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                    }
+                    if let Ok(c) = connect_user(&target, i, rooms, DEVICE).await {
+                        return Some(c);
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    let (mut subscribed, mut last, mut conns) = (0, Duration::ZERO, Vec::new());
+    for t in tasks {
+        if let Some(c) = t.await? {
+            subscribed += 1;
+            last = last.max(t0.elapsed());
+            conns.push(c);
+        }
+    }
+    drop(conns);
+    drop(server);
+    Ok(MosquittoStorm {
+        clients: n,
+        subscribed,
+        all_subscribed_seconds: last.as_secs_f64(),
+        errors: (n - subscribed) as u64,
+        chatmq_rate_ratio: 0.0,
     })
 }

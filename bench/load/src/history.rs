@@ -26,7 +26,8 @@ pub struct Prefill {
     pub catchup_rooms: usize,
     /// Message events per catch-up room, all missed by the catch-up client.
     pub catchup_per_room: u64,
-    /// Connection users `u{i}`, each a member of room `c{i % catchup_rooms}`.
+    /// Connection users `u{i}`, each a member of [`ROOMS_PER_USER`] rooms
+    /// from `c{i % catchup_rooms}` on ([`user_rooms`]).
     pub users: usize,
 }
 
@@ -40,6 +41,18 @@ pub struct Filled {
 
 pub fn catchup_room(r: usize) -> String {
     format!("c{r:03}")
+}
+
+/// Rooms each connection user is a member of (and subscribes to).
+pub const ROOMS_PER_USER: usize = 5;
+
+/// The catch-up rooms of connection user `i`: `c{i % rooms}` (the one its
+/// `sync` reads) and the next ones, [`ROOMS_PER_USER`] in all.
+pub fn user_rooms(i: usize, rooms: usize) -> Vec<usize> {
+    let rooms = rooms.max(1);
+    (0..ROOMS_PER_USER.min(rooms))
+        .map(|k| (i + k) % rooms)
+        .collect()
 }
 
 pub fn conn_user(i: usize) -> String {
@@ -130,8 +143,8 @@ pub async fn prefill(data_dir: &Path, p: &Prefill) -> Result<Filled> {
         store.create_room(room(&id, CATCHER)).await?;
         let mut evs = vec![join(&id, CATCHER, Role::Owner)];
         evs.extend(
-            (r..p.users)
-                .step_by(p.catchup_rooms)
+            (0..p.users)
+                .filter(|&i| user_rooms(i, p.catchup_rooms).contains(&r))
                 .map(|i| join(&id, &conn_user(i), Role::Member)),
         );
         evs.extend((0..p.catchup_per_room).map(|i| message(&id, CATCHER, i)));

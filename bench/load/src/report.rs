@@ -101,6 +101,21 @@ pub struct Connections {
     pub rss_after_mib: f64,
     pub rss_per_conn_kib: f64,
     pub storm: Storm,
+    /// The same clients connecting at once to Mosquitto with the same
+    /// subscriptions (no `sync`: Mosquitto has no chat), if it ran.
+    pub mosquitto_storm: Option<MosquittoStorm>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MosquittoStorm {
+    pub clients: usize,
+    pub subscribed: usize,
+    /// From the first connect to the last SUBACK.
+    pub all_subscribed_seconds: f64,
+    pub errors: u64,
+    /// chatmq's storm rate (clients caught up per second) over Mosquitto's
+    /// (clients subscribed per second).
+    pub chatmq_rate_ratio: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -264,7 +264,9 @@ async fn stored_scenarios(s: &Settings, sections: Sections, r: &mut Report) -> R
         }
     }
     if sections.connections {
-        match conns::run(&target, &mut server, &s.prefill, &filled).await {
+        let mosq_dir = s.work.join("mosquitto-storm");
+        let mosquitto = s.mosquitto.as_deref().map(|b| (b, mosq_dir.as_path()));
+        match conns::run(&target, &mut server, &s.prefill, &filled, mosquitto).await {
             Ok(c) => r.connections = Some(c),
             Err(e) => r.errors.push(format!("connections: {e:#}")),
         }

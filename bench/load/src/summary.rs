@@ -233,6 +233,14 @@ pub fn markdown(r: &Report) -> String {
             st.per_client.p50_ms, st.per_client.p99_ms,
             st.errors, st.attempts, st.error_kinds
         );
+        if let Some(m) = &c.mosquitto_storm {
+            let _ = writeln!(
+                s,
+                "| the same storm against Mosquitto (connect + the same subscriptions, no `sync`) | {} of {} subscribed in {:.1} s |\n\
+                 | chatmq's storm rate / Mosquitto's | {:.2}x |",
+                m.subscribed, m.clients, m.all_subscribed_seconds, m.chatmq_rate_ratio
+            );
+        }
     }
     s.push_str("\n| target | goal | measured | met | gap |\n|---|---|---|---|---|\n");
     for t in &r.targets {

@@ -80,7 +80,8 @@ impl Session {
         // Packets that came in the same read as CONNECT are handled at once,
         // not when the next bytes arrive.
         let mut pending = !conn.rbuf.is_empty();
-        for (publish, props) in std::mem::take(&mut self.direct_kept) {
+        for d in std::mem::take(&mut self.direct_kept) {
+            let (publish, props) = *d;
             self.direct_out(conn, publish, props);
         }
         if conn.flush().await.is_err() {
@@ -163,7 +164,8 @@ impl Session {
                 }
                 Some(first) = direct_rx.recv() => {
                     let mut next = Some(first);
-                    while let Some((publish, props)) = next {
+                    while let Some(d) = next {
+                        let (publish, props) = *d;
                         self.direct_out(conn, publish, props);
                         next = direct_rx.try_recv().ok();
                     }
