@@ -2,15 +2,16 @@
 //! chatmq's in the process but its allocator and router configuration.
 //!
 //! Builds N router links the way `chatmq` does for N idle users: each link
-//! subscribes at QoS 1 to a filter of its own (like a user's reply topic)
-//! and to one of 100 shared filters (like a room's events), and its SUBACK is
-//! read, as our session task reads it. Then prints the process's
+//! subscribes at QoS 1 to R of 100 shared filters (its rooms' events; R = 5
+//! by default) in one SUBSCRIBE, and its SUBACK is read, as our session
+//! task reads it. (A user's reply topic and inbox are not router filters:
+//! `broker::direct`.) Then prints the process's
 //! resident memory per link. `chatmq-bench connections` measures the whole
 //! server the same way; the difference between the two is chatmq's own
 //! per-connection cost.
 //!
 //! ```sh
-//! cargo run --release --example link_memory -- 10000
+//! cargo run --release --example link_memory -- 10000 5
 //! ```
 
 use rumqttd::local::LinkBuilder;
@@ -37,6 +38,10 @@ fn main() -> Result<(), String> {
         Some(a) => a.parse().map_err(|e| format!("links: {e}"))?,
         None => 10_000,
     };
+    let rooms: usize = match std::env::args().nth(2) {
+        Some(a) => a.parse().map_err(|e| format!("rooms per link: {e}"))?,
+        None => 5,
+    };
     let settings = chatmq::settings::load(&[], std::iter::empty())?;
     let mut cfg = settings.broker;
     cfg.limits.max_connections = cfg.limits.max_connections.max(n + 16);
@@ -53,7 +58,7 @@ fn main() -> Result<(), String> {
             .clean_session(true)
             .build()
             .map_err(|e| format!("link {i}: {e}"))?;
-        // one SUBSCRIBE with both filters at QoS 1, as a user's session sends
+        // one SUBSCRIBE with its rooms at QoS 1, as a user's session sends
         let filter = |path: String| Filter {
             path,
             qos: QoS::AtLeastOnce,
@@ -63,10 +68,9 @@ fn main() -> Result<(), String> {
         };
         let sub = Subscribe {
             pkid: 1,
-            filters: vec![
-                filter(format!("{}/users/u{i}/reply", cfg.prefix)),
-                filter(format!("{}/rooms/room-{}/events", cfg.prefix, i % 100)),
-            ],
+            filters: (0..rooms)
+                .map(|k| filter(format!("{}/rooms/room-{}/events", cfg.prefix, (i + k) % 100)))
+                .collect(),
         };
         rt.block_on(tx.send(Packet::Subscribe(sub, None)))
             .map_err(|e| format!("subscribe {i}: {e}"))?;
@@ -80,7 +84,7 @@ fn main() -> Result<(), String> {
     std::thread::sleep(Duration::from_secs(1));
     let after = rss_kib();
     println!(
-        "rumqttd alone: {n} links in {:.1} s, RSS {} -> {} KiB: {:.1} KiB per link",
+        "rumqttd alone: {n} links with {rooms} room filters each in {:.1} s, RSS {} -> {} KiB: {:.1} KiB per link",
         t0.elapsed().as_secs_f64(),
         before,
         after,
