@@ -23,16 +23,59 @@
 use parking_lot::Mutex;
 use rumqttd::protocol::{Publish, PublishProperties, QoS};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// A publish for one session (boxed: a session's queue then allocates a
 /// pointer per slot, not a whole publish with its properties).
 pub(crate) type Delivery = Box<(Publish, Option<PublishProperties>)>;
 
-/// Deliveries a session may have queued before new ones are dropped (and
-/// counted): a reader that slow is already behind its keep-alive.
-pub(crate) const SESSION_QUEUE: usize = 256;
+/// Deliveries a session may have queued, and their payload bytes, before
+/// new ones are dropped (and counted). A client's own burst of requests
+/// (300 `rooms.create` at once in a test) fits; a client that asks for
+/// history pages and never reads cannot make the broker hold more than
+/// [`SESSION_QUEUE_BYTES`] for it (rumqttd bounded a reply filter's log
+/// the same way).
+pub(crate) const SESSION_QUEUE: usize = 8192;
+pub(crate) const SESSION_QUEUE_BYTES: usize = 8 << 20;
+
+/// A session's queue: its sender and the payload bytes queued in it (the
+/// session subtracts what it takes out).
+#[derive(Clone)]
+pub(crate) struct Queue {
+    pub(crate) tx: mpsc::Sender<Delivery>,
+    pub(crate) bytes: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    pub(crate) fn new() -> (Self, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        (
+            Queue {
+                tx,
+                bytes: Arc::new(AtomicUsize::new(0)),
+            },
+            rx,
+        )
+    }
+
+    /// Queues `d` unless the queue is full in count or bytes.
+    fn offer(&self, d: Delivery) -> Result<(), bool> {
+        let n = d.0.payload.len();
+        if self.bytes.load(Ordering::Relaxed) + n > SESSION_QUEUE_BYTES {
+            return Err(true);
+        }
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        match self.tx.try_send(d) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.bytes.fetch_sub(n, Ordering::Relaxed);
+                Err(matches!(e, mpsc::error::TrySendError::Full(_)))
+            }
+        }
+    }
+}
 
 /// Messages kept for a persistent session while it is away; beyond, the
 /// oldest are dropped (and counted).
@@ -45,7 +88,7 @@ struct Client {
     topics: Vec<(String, QoS)>,
     /// the connected session (its id and queue); `None`: a persistent
     /// session away, whose deliveries wait in `kept`
-    live: Option<(u64, mpsc::Sender<Delivery>)>,
+    live: Option<(u64, Queue)>,
     kept: VecDeque<Delivery>,
 }
 
@@ -103,7 +146,7 @@ impl Direct {
     pub(crate) fn attach(
         &self,
         client_id: &str,
-        tx: &mpsc::Sender<Delivery>,
+        queue: &Queue,
         clean: bool,
     ) -> (u64, Vec<(String, QoS)>, Vec<Delivery>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +155,7 @@ impl Direct {
             drop_client(&mut st, client_id);
         }
         let c = st.clients.entry(client_id.to_owned()).or_default();
-        c.live = Some((id, tx.clone()));
+        c.live = Some((id, queue.clone()));
         let kept = std::mem::take(&mut c.kept).into();
         (id, c.topics.clone(), kept)
     }
@@ -181,10 +224,10 @@ impl Direct {
             };
             let d = Box::new((publish.clone(), props.clone()));
             match &c.live {
-                Some((_, tx)) => match tx.try_send(d) {
+                Some((_, q)) => match q.offer(d) {
                     Ok(()) => sent += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(true) => dropped += 1,
+                    Err(false) => {}
                 },
                 None => {
                     if c.kept.len() >= KEPT_MAX {
@@ -252,8 +295,8 @@ mod tests {
     #[test]
     fn deliveries_reach_subscribed_sessions_only() {
         let d = Direct::new("chat");
-        let (tx1, mut rx1) = mpsc::channel(1);
-        let (tx2, mut rx2) = mpsc::channel(4);
+        let (tx1, mut rx1) = Queue::new();
+        let (tx2, mut rx2) = Queue::new();
         let (a, _, _) = d.attach("phone", &tx1, true);
         let (b, _, _) = d.attach("laptop", &tx2, true);
         d.add("phone", a, "chat/users/alice/inbox", QoS::AtLeastOnce);
@@ -262,19 +305,42 @@ mod tests {
         d.add("laptop", b, "chat/users/bob/inbox", QoS::AtLeastOnce);
         let p = publish("chat/users/alice/inbox");
         assert_eq!(d.deliver(&p, &None), (2, 0), "each session once");
-        assert_eq!(d.deliver(&p, &None), (1, 1), "a full queue drops");
         assert!(rx1.try_recv().is_ok() && rx1.try_recv().is_err());
         assert!(rx2.try_recv().is_ok());
         d.remove("laptop", "chat/users/alice/inbox");
-        while rx2.try_recv().is_ok() {}
         assert_eq!(d.deliver(&p, &None), (1, 0));
+        assert!(rx1.try_recv().is_ok() && rx2.try_recv().is_err());
         assert_eq!(d.deliver(&publish("chat/users/carol/inbox"), &None), (0, 0));
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_count_and_bytes() {
+        let d = Direct::new("chat");
+        let (q, mut rx) = Queue::new();
+        let (a, _, _) = d.attach("phone", &q, true);
+        d.add("phone", a, "chat/users/alice/inbox", QoS::AtLeastOnce);
+        let small = publish("chat/users/alice/inbox");
+        for _ in 0..SESSION_QUEUE {
+            assert_eq!(d.deliver(&small, &None), (1, 0));
+        }
+        assert_eq!(d.deliver(&small, &None), (0, 1), "full in count");
+        while rx.try_recv().is_ok() {}
+        q.bytes.store(0, Ordering::Relaxed); // the session subtracts as it takes
+        let big = Publish::new(
+            Bytes::from_static(b"chat/users/alice/inbox"),
+            Bytes::from(vec![0u8; 3 << 20]),
+            false,
+        );
+        assert_eq!(d.deliver(&big, &None), (1, 0));
+        assert_eq!(d.deliver(&big, &None), (1, 0));
+        assert_eq!(d.deliver(&big, &None), (0, 1), "full in bytes (8 MiB)");
+        assert_eq!(q.bytes.load(Ordering::Relaxed), 6 << 20);
     }
 
     #[test]
     fn persistent_sessions_keep_topics_and_messages() {
         let d = Direct::new("chat");
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = Queue::new();
         let (a, topics, kept) = d.attach("phone", &tx, false);
         assert!(topics.is_empty() && kept.is_empty());
         d.add("phone", a, "chat/users/alice/inbox", QoS::AtLeastOnce);
@@ -299,7 +365,7 @@ mod tests {
     #[test]
     fn kept_messages_are_bounded() {
         let d = Direct::new("chat");
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = Queue::new();
         let (a, _, _) = d.attach("phone", &tx, false);
         d.add("phone", a, "chat/users/alice/inbox", QoS::AtLeastOnce);
         d.detach("phone", a, true);

@@ -198,6 +198,16 @@ impl TestServerBuilder {
     }
 }
 
+/// Whether a command is on the PATH (tests of third-party clients skip,
+/// saying so, without it).
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// The CQL node to test the ScyllaDB store against: `SCYLLA_URI`
 /// (`host:port`, as printed by `tests/cql/start`). `None` (with a SKIPPED
 /// line) without it, unless `CHATMQ_CQL_REQUIRED` is set (as `.ci/run` does):

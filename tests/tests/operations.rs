@@ -2,13 +2,12 @@
 //! the graceful shutdown on SIGTERM (nothing acknowledged is lost).
 
 use anyhow::{bail, Context, Result};
-use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
-use tests::{group_room, http_get, metric, pw, seq_of, TestServer};
+use tests::{group_room, http_get, metric, pw, send_stream, seq_of, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_readiness() -> Result<()> {
@@ -123,49 +122,6 @@ async fn invalid_config_names_the_key_and_exits_64() -> Result<()> {
     Ok(())
 }
 
-/// One sender: a rumqttc client publishing sends one after another, noting
-/// which were acknowledged (PUBACK) by the broker.
-async fn sender(port: u16, user: &'static str, room: &'static str) -> Result<BTreeSet<String>> {
-    let mut opts = MqttOptions::new(format!("{user}-sender"), "127.0.0.1", port);
-    opts.set_credentials(user, pw(user));
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut el) = AsyncClient::new(opts, 100);
-    let topic = format!("chat/rooms/{room}/send/{user}");
-    let mut sent: HashMap<u16, String> = HashMap::new();
-    let mut queue: Vec<String> = Vec::new();
-    let mut acked = BTreeSet::new();
-    let mut next = 0u32;
-    let mut in_flight = 0;
-    loop {
-        while in_flight < 10 {
-            let id = format!("{user}-{next}");
-            next += 1;
-            let body = json!({"msg_id": id, "body": "x"}).to_string();
-            client
-                .publish(topic.clone(), QoS::AtLeastOnce, false, body)
-                .await?;
-            queue.push(id);
-            in_flight += 1;
-        }
-        match el.poll().await {
-            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
-                if !queue.is_empty() {
-                    sent.insert(pkid, queue.remove(0));
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(a))) => {
-                if let Some(id) = sent.remove(&a.pkid) {
-                    acked.insert(id);
-                    in_flight -= 1;
-                }
-            }
-            Ok(_) => {}
-            // the server went away: what was acknowledged is the result
-            Err(_) => return Ok(acked),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_loses_nothing_acknowledged() -> Result<()> {
     let mut srv = TestServer::builder()
@@ -181,8 +137,9 @@ async fn sigterm_mid_stream_loses_nothing_acknowledged() -> Result<()> {
     bob.subscribe_ok("chat/rooms/st1/events").await?;
     let port = srv.tcp_port();
     let senders = [
-        tokio::spawn(sender(port, "alice", "st1")),
-        tokio::spawn(sender(port, "bob", "st1")),
+        // streams until the server goes away: what was acknowledged is the result
+        tokio::spawn(send_stream(port, "alice", "st1", Arc::new(AtomicBool::new(false)))),
+        tokio::spawn(send_stream(port, "bob", "st1", Arc::new(AtomicBool::new(false)))),
     ];
     // let the stream run, collecting what bob sees echoed; then SIGTERM, and
     // keep collecting until the stream goes quiet while the server drains

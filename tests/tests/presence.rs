@@ -10,14 +10,6 @@ use serde_json::Value;
 use std::time::Duration;
 use tests::{group_room, TestServer, TIMEOUT};
 
-fn have(cmd: &str) -> bool {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// One message of `chat/presence/{of}` as `user` sees it with mosquitto_sub:
 /// (retain flag, payload).
 async fn mosquitto_presence(port: u16, user: &str, of: &str) -> Result<(bool, Value)> {
@@ -41,7 +33,7 @@ async fn mosquitto_presence(port: u16, user: &str, of: &str) -> Result<(bool, Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_retained_then_live() -> Result<()> {
-    if !have("mosquitto_sub") {
+    if !tests::have("mosquitto_sub") {
         eprintln!("SKIPPED presence_is_retained_then_live: needs mosquitto_sub (apt install mosquitto-clients)");
         return Ok(());
     }

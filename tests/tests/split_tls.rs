@@ -102,17 +102,9 @@ async fn split_broker_keeps_learning_after_many_hooks() -> Result<()> {
     Ok(())
 }
 
-fn have(cmd: &str) -> bool {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_listener_with_mosquitto_clients() -> Result<()> {
-    if !have("mosquitto_pub") {
+    if !tests::have("mosquitto_pub") {
         eprintln!("SKIPPED tls_listener_with_mosquitto_clients: needs mosquitto_pub (apt install mosquitto-clients)");
         return Ok(());
     }

@@ -386,11 +386,11 @@ async fn accept(
         ack_props,
     ));
     conn.flush().await.map_err(|e| e.to_string())?;
-    let (direct_tx, direct_rx) = tokio::sync::mpsc::channel(crate::direct::SESSION_QUEUE);
+    let (direct_queue, direct_rx) = crate::direct::Queue::new();
     // a persistent session's reply topic and inbox, as it left them, with
     // what was published to them meanwhile
     let (direct_id, direct_topics, direct_kept) =
-        shared.direct.attach(&client_id, &direct_tx, !persistent);
+        shared.direct.attach(&client_id, &direct_queue, !persistent);
     Ok(Some(Accepted {
         conn,
         link_tx,
@@ -404,6 +404,7 @@ async fn accept(
             pending_presence: HashMap::new(),
             direct_id,
             direct_kept,
+            direct_bytes: direct_queue.bytes.clone(),
             direct_topics,
             direct_pkid: session::DIRECT_PKIDS,
             client_max,

@@ -38,6 +38,9 @@ pub(super) struct Session {
     /// and inbox it subscribed (with the granted QoS), and the next packet
     /// id of a direct delivery.
     pub(super) direct_id: u64,
+    /// Payload bytes queued for this session in `crate::direct` (it
+    /// subtracts what it takes out).
+    pub(super) direct_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Kept deliveries of a resumed persistent session, sent before the rest.
     pub(super) direct_kept: Vec<Delivery>,
     pub(super) direct_topics: Vec<(String, QoS)>,
@@ -166,6 +169,8 @@ impl Session {
                     let mut next = Some(first);
                     while let Some(d) = next {
                         let (publish, props) = *d;
+                        self.direct_bytes
+                            .fetch_sub(publish.payload.len(), std::sync::atomic::Ordering::Relaxed);
                         self.direct_out(conn, publish, props);
                         next = direct_rx.try_recv().ok();
                     }
