@@ -780,6 +780,17 @@ impl Client {
         Ok(())
     }
 
+    /// Sends an UNSUBSCRIBE (not waiting for its UNSUBACK: the server handles
+    /// a connection's packets in order, so what this client sends next is
+    /// handled after it).
+    pub async fn unsubscribe(&mut self, filter: &str) -> Result<()> {
+        match &self.handle {
+            Handle::V4(c) => c.unsubscribe(filter).await?,
+            Handle::V5(c) => c.unsubscribe(filter).await?,
+        }
+        Ok(())
+    }
+
     /// Subscribes (QoS 1); `Ok(true)` if granted, `Ok(false)` if the SubAck
     /// refused it, `Err` if no SubAck came or the connection closed.
     pub async fn subscribe(&mut self, filter: &str) -> Result<bool> {

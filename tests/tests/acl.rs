@@ -256,3 +256,31 @@ async fn kicked_member_loses_access() -> Result<()> {
     assert_eq!(err["code"], "not_member", "{err}");
     Ok(())
 }
+
+/// A user's reply topic is delivered by the broker itself (`broker::direct`,
+/// not a router filter): UNSUBSCRIBE stops it at once, a new SUBSCRIBE
+/// brings it back, and requests keep working throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn reply_topic_unsubscribe_and_subscribe_again() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-unsub").await?;
+    let reply = alice.reply_topic();
+    let r = alice.rpc("rooms.list", json!({})).await?;
+    assert!(r["rooms"].is_array(), "{r}");
+
+    alice.unsubscribe(&reply).await?;
+    alice
+        .publish_json(
+            "chat/rpc/alice/rooms.list",
+            &json!({"reply": reply, "corr": "after-unsub"}),
+        )
+        .await?;
+    alice
+        .expect_none("a reply after UNSUBSCRIBE", QUIET, |m| m.topic == reply)
+        .await?;
+
+    alice.subscribe_ok(&reply).await?;
+    let r = alice.rpc("rooms.list", json!({})).await?;
+    assert!(r["rooms"].is_array(), "subscribed again: {r}");
+    Ok(())
+}
