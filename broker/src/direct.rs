@@ -208,7 +208,11 @@ impl Direct {
     /// session's queue, or a persistent session's kept messages. Returns how
     /// many took it and how many were dropped (a full queue, or the oldest
     /// kept message).
-    pub(crate) fn deliver(&self, publish: &Publish, props: &Option<PublishProperties>) -> (usize, usize) {
+    pub(crate) fn deliver(
+        &self,
+        publish: &Publish,
+        props: &Option<PublishProperties>,
+    ) -> (usize, usize) {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             return (0, 0);
         };
@@ -267,7 +271,11 @@ mod tests {
     use bytes::Bytes;
 
     fn publish(topic: &str) -> Publish {
-        Publish::new(Bytes::from(topic.to_owned()), Bytes::from_static(b"x"), false)
+        Publish::new(
+            Bytes::from(topic.to_owned()),
+            Bytes::from_static(b"x"),
+            false,
+        )
     }
 
     #[test]
@@ -288,7 +296,10 @@ mod tests {
         }
         assert_eq!(
             d.link_filters(),
-            ["chat/users/+/replies/+".to_owned(), "chat/users/+/inbox".to_owned()]
+            [
+                "chat/users/+/replies/+".to_owned(),
+                "chat/users/+/inbox".to_owned()
+            ]
         );
     }
 
@@ -354,7 +365,11 @@ mod tests {
         let (c, topics, _) = d.attach("phone", &tx, false);
         assert_eq!(topics.len(), 1);
         d.detach("phone", b, false);
-        assert_eq!(d.deliver(&p, &None), (1, 0), "still subscribed after the old session ended");
+        assert_eq!(
+            d.deliver(&p, &None),
+            (1, 0),
+            "still subscribed after the old session ended"
+        );
         // a clean start forgets everything
         d.detach("phone", c, true);
         let (_, topics, kept) = d.attach("phone", &tx, true);

@@ -1,13 +1,13 @@
 //! Starting the broker: the rumqttd router, the broker's internal link,
 //! our listeners and their accept loops; draining and stopping.
 
-use crate::direct::Direct;
-use crate::presence::Presence;
 use crate::acl::{Access, Authorizer};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::BrokerConfig;
+use crate::direct::Direct;
 use crate::link::{LinkReceiver, LinkSender};
 use crate::metrics::BrokerMetrics;
+use crate::presence::Presence;
 use crate::rate::ConnectRate;
 use crate::registry::Registry;
 use crate::retain::Retained;

@@ -3,8 +3,8 @@
 use crate::acl::Authorizer;
 use crate::auth::{Authenticator, Principal};
 use crate::config::BrokerConfig;
-use crate::metrics::BrokerMetrics;
 use crate::direct::Direct;
+use crate::metrics::BrokerMetrics;
 use crate::presence::Presence;
 use crate::rate::ConnectRate;
 use crate::registry::Registry;

@@ -12,9 +12,7 @@
 //! tests/cql/stop
 //! ```
 
-use chat_bridge::store::scylla::{
-    migrate, ScyllaConfig, ScyllaStore, Server, DEFAULT_REPLICATION,
-};
+use chat_bridge::store::scylla::{migrate, ScyllaConfig, ScyllaStore, Server, DEFAULT_REPLICATION};
 use chat_bridge::store::{conformance, NewEvent, Range, Store, PAGE_MAX};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,7 +83,10 @@ where
 {
     let Some(mut cfg) = cluster() else { return };
     cfg.keyspace = fresh_keyspace();
-    let applied = migrate(&cfg).await.expect("migrate a fresh keyspace").applied;
+    let applied = migrate(&cfg)
+        .await
+        .expect("migrate a fresh keyspace")
+        .applied;
     assert_eq!(
         applied,
         ["001_init"],

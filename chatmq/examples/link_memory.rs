@@ -69,7 +69,13 @@ fn main() -> Result<(), String> {
         let sub = Subscribe {
             pkid: 1,
             filters: (0..rooms)
-                .map(|k| filter(format!("{}/rooms/room-{}/events", cfg.prefix, (i + k) % 100)))
+                .map(|k| {
+                    filter(format!(
+                        "{}/rooms/room-{}/events",
+                        cfg.prefix,
+                        (i + k) % 100
+                    ))
+                })
                 .collect(),
         };
         rt.block_on(tx.send(Packet::Subscribe(sub, None)))

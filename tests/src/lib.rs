@@ -279,7 +279,9 @@ pub fn cql_store_toml(uri: &str, keyspace: &str) -> String {
 
 /// Runs `chatmq migrate` for `keyspace` on the CQL node `uri`; its stdout.
 pub fn migrate_cql(uri: &str, keyspace: &str) -> Result<String> {
-    let dir = tempfile::Builder::new().prefix("chatmq-migrate-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("chatmq-migrate-")
+        .tempdir()?;
     let cfg = dir.path().join("migrate.toml");
     std::fs::write(
         &cfg,
@@ -1349,7 +1351,10 @@ pub async fn read_whole_room(
     let mut after = 0u64;
     loop {
         let page = reader
-            .rpc("history", json!({"room": room, "after": after, "limit": 1000}))
+            .rpc(
+                "history",
+                json!({"room": room, "after": after, "limit": 1000}),
+            )
             .await?;
         let events = page["events"].as_array().cloned().unwrap_or_default();
         for e in &events {

@@ -93,7 +93,11 @@ async fn all_in_one_chat_survives_kill_9() -> Result<()> {
     // the readiness probe pings the store (no empty partition key: Cassandra
     // refuses one, ScyllaDB does not)
     let (code, body) = srv.http_get("/readyz").await?;
-    assert_eq!((code, body.as_str()), (200, "ready\n"), "ready on the CQL store");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "ready\n"),
+        "ready on the CQL store"
+    );
     let mut echoed = Vec::new();
     {
         let mut alice = srv.user_v4("alice", "alice-cql-1").await?;
@@ -114,13 +118,20 @@ async fn all_in_one_chat_survives_kill_9() -> Result<()> {
             "gap-free, in order"
         );
         let r = bob
-            .rpc("sync", json!({"rooms": {"c1": first + 14}, "limit_per_room": 100}))
+            .rpc(
+                "sync",
+                json!({"rooms": {"c1": first + 14}, "limit_per_room": 100}),
+            )
             .await?;
         let got: Vec<u64> = r["rooms"]["c1"]["events"]
             .as_array()
             .map(|a| a.iter().map(seq_of).collect())
             .unwrap_or_default();
-        assert_eq!(got, (first + 15..first + 20).collect::<Vec<_>>(), "sync: {r}");
+        assert_eq!(
+            got,
+            (first + 15..first + 20).collect::<Vec<_>>(),
+            "sync: {r}"
+        );
     }
     let head = seq_of(echoed.last().context("20 events")?);
     srv.kill();
@@ -131,7 +142,11 @@ async fn all_in_one_chat_survives_kill_9() -> Result<()> {
     assert_eq!(h, head, "head after kill -9");
     for e in &echoed {
         let id = e["msg_id"].as_str().unwrap_or_default();
-        assert_eq!(stored.get(id), Some(&seq_of(e)), "echoed {id} survives kill -9");
+        assert_eq!(
+            stored.get(id),
+            Some(&seq_of(e)),
+            "echoed {id} survives kill -9"
+        );
     }
     alice.send("c1", "m0", "b0").await?; // a retry of a pre-crash send
     alice.send("c1", "after", "x").await?;
@@ -180,7 +195,10 @@ async fn split_bridge_kill_9_mid_stream_loses_nothing_acknowledged() -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(subscribed, "bob may subscribe once the broker learned his join");
+    assert!(
+        subscribed,
+        "bob may subscribe once the broker learned his join"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let senders = [
@@ -225,9 +243,16 @@ async fn split_bridge_kill_9_mid_stream_loses_nothing_acknowledged() -> Result<(
     }
     let (stored, head) = read_whole_room(&mut alice, "s1").await?;
     for (seq, id) in &echoed {
-        assert_eq!(stored.get(id), Some(seq), "echoed {id} at {seq} kept its seq");
+        assert_eq!(
+            stored.get(id),
+            Some(seq),
+            "echoed {id} at {seq} kept its seq"
+        );
     }
-    let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains_key(*id)).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged sends lost (head {head}): {:?}\nbridge log:\n{}",
@@ -259,7 +284,10 @@ async fn drain_events(c: &mut tests::Client, room: &str, span: Duration) -> Vec<
     let deadline = tokio::time::Instant::now() + span;
     let mut out = Vec::new();
     while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
-        match c.recv_until("a room event", left, |m| m.topic == topic).await {
+        match c
+            .recv_until("a room event", left, |m| m.topic == topic)
+            .await
+        {
             Ok(m) => out.push(m),
             Err(_) => break,
         }

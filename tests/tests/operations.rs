@@ -138,8 +138,18 @@ async fn sigterm_mid_stream_loses_nothing_acknowledged() -> Result<()> {
     let port = srv.tcp_port();
     let senders = [
         // streams until the server goes away: what was acknowledged is the result
-        tokio::spawn(send_stream(port, "alice", "st1", Arc::new(AtomicBool::new(false)))),
-        tokio::spawn(send_stream(port, "bob", "st1", Arc::new(AtomicBool::new(false)))),
+        tokio::spawn(send_stream(
+            port,
+            "alice",
+            "st1",
+            Arc::new(AtomicBool::new(false)),
+        )),
+        tokio::spawn(send_stream(
+            port,
+            "bob",
+            "st1",
+            Arc::new(AtomicBool::new(false)),
+        )),
     ];
     // let the stream run, collecting what bob sees echoed; then SIGTERM, and
     // keep collecting until the stream goes quiet while the server drains

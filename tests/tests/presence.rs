@@ -15,7 +15,14 @@ use tests::{group_room, TestServer, TIMEOUT};
 async fn mosquitto_presence(port: u16, user: &str, of: &str) -> Result<(bool, Value)> {
     let out = tokio::process::Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
-        .args(["-u", user, "-P", &tests::pw(user), "-i", &format!("{user}-mosq")])
+        .args([
+            "-u",
+            user,
+            "-P",
+            &tests::pw(user),
+            "-i",
+            &format!("{user}-mosq"),
+        ])
         .args(["-t", &format!("chat/presence/{of}"), "-C", "1", "-W", "5"])
         .args(["-F", "%r %p"])
         .output()
@@ -45,7 +52,10 @@ async fn presence_is_retained_then_live() -> Result<()> {
 
     // a later subscriber gets the current state, flagged retained
     let (retained, v) = mosquitto_presence(port, "bob", "alice").await?;
-    assert!(retained, "the current presence comes as a retained message: {v}");
+    assert!(
+        retained,
+        "the current presence comes as a retained message: {v}"
+    );
     assert_eq!(v["online"], true, "{v}");
     assert!(v["ts"].as_u64().is_some(), "{v}");
 

@@ -125,14 +125,7 @@ async fn chatmq_cql_load(
     crate::server::chatmq_migrate(&s.server_bin, &dir, &config)?;
     let mut server = Server::chatmq_with(&s.server_bin, &dir, &config)?;
     let target = Target::chatmq(server.port, JWT_SECRET)?;
-    let mut res = load::run(
-        summary::CHAT_CQL,
-        &target,
-        server.pid(),
-        LoadPath::Chat,
-        p,
-    )
-    .await?;
+    let mut res = load::run(summary::CHAT_CQL, &target, server.pid(), LoadPath::Chat, p).await?;
     server.check_alive()?;
     res.server_log = server.log_problems();
     Ok(res)

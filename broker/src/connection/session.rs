@@ -5,14 +5,14 @@ use super::{Conn, End};
 use crate::acl::{Decision, Ensured, LoadBudget};
 use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
+use crate::direct::Delivery;
 use crate::rate::Throttle;
 use crate::retain::Verdict;
 use crate::router::{forward_pkid, send_all};
-use crate::direct::Delivery;
 use crate::shared::Shared;
+use bytes::Bytes;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
-use bytes::Bytes;
 use rumqttd::protocol::{
     Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, QoS,
     RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode,
@@ -478,7 +478,11 @@ impl Session {
             return;
         }
         let pkid = self.direct_pkid;
-        self.direct_pkid = if pkid == u16::MAX { DIRECT_PKIDS } else { pkid + 1 };
+        self.direct_pkid = if pkid == u16::MAX {
+            DIRECT_PKIDS
+        } else {
+            pkid + 1
+        };
         conn.push_qos1(publish, props, pkid);
     }
 

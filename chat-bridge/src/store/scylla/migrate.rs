@@ -131,9 +131,13 @@ impl Server {
     /// A name for logs and `chatmq migrate`'s output.
     pub fn describe(self) -> &'static str {
         match self {
-            Server::ScyllaTablets => "ScyllaDB (tablets known: the keyspace is created without them)",
+            Server::ScyllaTablets => {
+                "ScyllaDB (tablets known: the keyspace is created without them)"
+            }
             Server::Scylla => "ScyllaDB (before tablets)",
-            Server::Cassandra => "Apache Cassandra or another CQL server (no ScyllaDB-only options)",
+            Server::Cassandra => {
+                "Apache Cassandra or another CQL server (no ScyllaDB-only options)"
+            }
         }
     }
 }
@@ -143,7 +147,12 @@ impl Server {
 /// an answer; any other failure is an error (guessing could create a
 /// keyspace with tablets, where the LWT path does not work).
 pub async fn detect(session: &Session) -> Result<Server, StoreError> {
-    if exists(session, "SELECT initial_tablets FROM system_schema.scylla_keyspaces LIMIT 1").await? {
+    if exists(
+        session,
+        "SELECT initial_tablets FROM system_schema.scylla_keyspaces LIMIT 1",
+    )
+    .await?
+    {
         return Ok(Server::ScyllaTablets);
     }
     if exists(session, "SELECT key FROM system.scylla_local LIMIT 1").await? {
