@@ -42,9 +42,11 @@ impl Presence {
     }
 
     /// Whether a subscription to `filter` may match a presence topic (so
-    /// the SUBACK is followed by [`Presence::matching`]).
+    /// the SUBACK is followed by [`Presence::matching`]). Only filters whose
+    /// levels can reach `{prefix}/presence/<user>`: a user's typing
+    /// wildcard (`chat/rooms/r1/typing/+`) must not scan every presence.
     pub(crate) fn may_match(&self, filter: &str) -> bool {
-        filter.starts_with(&self.root) || filter.contains(['+', '#'])
+        filter.starts_with(&self.root) || filter_matches(filter, &self.topic("_"))
     }
 
     /// `(topic, payload)` of every known presence `filter` matches: one
@@ -139,5 +141,8 @@ mod tests {
         assert!(p.matching("chat/rooms/r1/events").is_empty());
         assert!(p.may_match("chat/presence/alice") && p.may_match("#"));
         assert!(!p.may_match("chat/rooms/r1/events"));
+        assert!(p.may_match("chat/presence/+") && p.may_match("+/presence/#"));
+        assert!(!p.may_match("chat/rooms/r1/typing/+"), "no scan for typing");
+        assert!(!p.may_match("chat/rooms/+/events"));
     }
 }
