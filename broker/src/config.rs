@@ -44,6 +44,13 @@ pub struct BrokerConfig {
     /// for `[bridge] username`. Not read from the config file.
     #[serde(skip)]
     pub reserved_client_ids: HashMap<String, String>,
+    /// A cluster's partition count (`[cluster] partitions`, docs/cluster.md);
+    /// 0: this broker's bridge takes every room and user. Above 0, users'
+    /// sends, requests, typing and this broker's presence changes go out on
+    /// `{prefix}/part/{p}/...` topics, presence comes back from the bridges.
+    /// Set by `chatmq` from `[cluster]`.
+    #[serde(skip)]
+    pub partitions: u32,
 }
 
 impl Default for BrokerConfig {
@@ -62,6 +69,7 @@ impl Default for BrokerConfig {
             router: RouterSizing::default(),
             access_from_hooks: false,
             reserved_client_ids: HashMap::new(),
+            partitions: 0,
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::acl::Access;
 use crate::config::BrokerConfig;
 use crate::direct::Direct;
 use crate::metrics::BrokerMetrics;
+use crate::presence::Presence;
 use crate::router::{forward_pkid, send_all, RouterHandle};
 use rumqttd::protocol::{Packet, PubAck, PubAckReason};
 use rumqttd::Notification;
@@ -27,6 +28,7 @@ pub(crate) async fn start(
     config: &BrokerConfig,
     access: Arc<Access>,
     direct: Arc<Direct>,
+    presences: Arc<Presence>,
     metrics: Arc<BrokerMetrics>,
 ) -> Result<Internal, String> {
     let (mut internal_tx, mut internal_rx, _) = router
@@ -58,6 +60,15 @@ pub(crate) async fn start(
     for filter in direct.link_filters() {
         internal_tx.subscribe(filter).map_err(|e| e.to_string())?;
     }
+    let partitions = config.partitions;
+    let sync_topic = schema::cluster::presence_sync_topic(&config.prefix);
+    if partitions > 0 {
+        internal_tx
+            .subscribe(sync_topic.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    let prefix = config.prefix.clone();
+    let mut drains = ClusterDrains::default();
     let users_root = format!("{}/users/", config.prefix);
     let (drained_tx, drained) = watch::channel(bytes::Bytes::new());
     // One task writes the internal link, so its packets (and the acks
@@ -88,7 +99,39 @@ pub(crate) async fn start(
                     } else if topic == access_topic.as_bytes() {
                         apply_access_hook(&access, &f.publish.payload);
                     } else if topic == drained_topic.as_bytes() {
-                        drained_tx.send_replace(f.publish.payload.clone());
+                        if partitions == 0 {
+                            drained_tx.send_replace(f.publish.payload.clone());
+                        } else if let Some(nonce) = drains.add(&f.publish.payload, partitions) {
+                            drained_tx.send_replace(nonce);
+                        }
+                    } else if partitions > 0 && topic == sync_topic.as_bytes() {
+                        // a bridge (re)connected without our reports: every
+                        // user connected here, again
+                        for user in presences.local_users() {
+                            let t =
+                                crate::shared::presence_report_topic(&prefix, partitions, &user);
+                            let payload = schema::Presence {
+                                online: true,
+                                ts: crate::shared::now_ms(),
+                            }
+                            .to_vec();
+                            let p = rumqttd::protocol::Publish::new(
+                                bytes::Bytes::from(t),
+                                bytes::Bytes::from(payload),
+                                false,
+                            );
+                            if acks.send(Packet::Publish(p, None)).await.is_err() {
+                                return;
+                            }
+                        }
+                    } else if partitions > 0 {
+                        // a cluster's presence, published by the bridge owning the user
+                        if let Some(user) = std::str::from_utf8(topic)
+                            .ok()
+                            .and_then(|t| presences.user_of(t))
+                        {
+                            presences.set(user, f.publish.payload.clone());
+                        }
                     }
                     // rumqttd delivers at the publisher's QoS: a QoS 1
                     // delivery unacked would stall this link at 100
@@ -108,6 +151,32 @@ pub(crate) async fn start(
         }
     });
     Ok(Internal { outbox, drained })
+}
+
+/// A cluster's drain: each bridge answers `{nonce}:{p},{p},...` with the
+/// partitions it drained; the broker is drained when they cover all.
+#[derive(Default)]
+struct ClusterDrains {
+    seen: std::collections::HashMap<bytes::Bytes, std::collections::HashSet<u32>>,
+}
+
+impl ClusterDrains {
+    /// Adds an answer; the nonce once every partition answered.
+    fn add(&mut self, payload: &[u8], partitions: u32) -> Option<bytes::Bytes> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let (nonce, parts) = text.split_once(':')?;
+        if self.seen.len() > 16 {
+            self.seen.clear();
+        }
+        let nonce = bytes::Bytes::copy_from_slice(nonce.as_bytes());
+        let got = self.seen.entry(nonce.clone()).or_default();
+        got.extend(parts.split(',').filter_map(|p| p.parse::<u32>().ok()));
+        if (0..partitions).all(|p| got.contains(&p)) {
+            self.seen.remove(&nonce);
+            return Some(nonce);
+        }
+        None
+    }
 }
 
 /// A [`schema::AccessHook`] from the bridge (the type it publishes with):
@@ -146,6 +215,17 @@ mod tests {
 
     /// The bridge publishes with [`schema::AccessHook`]; this reads the
     /// same type, and anything else is ignored.
+    #[test]
+    fn a_cluster_is_drained_when_every_partition_answered() {
+        let mut d = ClusterDrains::default();
+        assert_eq!(d.add(b"n1:0,2", 4), None);
+        assert_eq!(d.add(b"n2:1,3", 4), None, "another nonce");
+        assert_eq!(d.add(b"junk", 4), None);
+        assert_eq!(d.add(b"n1:1,3", 4), Some(bytes::Bytes::from_static(b"n1")));
+        assert_eq!(d.add(b"n3:", 1), None);
+        assert_eq!(d.add(b"n3:0", 1), Some(bytes::Bytes::from_static(b"n3")));
+    }
+
     #[test]
     fn the_hook_the_bridge_publishes_applies() {
         let access = Access::new();

@@ -21,6 +21,9 @@ pub(crate) struct Presence {
     /// `{prefix}/presence/`
     root: String,
     last: Mutex<HashMap<String, Bytes>>,
+    /// Users with a connection to this broker (a cluster's brokers report
+    /// them to the bridges, which publish everyone's presence back).
+    local: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Presence {
@@ -28,7 +31,31 @@ impl Presence {
         Self {
             root: format!("{prefix}/presence/"),
             last: Mutex::new(HashMap::new()),
+            local: Mutex::new(Default::default()),
         }
+    }
+
+    /// Records that `user`'s first connection to this broker began
+    /// (`online`) or its last one ended.
+    pub(crate) fn set_local(&self, user: &str, online: bool) {
+        let mut local = self.local.lock();
+        if online {
+            local.insert(user.to_owned());
+        } else {
+            local.remove(user);
+        }
+    }
+
+    /// Users connected to this broker.
+    pub(crate) fn local_users(&self) -> Vec<String> {
+        self.local.lock().iter().cloned().collect()
+    }
+
+    /// The user of a presence topic.
+    pub(crate) fn user_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(&self.root)
+            .filter(|u| !u.is_empty() && !u.contains('/'))
     }
 
     /// The topic of `user`'s presence.

@@ -124,11 +124,13 @@ impl Broker {
             .map_err(|e| StartError::Auth(AuthError::Config(e)))?;
         let router = crate::router::spawn(&config);
         let direct = Arc::new(Direct::new(&config.prefix));
+        let presences = Arc::new(Presence::new(&config.prefix));
         let internal = crate::internal::start(
             &router,
             &config,
             access.clone(),
             direct.clone(),
+            presences.clone(),
             metrics.clone(),
         )
         .await
@@ -143,7 +145,6 @@ impl Broker {
         let retained = Retained::new(limits.retained_per_user, limits.retained_bytes_per_user);
         let authz = Authorizer::new(&config.prefix, config.open_topics, access);
         let connect_rate = ConnectRate::new(limits.connects_per_sec_per_ip);
-        let presences = Presence::new(&config.prefix);
         let shared = Arc::new(Shared {
             presences,
             direct,

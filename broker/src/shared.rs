@@ -49,7 +49,7 @@ pub(crate) struct Shared {
     pub(crate) drained: watch::Receiver<bytes::Bytes>,
     /// Each user's last presence, handed to new subscribers by the
     /// connection layer (not a rumqttd retained message: see `presence`).
-    pub(crate) presences: Presence,
+    pub(crate) presences: Arc<Presence>,
     /// Users' reply topics and inboxes, delivered without router filters.
     pub(crate) direct: Arc<Direct>,
 }
@@ -58,8 +58,11 @@ impl Shared {
     /// Records and publishes the presence of a user who came online or went
     /// offline: unretained through the router (live subscribers), kept in
     /// [`Shared::presences`] for later ones.
+    ///
+    /// In a cluster (`partitions` > 0) the change is a report to the bridge
+    /// that owns the user, which knows the user's connections on every
+    /// broker and publishes the presence to all of them (docs/cluster.md).
     pub(crate) fn presence(&self, user: &str, online: bool) {
-        let topic = self.presences.topic(user);
         let payload = bytes::Bytes::from(
             schema::Presence {
                 online,
@@ -67,8 +70,41 @@ impl Shared {
             }
             .to_vec(),
         );
+        let partitions = self.config.partitions;
+        if partitions > 0 {
+            self.presences.set_local(user, online);
+            let topic = presence_report_topic(&self.config.prefix, partitions, user);
+            self.internal_publish(Publish::new(bytes::Bytes::from(topic), payload, false));
+            return;
+        }
+        let topic = self.presences.topic(user);
         self.presences.set(user, payload.clone());
         self.internal_publish(Publish::new(bytes::Bytes::from(topic), payload, false));
+    }
+
+    /// A client's publish on its way to the router: in a cluster, sends,
+    /// requests and typing go to their partition's topic (users' and
+    /// services'; a service's typing is a bridge relaying it and stays).
+    pub(crate) fn cluster_route(&self, publish: &mut Publish, who: &Principal) {
+        let partitions = self.config.partitions;
+        if partitions == 0 {
+            return;
+        }
+        let prefix = &self.config.prefix;
+        let Some(rest) = std::str::from_utf8(&publish.topic)
+            .ok()
+            .and_then(|t| t.strip_prefix(prefix.as_str()))
+            .and_then(|t| t.strip_prefix('/'))
+        else {
+            return;
+        };
+        if matches!(who, Principal::Service { .. }) && rest.contains("/typing/") {
+            return;
+        }
+        if let Some(p) = schema::cluster::route(rest, partitions) {
+            let topic = schema::cluster::part_topic(prefix, p, rest);
+            publish.topic = bytes::Bytes::from(topic);
+        }
     }
 
     /// Publishes the will of `who`'s connection, under the same retain
@@ -84,7 +120,9 @@ impl Shared {
                 return;
             }
         }
-        self.internal_publish(Publish::new(will.topic, will.message, retain));
+        let mut will = Publish::new(will.topic, will.message, retain);
+        self.cluster_route(&mut will, who);
+        self.internal_publish(will);
     }
 
     /// The retain policy ([`crate::retain`]) for a publish of `who` that
@@ -113,6 +151,13 @@ impl Shared {
             warn!(error = %e, "internal publish dropped");
         }
     }
+}
+
+/// `{prefix}/part/{p}/presence/{user}`: a broker's report of `user`'s
+/// first or last connection to it, for the bridge owning `user`.
+pub(crate) fn presence_report_topic(prefix: &str, partitions: u32, user: &str) -> String {
+    let p = schema::cluster::partition(user, partitions);
+    schema::cluster::part_topic(prefix, p, &format!("presence/{user}"))
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -12,6 +12,7 @@
 use crate::chat::{Chat, Incoming, Out};
 use crate::wire;
 
+pub mod cluster;
 mod limits;
 pub use limits::{PACKET_OVERHEAD, PAYLOAD_MAX_LIMIT};
 
@@ -89,6 +90,9 @@ pub struct Taken {
     /// QoS and packet id, for the acknowledgement.
     pub qos: u8,
     pub pkid: u16,
+    /// Which broker connection it came on (a cluster's bridge has one per
+    /// broker; 0 otherwise): acks and drain marks go back there.
+    pub origin: u64,
 }
 
 /// Where the bridge's messages go: its publishes and its acknowledgements.
@@ -99,6 +103,16 @@ pub trait Outlet: Send + Sync + 'static {
     /// Acknowledges taken messages, in the order given (rumqttd drops a
     /// connection whose acks come out of order).
     async fn ack(&self, taken: &[Taken]);
+    /// Publishes at QoS 1 to the broker `origin` only (a cluster's drain
+    /// marks); where there is one broker, [`Outlet::publish`].
+    async fn publish_to(&self, _origin: u64, outs: Vec<Out>) {
+        self.publish(outs).await
+    }
+    /// Takes a message that is not the chat service's (a cluster's
+    /// presence reports) out of the batch; it is still acked in order.
+    async fn intercept(&self, _taken: &Taken) -> bool {
+        false
+    }
 }
 
 /// The filters the bridge subscribes to, at QoS 1.
@@ -120,22 +134,46 @@ impl Outlet for Rumqttc {
 
     async fn ack(&self, taken: &[Taken]) {
         for t in taken {
-            let qos = match t.qos {
-                0 => QoS::AtMostOnce,
-                1 => QoS::AtLeastOnce,
-                _ => QoS::ExactlyOnce,
-            };
-            let mut p = Publish::new(
-                String::from_utf8_lossy(&t.topic).into_owned(),
-                qos,
-                Bytes::new(),
-                None,
-            );
-            p.pkid = t.pkid;
-            if let Err(e) = self.0.ack(&p).await {
-                warn!(error = %e, "ack failed");
-            }
+            ack_one(&self.0, t).await;
         }
+    }
+}
+
+/// The bridge's MQTT session with a broker: persistent, manual acks.
+pub(crate) fn options(cfg: &BridgeConfig, client_id: &str, host: &str, port: u16) -> MqttOptions {
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_credentials(cfg.username.clone(), cfg.password.clone());
+    opts.set_clean_start(false);
+    opts.set_manual_acks(true);
+    // rumqttc leaves Nagle on: the bridge's small events and acks would wait
+    // for the broker's delayed ACK (tens of ms per batch)
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    opts.set_network_options(net);
+    opts.set_keep_alive(Duration::from_secs(30));
+    // replies carry at most wire::REPLY_EVENTS_MAX bytes of events
+    opts.set_max_packet_size(Some(2 << 20));
+    opts.set_request_channel_capacity(4096);
+    opts.set_outgoing_inflight_upper_limit(1000);
+    opts
+}
+
+/// Acknowledges one taken message on `client`.
+pub(crate) async fn ack_one(client: &AsyncClient, t: &Taken) {
+    let qos = match t.qos {
+        0 => return,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let mut p = Publish::new(
+        String::from_utf8_lossy(&t.topic).into_owned(),
+        qos,
+        Bytes::new(),
+        None,
+    );
+    p.pkid = t.pkid;
+    if let Err(e) = client.ack(&p).await {
+        warn!(error = %e, "ack failed");
     }
 }
 
@@ -154,20 +192,7 @@ pub async fn run(
     let port: u16 = port
         .parse()
         .map_err(|_| "bridge.broker port is not a number")?;
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
-    opts.set_credentials(cfg.username.clone(), cfg.password.clone());
-    opts.set_clean_start(false);
-    opts.set_manual_acks(true);
-    // rumqttc leaves Nagle on: the bridge's small events and acks would wait
-    // for the broker's delayed ACK (tens of ms per batch)
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    opts.set_network_options(net);
-    opts.set_keep_alive(Duration::from_secs(30));
-    // replies carry at most wire::REPLY_EVENTS_MAX bytes of events
-    opts.set_max_packet_size(Some(2 << 20));
-    opts.set_request_channel_capacity(4096);
-    opts.set_outgoing_inflight_upper_limit(1000);
+    let opts = options(&cfg, &cfg.client_id, host, port);
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
 
     let metrics = chat.metrics().clone();
@@ -211,6 +236,7 @@ pub async fn run(
                     corr,
                     qos: p.qos as u8,
                     pkid: p.pkid,
+                    origin: 0,
                 };
                 if tx.send(t).await.is_err() {
                     break;
@@ -263,16 +289,23 @@ pub async fn run(
 /// one ordered log per filter, so when both come back everything clients
 /// published before has been taken in; once those batches are handled (stored,
 /// published, acked), the bridge answers on `{prefix}/hooks/drained`.
-struct Drain {
+///
+/// A cluster's bridge (`parts`: the partitions it owns) does this with the
+/// broker that asked: a mark through each filter of each of its partitions,
+/// the payload `{nonce}/{p}`, and answers `{nonce}:{p},{p},...`; the broker
+/// is drained once its bridges' answers cover every partition.
+pub(crate) struct Drain {
     request: String,
     marks: [String; 2],
     done: String,
-    /// nonce -> which marks came back
-    seen: HashMap<bytes::Bytes, [bool; 2]>,
+    parts: Option<Vec<u32>>,
+    prefix: String,
+    /// (origin, nonce) -> marks still to come back
+    seen: HashMap<(u64, bytes::Bytes), std::collections::HashSet<(usize, u32)>>,
 }
 
 impl Drain {
-    fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str, parts: Option<Vec<u32>>) -> Self {
         Drain {
             request: format!("{prefix}/hooks/drain"),
             marks: [
@@ -280,6 +313,8 @@ impl Drain {
                 format!("{prefix}/rpc/$drain/bridge"),
             ],
             done: format!("{prefix}/hooks/drained"),
+            parts,
+            prefix: prefix.to_owned(),
             seen: HashMap::new(),
         }
     }
@@ -290,49 +325,90 @@ impl Drain {
             if self.seen.len() > 16 {
                 self.seen.clear();
             }
-            self.seen.insert(p.payload.clone(), [false; 2]);
-            let marks = self
-                .marks
-                .iter()
-                .map(|m| Out {
-                    topic: m.clone(),
-                    payload: p.payload.clone(),
-                    corr: None,
-                    seq: None,
-                })
-                .collect();
-            outlet.publish(marks).await;
+            let nonce = p.payload.clone();
+            let mut waiting = std::collections::HashSet::new();
+            let mut marks = Vec::new();
+            match &self.parts {
+                None => {
+                    for (i, m) in self.marks.iter().enumerate() {
+                        waiting.insert((i, 0));
+                        marks.push(Out {
+                            topic: m.clone(),
+                            payload: nonce.clone(),
+                            corr: None,
+                            seq: None,
+                        });
+                    }
+                }
+                Some(parts) => {
+                    let nonce = String::from_utf8_lossy(&nonce);
+                    for &part in parts {
+                        for (i, rest) in ["rooms/$drain/send/bridge", "rpc/$drain/bridge"]
+                            .iter()
+                            .enumerate()
+                        {
+                            waiting.insert((i, part));
+                            marks.push(Out {
+                                topic: schema::cluster::part_topic(&self.prefix, part, rest),
+                                payload: format!("{nonce}/{part}").into(),
+                                corr: None,
+                                seq: None,
+                            });
+                        }
+                    }
+                }
+            }
+            self.seen.insert((p.origin, nonce), waiting);
+            outlet.publish_to(p.origin, marks).await;
             return true;
         }
-        match self.marks.iter().position(|m| p.topic == m.as_bytes()) {
-            Some(i) => {
-                if let Some(s) = self.seen.get_mut(&p.payload) {
-                    s[i] = true;
-                }
-                true
+        let Some(i) = self.marks.iter().position(|m| p.topic == m.as_bytes()) else {
+            return false;
+        };
+        let (nonce, part) = match &self.parts {
+            None => (p.payload.clone(), 0),
+            Some(_) => {
+                let text = String::from_utf8_lossy(&p.payload);
+                let Some((n, part)) = text.rsplit_once('/') else {
+                    return true;
+                };
+                let Ok(part) = part.parse::<u32>() else {
+                    return true;
+                };
+                (bytes::Bytes::copy_from_slice(n.as_bytes()), part)
             }
-            None => false,
+        };
+        if let Some(s) = self.seen.get_mut(&(p.origin, nonce)) {
+            s.remove(&(i, part));
         }
+        true
     }
 
-    /// After a batch is handled: answers every drain whose marks both came back.
+    /// After a batch is handled: answers every drain whose marks all came back.
     async fn answer(&mut self, outlet: &dyn Outlet) {
-        let complete: Vec<bytes::Bytes> = self
+        let complete: Vec<(u64, bytes::Bytes)> = self
             .seen
             .iter()
-            .filter(|(_, s)| s.iter().all(|b| *b))
-            .map(|(n, _)| n.clone())
+            .filter(|(_, s)| s.is_empty())
+            .map(|(k, _)| k.clone())
             .collect();
-        for nonce in complete {
-            self.seen.remove(&nonce);
+        for (origin, nonce) in complete {
+            self.seen.remove(&(origin, nonce.clone()));
             info!("drained: everything taken in before the drain is stored");
+            let payload = match &self.parts {
+                None => nonce,
+                Some(parts) => {
+                    let list: Vec<String> = parts.iter().map(u32::to_string).collect();
+                    format!("{}:{}", String::from_utf8_lossy(&nonce), list.join(",")).into()
+                }
+            };
             let done = Out {
                 topic: self.done.clone(),
-                payload: nonce,
+                payload,
                 corr: None,
                 seq: None,
             };
-            outlet.publish(vec![done]).await;
+            outlet.publish_to(origin, vec![done]).await;
         }
     }
 }
@@ -364,11 +440,21 @@ fn kind_of(key: &str) -> &'static str {
 pub async fn process(
     outlet: Arc<dyn Outlet>,
     chat: Arc<Chat>,
-    mut rx: mpsc::Receiver<Taken>,
+    rx: mpsc::Receiver<Taken>,
     batch: usize,
     prefix: String,
 ) {
-    let mut drain = Drain::new(&prefix);
+    process_with(outlet, chat, rx, batch, Drain::new(&prefix, None)).await
+}
+
+/// [`process`] with the drain of a cluster's bridge.
+pub(crate) async fn process_with(
+    outlet: Arc<dyn Outlet>,
+    chat: Arc<Chat>,
+    mut rx: mpsc::Receiver<Taken>,
+    batch: usize,
+    mut drain: Drain,
+) {
     let metrics = chat.metrics().clone();
     let mut buf = Vec::with_capacity(batch);
     // scratch space for a batch's non-event outputs (its capacity is reused)
@@ -378,7 +464,7 @@ pub async fn process(
         let msgs: Vec<Taken> = std::mem::take(&mut buf);
         let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, p) in msgs.iter().enumerate() {
-            if drain.take(outlet.as_ref(), p).await {
+            if drain.take(outlet.as_ref(), p).await || outlet.intercept(p).await {
                 continue;
             }
             let key = chat.order_key(&String::from_utf8_lossy(&p.topic));
@@ -462,7 +548,7 @@ fn in_publish_order(held: Vec<Vec<Out>>, rest: &mut Vec<Out>) -> Vec<Out> {
     outs
 }
 
-async fn publish_all(client: &AsyncClient, outs: Vec<Out>) {
+pub(crate) async fn publish_all(client: &AsyncClient, outs: Vec<Out>) {
     for o in outs {
         let res = match o.corr {
             Some(c) => {

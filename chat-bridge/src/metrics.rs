@@ -53,6 +53,12 @@ pub struct BridgeMetrics {
     pub batch_size: Histogram,
     /// 1 while the bridge's MQTT session with the broker is up and subscribed.
     pub connected: IntGauge,
+    /// A cluster's bridge: the brokers it knows (resolved from
+    /// `[cluster] brokers`); `connected` counts those it is subscribed to.
+    pub brokers: IntGauge,
+    /// A cluster's bridge: publishes not handed to a broker because its
+    /// connection was down or stalled (its clients catch up with `sync`).
+    pub broker_publish_dropped: IntCounter,
     /// Refusals answered to clients, by PROTOCOL.md error code.
     pub errors: IntCounterVec,
     /// Request handling time by method (history, sync, rooms.*, markers).
@@ -159,7 +165,17 @@ impl BridgeMetrics {
             connected: gauge(
                 r,
                 "chatmq_bridge_connected",
-                "1 while the bridge is connected and subscribed to the broker",
+                "1 while the bridge is connected and subscribed to the broker (a cluster's bridge: the number of brokers)",
+            ),
+            brokers: gauge(
+                r,
+                "chatmq_bridge_brokers",
+                "Brokers a cluster's bridge knows (connected ones: chatmq_bridge_connected)",
+            ),
+            broker_publish_dropped: counter(
+                r,
+                "chatmq_bridge_broker_publish_dropped_total",
+                "Publishes a cluster's bridge could not hand to a broker (down or stalled)",
             ),
             errors: counter_vec(
                 r,

@@ -43,6 +43,7 @@ fn taken(d: Delivery) -> Taken {
         corr: d.corr,
         qos: d.qos,
         pkid: d.pkid,
+        origin: 0,
     }
 }
 

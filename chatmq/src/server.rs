@@ -150,6 +150,14 @@ impl Server {
             store: None,
             grace: Duration::from_millis(cfg.server.grace_period_ms),
         };
+        cfg.broker.partitions = cfg.cluster.partitions;
+        if role == Role::Broker && cfg.store.backend == crate::settings::Backend::Scylla {
+            // a broker run apart reads a room's members from the shared
+            // store the first time it needs them (after a restart, or a
+            // room it never heard of on `{prefix}/hooks/access`)
+            let store = store::open(&cfg, &bridge_metrics).await?;
+            access.set_loader(store::loader(store));
+        }
         if role.runs_broker() {
             let auth = authenticator(&mut cfg, role)?;
             let b = Broker::start(
@@ -214,6 +222,24 @@ impl Server {
             Some(b) => crate::in_process::run(b, bcfg.batch, chat, bridge_stop_rx, ready_tx)
                 .await
                 .map_err(|e| anyhow::anyhow!("bridge link: {e}"))?,
+            None if cfg.cluster.enabled() => {
+                let prefix = cfg.broker.prefix.clone();
+                let cluster = cfg.cluster.clone();
+                tokio::spawn(async move {
+                    let r = chat_bridge::bridge::cluster::run(
+                        bcfg,
+                        cluster,
+                        prefix,
+                        chat,
+                        bridge_stop_rx,
+                        ready_tx,
+                    )
+                    .await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "bridge stopped");
+                    }
+                })
+            }
             None => {
                 let prefix = cfg.broker.prefix.clone();
                 tokio::spawn(async move {
@@ -283,6 +309,13 @@ fn authenticator(cfg: &mut Settings, role: Role) -> anyhow::Result<Authenticator
         cfg.broker
             .reserved_client_ids
             .insert(cfg.bridge.client_id.clone(), cfg.bridge.username.clone());
+        // a cluster's bridge k connects as `{client_id}-{k}`
+        for k in 0..cfg.cluster.partitions {
+            cfg.broker.reserved_client_ids.insert(
+                format!("{}-{k}", cfg.bridge.client_id),
+                cfg.bridge.username.clone(),
+            );
+        }
     }
     let mut demo = Vec::new();
     if cfg.broker.auth.demo_users {

@@ -11,6 +11,7 @@
 //! An invalid value is reported with the dotted key it belongs to.
 
 use broker::config::BrokerConfig;
+use chat_bridge::bridge::cluster::ClusterConfig;
 use chat_bridge::bridge::BridgeConfig;
 use chat_bridge::store::embedded::FsyncPolicy;
 use chat_bridge::store::scylla::ScyllaConfig;
@@ -33,6 +34,7 @@ pub struct Settings {
     pub bridge: BridgeConfig,
     pub store: StoreSettings,
     pub server: ServerSettings,
+    pub cluster: ClusterConfig,
 }
 
 /// What one process runs.
@@ -163,6 +165,14 @@ impl Settings {
     /// bridge and is answered `too_large` instead of cutting the connection.
     pub fn validate(&self) -> Result<(), String> {
         self.bridge.validate()?;
+        self.cluster.validate()?;
+        if self.cluster.enabled() && self.server.role == Role::All {
+            return Err(
+                "key `cluster.partitions`: a cluster runs brokers and bridges apart \
+                        (server.role = \"broker\" or \"bridge\"); set it to 0 for one process"
+                    .into(),
+            );
+        }
         let need = self.bridge.payload_max_bytes + chat_bridge::bridge::PACKET_OVERHEAD;
         let have = self.broker.limits.max_packet_bytes;
         if have < need {

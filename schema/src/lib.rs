@@ -18,11 +18,13 @@
 //! | `{prefix}/hooks/access` | `src/hook.rs` ([`AccessHook`]) |
 //! | `{prefix}/presence/{user}` | `src/presence.rs` ([`Presence`]) |
 //! | inbox notices, receipts | `src/notice.rs` ([`Inbox`], [`Receipt`]) |
+//! | a cluster's internal topics, partitions | `src/cluster.rs` ([`cluster`]) |
 //! | ScyllaDB migrations (CQL, compiled into `chatmq migrate`) | `cql/*.cql` |
 //!
 //! Who produces and consumes each is in `docs/architecture.md`, "The wire
 //! contract is typed once".
 
+pub mod cluster;
 mod code;
 mod event;
 mod hook;

@@ -265,6 +265,7 @@ impl Session {
                 let m = &self.shared.metrics;
                 m.publishes_in.inc();
                 m.bytes_in.inc_by(publish.payload.len() as u64);
+                self.shared.cluster_route(&mut publish, &self.principal);
                 to_router.push(Packet::Publish(publish, props));
             }
             Packet::Subscribe(sub, props) => {

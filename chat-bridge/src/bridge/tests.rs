@@ -119,6 +119,7 @@ fn taken(topic: &str, payload: Value) -> Taken {
         corr: None,
         qos: 1,
         pkid: 1,
+        origin: 0,
     }
 }
 

@@ -97,7 +97,7 @@ impl std::fmt::Debug for ScyllaConfig {
 }
 
 /// A list of strings, or one comma-separated string.
-fn nodes_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn nodes_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Nodes {
@@ -116,7 +116,7 @@ fn nodes_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 }
 
 /// A number, or a string holding one (environment variables are strings).
-fn u64_de<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn u64_de<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Num {

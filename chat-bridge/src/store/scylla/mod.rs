@@ -92,7 +92,7 @@
 //! * Room state (head, index watermark) is cached per room ever appended to.
 
 mod append;
-mod config;
+pub(crate) mod config;
 mod lwt;
 mod migrate;
 mod place;
