@@ -150,6 +150,13 @@ impl Server {
             store: None,
             grace: Duration::from_millis(cfg.server.grace_period_ms),
         };
+        if cfg.cluster.enabled() && role == Role::All {
+            anyhow::bail!(
+                "cluster.partitions is {}: a cluster runs brokers and bridges apart \
+                 (`chatmq broker`, `chatmq bridge`); set it to 0 for one process",
+                cfg.cluster.partitions
+            );
+        }
         cfg.broker.partitions = cfg.cluster.partitions;
         if role == Role::Broker && cfg.store.backend == crate::settings::Backend::Scylla {
             // a broker run apart reads a room's members from the shared

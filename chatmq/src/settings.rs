@@ -166,13 +166,6 @@ impl Settings {
     pub fn validate(&self) -> Result<(), String> {
         self.bridge.validate()?;
         self.cluster.validate()?;
-        if self.cluster.enabled() && self.server.role == Role::All {
-            return Err(
-                "key `cluster.partitions`: a cluster runs brokers and bridges apart \
-                        (server.role = \"broker\" or \"bridge\"); set it to 0 for one process"
-                    .into(),
-            );
-        }
         let need = self.bridge.payload_max_bytes + chat_bridge::bridge::PACKET_OVERHEAD;
         let have = self.broker.limits.max_packet_bytes;
         if have < need {
