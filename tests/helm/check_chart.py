@@ -44,7 +44,8 @@ if MISSING:
 
 # After the check above (they import yaml); no __pycache__ in the source tree.
 sys.dont_write_bytecode = True
-from manifests import NAMESPACE, RELEASE, SERVICE_MONITOR_SCHEMA, Failures, Rendered, config_texts, merged_config  # noqa: E402
+from manifests import (NAMESPACE, RELEASE, SERVICE_MONITOR_SCHEMA, Failures, Rendered, config_texts,  # noqa: E402
+                       container, merged_config)
 from variants import REFUSED, VARIANTS, check_common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,10 +59,20 @@ def check_binary(r, f, chatmq):
     whole configuration (an unknown key is an error) and, on the embedded
     store, has nothing to migrate. A ScyllaDB variant is checked with the
     backend switched to embedded by environment, so no database is needed.
-    Returns a word for the summary line."""
+    The first Deployment's files are checked, and in cluster mode also the
+    bridge StatefulSet's (they add cluster.toml). Returns a word for the
+    summary line."""
     if chatmq is None:
         return "not run (no --chatmq)"
-    workload = r.kind("Deployment")[0]
+    workloads = [r.kind("Deployment")[0]] + r.kind("StatefulSet")
+    words = [binary_accepts(r, w, f, chatmq) for w in workloads]
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(f"{w['kind']} {container(w)['args'][0]} {word}" for w, word in zip(workloads, words))
+
+
+def binary_accepts(r, workload, f, chatmq):
+    """`chatmq migrate` with one workload's config files."""
     cfg = merged_config(r, workload, f)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT__")}
     if cfg.get("store", {}).get("backend") == "scylla":
@@ -77,7 +88,8 @@ def check_binary(r, f, chatmq):
             args += ["--config", str(file)]
         args += ["--data-dir", str(Path(tmp) / "data")]
         run = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
-    f.expect(run.returncode == 0, f"chatmq refuses the rendered config ({run.returncode}): {run.stderr.strip()} {run.stdout.strip()}")
+    f.expect(run.returncode == 0, f"chatmq refuses {workload['metadata']['name']}'s rendered config ({run.returncode}): "
+             f"{run.stderr.strip()} {run.stdout.strip()}")
     return "accepted"
 
 

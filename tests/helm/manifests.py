@@ -121,6 +121,16 @@ class Rendered:
                 return d
         return None
 
+    def statefulset(self, mode):
+        for s in self.kind("StatefulSet"):
+            if container(s)["args"][0] == mode:
+                return s
+        return None
+
+    def workloads(self):
+        """The long-running pods' owners: Deployments, then StatefulSets (cluster mode's bridges)."""
+        return self.kind("Deployment") + self.kind("StatefulSet")
+
 
 def container(workload):
     return workload["spec"]["template"]["spec"]["containers"][0]

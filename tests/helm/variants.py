@@ -3,8 +3,17 @@ per helm/chatmq/ci/*.yaml variant, and values the chart must refuse."""
 
 import re
 
-from manifests import (DNS_SUBDOMAIN, FULLNAME, LABEL_KEY, LABEL_VALUE, container, is_hook,
+from manifests import (DNS_SUBDOMAIN, FULLNAME, LABEL_KEY, LABEL_VALUE, NAMESPACE, container, is_hook,
                        merged_config, mount_of, pod_spec, volume_of)
+
+# values.yaml's cluster block, for variants that leave keys out.
+CLUSTER_DEFAULTS = {"partitions": 64, "brokerReplicas": 3, "bridgeReplicas": 2, "minReadySeconds": 30,
+                    "resolveIntervalMs": 5000, "presenceGraceMs": 10000}
+
+
+def selects(selector, workload):
+    """A label selector (a Service's selector, a PDB's matchLabels) picks the workload's pods."""
+    return selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
 
 
 def check_common(r, values, f):
@@ -16,12 +25,29 @@ def check_common(r, values, f):
         for k, v in meta.get("labels", {}).items():
             f.expect(isinstance(v, str) and re.match(LABEL_VALUE, v) and re.match(LABEL_KEY, k),
                      f"{path}: label {k}={v!r} is valid")
-    deployments = r.kind("Deployment")
-    for d in deployments:
+    cluster_mode = values.get("mode") == "cluster"
+    cluster = {**CLUSTER_DEFAULTS, **values.get("cluster", {})}
+    f.expect(cluster_mode or not r.kind("StatefulSet"), "a StatefulSet only in cluster mode")
+    # Deployments, then the cluster's bridge StatefulSet.
+    workloads = r.workloads()
+    for d in workloads:
         name = d["metadata"]["name"]
         spec, c = pod_spec(d), container(d)
-        f.expect(d["spec"]["replicas"] == 1, f"{name}: replicas 1 (rumqttd does not cluster)")
-        f.expect(d["spec"]["strategy"]["type"] == "Recreate", f"{name}: strategy Recreate")
+        if not cluster_mode:
+            f.expect(d["spec"]["replicas"] == 1, f"{name}: replicas 1 (without the cluster, one rumqttd router)")
+            f.expect(d["spec"]["strategy"]["type"] == "Recreate", f"{name}: strategy Recreate")
+        elif d["kind"] == "Deployment":
+            # The brokers: replaced one at a time, never one fewer, each new
+            # one ready for minReadySeconds before the next old one stops.
+            f.expect(c["args"][0] == "broker", f"{name}: cluster mode's only Deployment is the brokers'")
+            f.expect(d["spec"]["replicas"] == cluster["brokerReplicas"], f"{name}: replicas cluster.brokerReplicas")
+            f.expect(d["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                     f"{name}: RollingUpdate, maxSurge 1, maxUnavailable 0: {d['spec']['strategy']}")
+            f.expect(d["spec"].get("minReadySeconds") == cluster["minReadySeconds"], f"{name}: minReadySeconds cluster.minReadySeconds")
+        else:
+            f.expect(d["kind"] == "StatefulSet" and c["args"][0] == "bridge", f"{name}: the StatefulSet is the bridges'")
+            f.expect(d["spec"]["replicas"] == cluster["bridgeReplicas"], f"{name}: replicas cluster.bridgeReplicas")
+            f.expect(d["spec"].get("updateStrategy", {}).get("type") == "RollingUpdate", f"{name}: updateStrategy RollingUpdate")
         f.expect(d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items(),
                  f"{name}: selector matches its pod labels")
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
@@ -49,21 +75,20 @@ def check_common(r, values, f):
         f.expect(env.get("CHAT_LOG") == values.get("logLevel", "info,rumqttd=warn"), f"{name}: CHAT_LOG")
 
     # Services select pods that have the ports they target.
-    templates = [d["spec"]["template"] for d in deployments]
     for svc in r.kind("Service"):
         name = svc["metadata"]["name"]
-        selected = [t for t in templates if svc["spec"]["selector"].items() <= t["metadata"]["labels"].items()]
+        selected = [w for w in workloads if selects(svc["spec"]["selector"], w)]
         f.expect(selected, f"Service {name} selects a pod")
-        for t in selected:
-            names = {p["name"] for p in t["spec"]["containers"][0].get("ports", [])}
+        for w in selected:
+            names = {p["name"] for p in container(w).get("ports", [])}
             for p in svc["spec"]["ports"]:
                 f.expect(p["targetPort"] in names, f"Service {name}: targetPort {p['targetPort']} exists in the pod")
     mqtt = r.get("Service", FULLNAME)
     f.expect(mqtt is not None and any(p["port"] == 1883 for p in mqtt["spec"]["ports"]), "the MQTT Service has port 1883")
     metrics = r.get("Service", f"{FULLNAME}-metrics")
     if f.expect(metrics is not None, "a metrics Service"):
-        selected = [t for t in templates if metrics["spec"]["selector"].items() <= t["metadata"]["labels"].items()]
-        f.expect(len(selected) == len(deployments), "the metrics Service selects every Deployment's pods")
+        selected = [w for w in workloads if selects(metrics["spec"]["selector"], w)]
+        f.expect(len(selected) == len(workloads), "the metrics Service selects every workload's pods")
         f.expect([p["name"] for p in metrics["spec"]["ports"]] == ["metrics"], "the metrics Service's port is named metrics")
     for sm in r.kind("ServiceMonitor"):
         labels = sm["spec"]["selector"]["matchLabels"]
@@ -73,9 +98,8 @@ def check_common(r, values, f):
                  "the ServiceMonitor scrapes port metrics, /metrics")
 
     for pdb in r.kind("PodDisruptionBudget"):
-        matching = [d for d in deployments
-                    if pdb["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
-        f.expect(len(matching) == 1, f"PDB {pdb['metadata']['name']} covers exactly one Deployment")
+        matching = [w for w in workloads if selects(pdb["spec"]["selector"]["matchLabels"], w)]
+        f.expect(len(matching) == 1, f"PDB {pdb['metadata']['name']} covers exactly one workload")
 
     # No secret value leaks into a ConfigMap.
     secrets = secret_values(values)
@@ -241,17 +265,114 @@ def check_split_embedded_existing_secret(r, values, f):
     f.expect(merged_config(r, broker, f)["broker"]["ws"].startswith("127.0.0.1:"), "WebSocket off: listener on loopback only")
 
 
+def check_cluster_scylla(r, values, f):
+    c = values["cluster"]
+    broker, bridge = r.deployment("broker"), r.statefulset("bridge")
+    if not f.expect(broker is not None and bridge is not None, "cluster: a broker Deployment and a bridge StatefulSet"):
+        return
+    f.expect([container(d)["args"][0] for d in r.kind("Deployment")] == ["broker"], "cluster: one Deployment, the brokers'")
+    f.expect(len(r.kind("StatefulSet")) == 1, "cluster: one StatefulSet, the bridges'")
+    f.expect(not r.kind("PersistentVolumeClaim") and "volumeClaimTemplates" not in bridge["spec"],
+             "no PVC: the store is ScyllaDB")
+
+    # The brokers: rolled one at a time.
+    f.expect(broker["spec"]["replicas"] == c["brokerReplicas"] == 4, f"broker replicas: {broker['spec']['replicas']}")
+    f.expect(broker["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+             f"broker strategy: {broker['spec']['strategy']}")
+    f.expect(broker["spec"].get("minReadySeconds") == c["minReadySeconds"] == 45, "broker minReadySeconds")
+
+    # The bridges: stable names (the ordinal comes from the hostname).
+    f.expect(bridge["spec"]["replicas"] == c["bridgeReplicas"] == 3, f"bridge replicas: {bridge['spec']['replicas']}")
+    f.expect(bridge["spec"].get("podManagementPolicy") == "Parallel", "bridges: podManagementPolicy Parallel")
+    f.expect(bridge["spec"].get("updateStrategy") == {"type": "RollingUpdate"}, f"bridges: {bridge['spec'].get('updateStrategy')}")
+    governing = r.get("Service", bridge["spec"].get("serviceName", ""))
+    f.expect(governing is not None and governing["spec"].get("clusterIP") == "None"
+             and selects(governing["spec"]["selector"], bridge) and not selects(governing["spec"]["selector"], broker),
+             f"the StatefulSet's serviceName {bridge['spec'].get('serviceName')!r} is a headless Service of the bridges")
+
+    bcfg, rcfg = merged_config(r, broker, f), merged_config(r, bridge, f)
+    bc, rc = bcfg.get("cluster", {}), rcfg.get("cluster", {})
+    f.expect(bc.get("partitions") == rc.get("partitions") == 32, f"partitions equal on brokers and bridges: {bc}, {rc}")
+    # The bridges' own keys are in cluster.toml, which the brokers do not
+    # read: scaling the bridges does not restart the brokers.
+    f.expect(bc == {"partitions": 32}, f"the brokers' [cluster] is partitions only: {bc}")
+    f.expect("/etc/chatmq/cluster.toml" in container(bridge)["args"]
+             and "/etc/chatmq/cluster.toml" not in container(broker)["args"], "only the bridges read cluster.toml")
+    f.expect("checksum/cluster" in bridge["spec"]["template"]["metadata"]["annotations"]
+             and "checksum/cluster" not in broker["spec"]["template"]["metadata"]["annotations"],
+             "cluster.toml's checksum restarts the bridges only")
+    f.expect(rc.get("bridges") == bridge["spec"]["replicas"], f"cluster.bridges is the StatefulSet's replicas: {rc}")
+    f.expect("bridge_ordinal" not in rc, "no bridge_ordinal: each bridge takes it from its pod name")
+    f.expect(rc.get("resolve_interval_ms") == 2000 and rc.get("presence_grace_ms") == 10000, f"intervals: {rc}")
+    brokers = rc.get("brokers", [])
+    if f.expect(len(brokers) == 1, f"cluster.brokers names one headless Service: {brokers}"):
+        host, _, port = brokers[0].rpartition(":")
+        name, _, domain = host.partition(".")
+        f.expect(domain == f"{NAMESPACE}.svc", f"cluster.brokers {brokers[0]} is <service>.{NAMESPACE}.svc")
+        f.expect(port == "1883", f"cluster.brokers port 1883: {brokers[0]}")
+        headless = r.get("Service", name)
+        if f.expect(headless is not None, f"cluster.brokers names a rendered Service: {name}"):
+            hs = headless["spec"]
+            f.expect(hs.get("clusterIP") == "None" and hs.get("publishNotReadyAddresses") is False,
+                     f"Service {name} is headless and lists ready brokers only")
+            f.expect(selects(hs["selector"], broker) and not selects(hs["selector"], bridge),
+                     f"Service {name} selects the brokers, not the bridges")
+            f.expect(any(p["name"] == "mqtt" and p["port"] == 1883 and p["targetPort"] == "mqtt" for p in hs["ports"]),
+                     f"Service {name}: port mqtt 1883 -> mqtt")
+        # A headless name resolves to pod addresses: the bridges dial the container port.
+        f.expect({p["name"]: p["containerPort"] for p in container(broker)["ports"]}.get("mqtt") == int(port or 0),
+                 "the brokers' container port is the one cluster.brokers dials")
+
+    # The bridges' login and the brokers' service account come from one value.
+    account = bcfg["broker"]["auth"]["services"].get("cluster-bridge")
+    f.expect(account == {"password": "cluster-bridge-pw", "allow": ["chat/#"]}, f"brokers' bridge account: {account}")
+    rb = rcfg["bridge"]
+    f.expect(rb.get("username") == "cluster-bridge" and account and rb.get("password") == account["password"],
+             f"the bridges log in with the brokers' service account: {rb}")
+    f.expect("broker" not in rb, f"no [bridge] broker in cluster mode: {rb}")
+    # The brokers reserve <client_id>-<k> for the bridges: the same client_id on both.
+    f.expect(rb.get("client_id") == bcfg["bridge"]["client_id"] == "chat-bridge", "bridge client_id on brokers and bridges")
+
+    # Both open the store: credentials and the CA where the config says.
+    for role, cfg, w in (("broker", bcfg, broker), ("bridge", rcfg, bridge)):
+        s = cfg["store"]
+        f.expect(s["backend"] == "scylla", f"{role}: backend scylla")
+        f.expect(s["scylla"]["keyspace"] == "chat_cluster" and len(s["scylla"]["nodes"]) == 3, f"{role}: [store.scylla]")
+        f.expect(s["scylla"].get("username") == "chatmq" and s["scylla"].get("password") == "scylla-cluster-pw",
+                 f"{role}: ScyllaDB credentials")
+        ca_dir = mount_of(w, "scylla-ca")
+        f.expect(ca_dir is not None and s["scylla"]["tls_ca"].startswith(ca_dir + "/")
+                 and volume_of(w, "scylla-ca")["secret"]["secretName"] == "scylla-ca", f"{role}: the ScyllaDB CA is mounted")
+
+    pdbs = r.kind("PodDisruptionBudget")
+    for w in (broker, bridge):
+        covering = [p for p in pdbs if selects(p["spec"]["selector"]["matchLabels"], w)]
+        f.expect(len(covering) == 1 and covering[0]["spec"].get("maxUnavailable") == 1,
+                 f"{w['kind']} {w['metadata']['name']}: a PDB with maxUnavailable 1")
+    jobs = r.kind("Job")
+    f.expect(len(jobs) == 1 and container(jobs[0])["args"][0] == "migrate"
+             and jobs[0]["metadata"]["annotations"].get("helm.sh/hook") == "pre-install,pre-upgrade",
+             "the migration hook Job")
+    mqtt = r.get("Service", FULLNAME)
+    f.expect(selects(mqtt["spec"]["selector"], broker) and not selects(mqtt["spec"]["selector"], bridge),
+             "the MQTT Service selects the brokers, not the bridges")
+    f.expect({p["name"] for p in container(bridge)["ports"]} == {"metrics"}, "the bridges expose only metrics")
+    f.expect(len(r.kind("ServiceMonitor")) == 1, "a ServiceMonitor")
+    f.expect("cluster: 4 brokers" in r.notes and "3 bridges" in r.notes, "NOTES.txt describes the cluster")
+
+
 VARIANTS = {
     "default": (None, check_default),
     "all-in-one": ("all-in-one-values.yaml", check_all_in_one),
     "split-scylla-tls": ("split-scylla-tls-values.yaml", check_split_scylla_tls),
     "split-embedded-existing-secret": ("split-embedded-existing-secret-values.yaml", check_split_embedded_existing_secret),
+    "cluster-scylla": ("cluster-scylla-values.yaml", check_cluster_scylla),
 }
 
 # Values the chart must refuse, and a fragment of the expected error.
 REFUSED = [
     ({"moed": "split"}, "additional properties 'moed'"),
-    ({"mode": "cluster"}, "/mode"),
+    ({"mode": "mesh"}, "/mode"),
     ({"store": {"backend": "cassandra"}}, "/store/backend"),
     ({"store": {"fsync": "sometimes"}}, "/store/fsync"),
     ({"bridge": {"payloadMaxBytes": 1048576}}, "/bridge/payloadMaxBytes"),
@@ -262,4 +383,10 @@ REFUSED = [
     ({"mode": "split"}, "bridge.password"),
     ({"tls": {"enabled": True}}, "tls.secretName"),
     ({"podDisruptionBudget": {"minAvailable": 1}}, "only one of"),
+    ({"mode": "cluster", "bridge": {"password": "pw"}}, "store.backend=scylla"),
+    ({"mode": "cluster", "store": {"backend": "scylla"}, "bridge": {"password": "pw"},
+      "cluster": {"partitions": 2, "bridgeReplicas": 3}}, "cluster.bridgeReplicas"),
+    ({"mode": "cluster", "store": {"backend": "scylla"}}, "bridge.password"),
+    ({"cluster": {"partitions": 8192}}, "/cluster/partitions"),
+    ({"cluster": {"brokerReplica": 2}}, "brokerReplica"),
 ]

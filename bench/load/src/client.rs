@@ -15,6 +15,10 @@ use tokio::time::{timeout_at, Instant};
 #[derive(Clone)]
 pub struct Target {
     pub port: u16,
+    /// More brokers of a cluster: connections go round-robin over `port`
+    /// and these.
+    pub more_ports: Vec<u16>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// HS256 key for `chatmq` (JWT as password); `None` = anonymous (Mosquitto).
     key: Option<jsonwebtoken::EncodingKey>,
 }
@@ -23,12 +27,28 @@ impl Target {
     pub fn chatmq(port: u16, secret: &str) -> anyhow::Result<Self> {
         Ok(Target {
             port,
+            more_ports: Vec::new(),
+            next: Default::default(),
             key: Some(jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?),
         })
     }
 
     pub fn anonymous(port: u16) -> Self {
-        Target { port, key: None }
+        Target {
+            port,
+            more_ports: Vec::new(),
+            next: Default::default(),
+            key: None,
+        }
+    }
+
+    /// The port of the next connection: round-robin over the brokers.
+    pub fn next_port(&self) -> u16 {
+        let n = self.more_ports.len() + 1;
+        match self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n {
+            0 => self.port,
+            i => self.more_ports[i - 1],
+        }
     }
 
     /// A JWT for `user`, valid for a day.
@@ -90,7 +110,7 @@ impl Conn {
         id: &str,
         o: ConnOpts,
     ) -> Result<Conn> {
-        let mut opts = MqttOptions::new(id, "127.0.0.1", target.port);
+        let mut opts = MqttOptions::new(id, "127.0.0.1", target.next_port());
         opts.set_keep_alive(Duration::from_secs(120))
             .set_clean_session(true)
             .set_max_packet_size(64 << 20, 64 << 20)

@@ -119,9 +119,18 @@ struct Sample {
 }
 
 impl Sample {
-    fn take(server_pid: u32) -> Result<Sample> {
+    /// `servers`: every process of the server (a cluster's brokers and
+    /// bridges), summed.
+    fn take(servers: &[u32]) -> Result<Sample> {
+        let mut server = ProcSample::default();
+        for pid in servers {
+            let s = proc_sample(Some(*pid))?;
+            server.cpu_secs += s.cpu_secs;
+            server.rss_kib += s.rss_kib;
+            server.hwm_kib += s.hwm_kib;
+        }
         Ok(Sample {
-            server: proc_sample(Some(server_pid))?,
+            server,
             bench: proc_sample(None)?,
             machine: machine_busy_secs(),
             at: Instant::now(),
@@ -129,12 +138,12 @@ impl Sample {
     }
 }
 
-/// Runs one load against `target` and returns what it measured. `server_pid`
-/// is sampled for CPU and peak RSS.
+/// Runs one load against `target` and returns what it measured. The
+/// `servers` processes are sampled for CPU and peak RSS (summed).
 pub async fn run(
     name: &str,
     target: &Target,
-    server_pid: u32,
+    servers: &[u32],
     path: Path,
     p: &LoadParams,
 ) -> Result<LoadResult> {
@@ -240,11 +249,11 @@ pub async fn run(
     }
 
     tokio::time::sleep(p.warmup).await;
-    let w0 = Sample::take(server_pid)?;
+    let w0 = Sample::take(servers)?;
     shared.phase.store(MEASURE, Ordering::Relaxed);
     tokio::time::sleep(p.duration).await;
     shared.phase.store(DONE, Ordering::Relaxed);
-    let w1 = Sample::take(server_pid)?;
+    let w1 = Sample::take(servers)?;
     shared.stop.store(true, Ordering::Relaxed);
     let mut pub_handles = Vec::new();
     for w in writers {

@@ -76,7 +76,7 @@ struct Cli {
     #[arg(long, global = true)]
     work: Option<PathBuf>,
     /// Only these load scenarios, comma-separated: raw, chat, mosquitto,
-    /// chat-1room, fixed, fixed-1room, chat-cql [default: all]
+    /// chat-1room, fixed, fixed-1room, chat-cql, cluster (with --cql) [default: all]
     #[arg(long, global = true, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Keep the scratch directory (server logs, configs) after the run

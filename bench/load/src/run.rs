@@ -101,7 +101,7 @@ async fn chatmq_load(
 ) -> Result<crate::report::LoadResult> {
     let mut server = Server::chatmq(&s.server_bin, &s.work.join(dir), fsync)?;
     let target = Target::chatmq(server.port, JWT_SECRET)?;
-    let mut res = load::run(name, &target, server.pid(), path, p).await?;
+    let mut res = load::run(name, &target, &[server.pid()], path, p).await?;
     server.check_alive()?;
     res.server_log = server.log_problems();
     Ok(res)
@@ -125,10 +125,125 @@ async fn chatmq_cql_load(
     crate::server::chatmq_migrate(&s.server_bin, &dir, &config)?;
     let mut server = Server::chatmq_with(&s.server_bin, &dir, &config)?;
     let target = Target::chatmq(server.port, JWT_SECRET)?;
-    let mut res = load::run(summary::CHAT_CQL, &target, server.pid(), LoadPath::Chat, p).await?;
+    let mut res = load::run(
+        summary::CHAT_CQL,
+        &target,
+        &[server.pid()],
+        LoadPath::Chat,
+        p,
+    )
+    .await?;
     server.check_alive()?;
     res.server_log = server.log_problems();
     Ok(res)
+}
+
+/// Partitions of the benchmark's clusters.
+const CLUSTER_PARTITIONS: u32 = 16;
+
+/// The chat path on a cluster (docs/cluster.md): `brokers` broker processes
+/// and `bridges` bridge processes on the CQL node `uri`, a fresh keyspace;
+/// the load's connections go round-robin over the brokers. Returns the
+/// result and the bridges' mean store write time, ms.
+async fn cluster_load(
+    s: &Settings,
+    uri: &str,
+    brokers: usize,
+    bridges: u32,
+    p: &LoadParams,
+) -> Result<(crate::report::LoadResult, f64)> {
+    let keyspace = format!(
+        "chatmq_bench_cluster_{brokers}x{bridges}_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let dir = s.work.join(&keyspace);
+    let base = crate::server::chatmq_cql_config(uri, &keyspace)?;
+    crate::server::chatmq_migrate(&s.server_bin, &dir, &base)?;
+    let base = base.replacen(
+        "[bridge]\n",
+        "[bridge]\nclient_id = \"bench-bridge\"\nusername = \"bench-bridge\"\npassword = \"bench-bridge-pw\"\n",
+        1,
+    ) + "\n[broker.auth.services.bench-bridge]\npassword = \"bench-bridge-pw\"\nallow = [\"chat/#\"]\n";
+    let cluster = format!("\n[cluster]\npartitions = {CLUSTER_PARTITIONS}\nbridges = {bridges}\n");
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..brokers {
+        let srv = Server::chatmq_role(
+            &s.server_bin,
+            &dir.join(format!("broker-{i}")),
+            &format!("{base}{cluster}"),
+            Some("broker"),
+        )?;
+        ports.push(srv.port);
+        servers.push(srv);
+    }
+    let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    for k in 0..bridges {
+        let srv = Server::chatmq_role(
+            &s.server_bin,
+            &dir.join(format!("bridge-{k}")),
+            &format!(
+                "{base}{cluster}bridge_ordinal = {k}\nbrokers = [{}]\n",
+                list.join(", ")
+            ),
+            Some("bridge"),
+        )?;
+        servers.push(srv);
+    }
+    let mut target = Target::chatmq(ports[0], JWT_SECRET)?;
+    target.more_ports = ports[1..].to_vec();
+    let pids: Vec<u32> = servers.iter().map(Server::pid).collect();
+    let name = summary::cluster_name(brokers, bridges);
+    let mut res = load::run(&name, &target, &pids, LoadPath::Chat, p).await?;
+    let (mut sum, mut count) = (0.0, 0.0);
+    for srv in &mut servers {
+        srv.check_alive()?;
+        res.server_log.extend(srv.log_problems());
+        if srv.port == 0 {
+            let m = crate::server::scrape(srv.http_port)?;
+            sum += crate::server::metric(&m, "chatmq_store_write_seconds_sum");
+            count += crate::server::metric(&m, "chatmq_store_write_seconds_count");
+        }
+    }
+    let store_ms = if count > 0.0 {
+        1000.0 * sum / count
+    } else {
+        0.0
+    };
+    Ok((res, store_ms))
+}
+
+/// 1 broker + 1 bridge, then 2 + 2, in one run: the ratio, and where the
+/// latency goes.
+async fn cluster_scenarios(s: &Settings, uri: &str, r: &mut Report) {
+    let mut got = Vec::new();
+    for (brokers, bridges) in [(1, 1), (2, 2)] {
+        match cluster_load(s, uri, brokers, bridges, &s.load).await {
+            Ok((l, store_ms)) => {
+                got.push((l.delivered_per_s, l.latency.mean_ms, store_ms));
+                r.load.push(l);
+            }
+            Err(e) => r.errors.push(format!(
+                "{}: {e:#}",
+                summary::cluster_name(brokers, bridges)
+            )),
+        }
+    }
+    if let [(d1, m1, s1), (d2, m2, s2)] = got[..] {
+        r.notes.push(format!(
+            "Cluster on the CQL node: 2 brokers + 2 bridges delivered {d2:.0}/s, 1 + 1 {d1:.0}/s: \
+             ratio {:.2}x on this machine's 2 cores (every process and the CQL node share them). \
+             Where the mean latency goes: 1 + 1: {m1:.1} ms end to end, of which {s1:.1} ms a \
+             store write (mean per write, bridges' chatmq_store_write_seconds) and {:.1} ms the \
+             MQTT hops and queues (client -> broker -> bridge, bridge -> broker -> client); \
+             2 + 2: {m2:.1} ms, store {s2:.1} ms, hops and queues {:.1} ms.",
+            d2 / d1.max(1.0),
+            (m1 - s1).max(0.0),
+            (m2 - s2).max(0.0)
+        ));
+    }
 }
 
 async fn load_scenarios(s: &Settings, r: &mut Report) {
@@ -167,7 +282,7 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
                 load::run(
                     summary::MOSQUITTO,
                     &target,
-                    server.pid(),
+                    &[server.pid()],
                     LoadPath::Raw,
                     &s.load,
                 )
@@ -218,6 +333,15 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
         match chatmq_load(s, dir, &name, &s.fsync, LoadPath::Chat, &p).await {
             Ok(l) => r.fixed_rate.push(l),
             Err(e) => r.errors.push(format!("{name}: {e:#}")),
+        }
+    }
+    match &s.cql {
+        Some(uri) if want("cluster") => cluster_scenarios(s, uri, r).await,
+        Some(_) => {}
+        None => {
+            if s.only.is_some() && want("cluster") {
+                r.notes.push("cluster skipped: no --cql node".into());
+            }
         }
     }
     if let Some(uri) = s.cql.as_ref().filter(|_| want("chat") || want("chat-cql")) {

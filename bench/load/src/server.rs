@@ -79,6 +79,8 @@ pub fn machine_busy_secs() -> f64 {
 pub struct Server {
     pub name: String,
     pub port: u16,
+    /// `/metrics` (0: none printed).
+    pub http_port: u16,
     child: Child,
     log: PathBuf,
 }
@@ -169,6 +171,28 @@ pub fn chatmq_migrate(bin: &Path, dir: &Path, config_text: &str) -> Result<()> {
     Ok(())
 }
 
+/// `GET /metrics` on `127.0.0.1:port`: the body.
+pub fn scrape(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    c.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned()))
+}
+
+/// The value of an unlabelled sample `name` in a Prometheus text body (0 if absent).
+pub fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 impl Server {
     /// Starts `chatmq` on `dir/data` with [`chatmq_config`]; waits for `ready`.
     pub fn chatmq(bin: &Path, dir: &Path, fsync: &str) -> Result<Server> {
@@ -177,6 +201,17 @@ impl Server {
 
     /// Starts `chatmq` on `dir/data` with the config text `config`; waits for `ready`.
     pub fn chatmq_with(bin: &Path, dir: &Path, config_text: &str) -> Result<Server> {
+        Self::chatmq_role(bin, dir, config_text, None)
+    }
+
+    /// [`Server::chatmq_with`] in a role (`broker`, `bridge`; `None`: the
+    /// config's). A bridge has no MQTT port.
+    pub fn chatmq_role(
+        bin: &Path,
+        dir: &Path,
+        config_text: &str,
+        role: Option<&str>,
+    ) -> Result<Server> {
         if !bin.is_file() {
             bail!(
                 "{} not found: build it first (`cargo build --release -p chatmq`) or pass --server-bin",
@@ -193,6 +228,7 @@ impl Server {
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .args(role)
             .current_dir(dir)
             .env(
                 "CHAT_LOG",
@@ -214,6 +250,7 @@ impl Server {
         let mut server = Server {
             name: "chatmq".into(),
             port: 0,
+            http_port: 0,
             child,
             log,
         };
@@ -226,6 +263,9 @@ impl Server {
                     if let Some(addr) = line.trim().strip_prefix("listening tcp ") {
                         server.port = addr.rsplit(':').next().unwrap_or("").parse()?;
                     }
+                    if let Some(addr) = line.trim().strip_prefix("listening http ") {
+                        server.http_port = addr.rsplit(':').next().unwrap_or("").parse()?;
+                    }
                 }
                 Err(_) => bail!(
                     "chatmq did not print `ready`; log tail:\n{}",
@@ -233,7 +273,7 @@ impl Server {
                 ),
             }
         }
-        if server.port == 0 {
+        if server.port == 0 && role != Some("bridge") {
             bail!("chatmq printed no `listening tcp` line");
         }
         Ok(server)
@@ -266,6 +306,7 @@ impl Server {
         let mut server = Server {
             name: "mosquitto".into(),
             port,
+            http_port: 0,
             child,
             log,
         };

@@ -12,6 +12,11 @@ pub const CHAT_ONE_ROOM: &str = "chat path, chatmq, all in 1 room";
 /// The chat path on the ScyllaDB store (`--cql`), beside [`CHAT`] on the embedded one.
 pub const CHAT_CQL: &str = "chat path, chatmq, ScyllaDB store (CQL node on this machine)";
 
+/// Name of a cluster run.
+pub fn cluster_name(brokers: usize, bridges: u32) -> String {
+    format!("chat path, cluster of {brokers} broker(s) + {bridges} bridge(s), ScyllaDB store")
+}
+
 /// Name of a fixed-rate run.
 pub fn fixed_name(rate: f64, rooms: usize) -> String {
     format!("chat path, chatmq, {rate:.0} msgs/s offered, {rooms} room(s)")

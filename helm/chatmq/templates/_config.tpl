@@ -60,6 +60,7 @@ demo_users = {{ $v.auth.demoUsers }}
 {{- end }}
 
 [bridge]
+{{- /* a cluster's bridges connect to every broker ([cluster] brokers) instead */}}
 {{- if include "chatmq.split" . }}
 broker = {{ printf "%s:%d" (include "chatmq.mqttService" .) ($v.service.ports.mqtt | int) | toJson }}
 {{- end }}
@@ -73,6 +74,15 @@ body_max_bytes = {{ $v.bridge.bodyMaxBytes | int64 }}
 meta_max_bytes = {{ $v.bridge.metaMaxBytes | int64 }}
 history_limit_default = {{ $v.bridge.historyLimitDefault | int64 }}
 history_limit_max = {{ $v.bridge.historyLimitMax | int64 }}
+{{- if include "chatmq.cluster" . }}
+
+[cluster]
+# Rooms and users are hashed into this many partitions: the same on every
+# broker and bridge, so it lives here, in the file they all read. The bridges'
+# own [cluster] keys are in cluster.toml, which only they read: scaling the
+# bridges does not restart the brokers.
+partitions = {{ $v.cluster.partitions | int64 }}
+{{- end }}
 
 [server]
 http = "0.0.0.0:9090"
@@ -96,6 +106,25 @@ tls_ca = {{ ternary (printf "/etc/chatmq/scylla-ca/%s" $s.tls.caKey) "" $s.tls.e
 replication = {{ $s.replication | toJson }}
 request_timeout_ms = {{ $s.requestTimeoutMs | int64 }}
 {{- end }}
+{{ end }}
+
+{{/*
+cluster.toml (cluster mode, bridges only): the rest of [cluster]. bridges is
+the StatefulSet's replica count, so the two always agree; bridge_ordinal is
+left out: each bridge takes it from its pod name (<fullname>-bridge-<k>).
+*/}}
+{{- define "chatmq.clusterToml" -}}
+{{- $c := .Values.cluster -}}
+# Rendered by the chatmq Helm chart: the bridges' [cluster] keys, read after
+# chatmq.toml (which holds partitions).
+[cluster]
+bridges = {{ $c.bridgeReplicas | int64 }}
+# Every broker: the headless Service resolves to one address per ready broker
+# pod, resolved again every resolve_interval_ms. The port is the pods' own
+# (a headless Service does not remap ports).
+brokers = [{{ printf "%s.%s.svc:1883" (include "chatmq.brokerHeadless" .) .Release.Namespace | toJson }}]
+resolve_interval_ms = {{ $c.resolveIntervalMs | int64 }}
+presence_grace_ms = {{ $c.presenceGraceMs | int64 }}
 {{ end }}
 
 {{/* secret.toml: logins, JWT keys, the bridge's password, ScyllaDB credentials. */}}
@@ -133,7 +162,7 @@ leeway_secs = {{ $jwt.leewaySecs | int64 }}
 password = {{ $account.password | toJson }}
 allow = {{ $account.allow | toJson }}
 {{- end }}
-{{- if include "chatmq.split" . }}
+{{- if include "chatmq.apart" . }}
 
 # The bridge's service account on the broker and the bridge's own login:
 # one value, so the two always agree.
@@ -160,8 +189,8 @@ jwt.pub.pem: {{ . | b64enc }}
 {{- end }}
 {{- end }}
 
-{{/* data of the chart's ConfigMap (also the migration hook's copy). */}}
-{{- define "chatmq.configData" -}}
+{{/* the ConfigMap's files every pod reads */}}
+{{- define "chatmq.sharedConfigData" -}}
 chatmq.toml: |
 {{- include "chatmq.config" . | nindent 2 }}
 {{- with .Values.extraConfig }}
@@ -170,9 +199,19 @@ extra.toml: |
 {{- end }}
 {{- end }}
 
-{{/* checksums that restart the pods when their configuration changes */}}
+{{/* data of the chart's ConfigMap (also the migration hook's copy). */}}
+{{- define "chatmq.configData" -}}
+{{- include "chatmq.sharedConfigData" . }}
+{{- if include "chatmq.cluster" . }}
+cluster.toml: |
+{{- include "chatmq.clusterToml" . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* checksums that restart the pods when their configuration changes
+(cluster.toml has its own, on the bridges' pods only) */}}
 {{- define "chatmq.checksums" -}}
-checksum/config: {{ include "chatmq.configData" . | sha256sum }}
+checksum/config: {{ include "chatmq.sharedConfigData" . | sha256sum }}
 {{- if not .Values.auth.existingSecret }}
 checksum/secret: {{ include "chatmq.secretData" . | sha256sum }}
 {{- end }}

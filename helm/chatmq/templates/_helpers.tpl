@@ -58,8 +58,32 @@ chatmq/metrics: "true"
 {{- include "chatmq.fullname" . }}
 {{- end }}
 
+{{/*
+The cluster's headless Services. The brokers' one is how the bridges find
+every broker: its name resolves to one address per ready broker pod. The
+bridges' one only governs their StatefulSet (stable pod names, so each
+bridge's ordinal comes from its hostname).
+*/}}
+{{- define "chatmq.brokerHeadless" -}}
+{{- printf "%s-broker-headless" (include "chatmq.fullname" .) }}
+{{- end }}
+
+{{- define "chatmq.bridgeHeadless" -}}
+{{- printf "%s-bridge-headless" (include "chatmq.fullname" .) }}
+{{- end }}
+
 {{- define "chatmq.split" -}}
 {{- if eq .Values.mode "split" }}true{{ end }}
+{{- end }}
+
+{{- define "chatmq.cluster" -}}
+{{- if eq .Values.mode "cluster" }}true{{ end }}
+{{- end }}
+
+{{/* Broker and bridge run as separate processes (split or cluster): the
+bridge logs in to the broker with the bridge.username service account. */}}
+{{- define "chatmq.apart" -}}
+{{- if or (include "chatmq.split" .) (include "chatmq.cluster" .) }}true{{ end }}
 {{- end }}
 
 {{- define "chatmq.scylla" -}}
@@ -73,8 +97,18 @@ chatmq/metrics: "true"
 
 {{/* Refuses values that cannot work together, with the key to fix. */}}
 {{- define "chatmq.validate" -}}
-{{- if and (include "chatmq.split" .) (not .Values.auth.existingSecret) (not .Values.bridge.password) }}
-{{- fail "mode split: set bridge.password (the bridge's login to the broker, e.g. --set bridge.password=$(openssl rand -hex 16)) or auth.existingSecret" }}
+{{- if and (include "chatmq.apart" .) (not .Values.auth.existingSecret) (not .Values.bridge.password) }}
+{{- fail (printf "mode %s: set bridge.password (the bridge's login to the broker, e.g. --set bridge.password=$(openssl rand -hex 16)) or auth.existingSecret" .Values.mode) }}
+{{- end }}
+{{- if include "chatmq.cluster" . }}
+{{- /* the embedded store lives on one pod's disk: N brokers and M bridges cannot share it */}}
+{{- if not (include "chatmq.scylla" .) }}
+{{- fail (printf "mode cluster: set store.backend=scylla (it is %q; the embedded store cannot be shared by several brokers and bridges)" .Values.store.backend) }}
+{{- end }}
+{{- $c := .Values.cluster }}
+{{- if gt ($c.bridgeReplicas | int) ($c.partitions | int) }}
+{{- fail (printf "mode cluster: cluster.bridgeReplicas (%d) must not exceed cluster.partitions (%d): each bridge owns at least one partition; raise cluster.partitions (fixed for the cluster's life) or lower cluster.bridgeReplicas" ($c.bridgeReplicas | int) ($c.partitions | int)) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.enabled: set tls.secretName to a kubernetes.io/tls Secret" }}
@@ -100,20 +134,56 @@ chatmq/metrics: "true"
 {{- end }}
 
 {{/*
-The Deployments: one (all) or two (broker, bridge). Each: name suffix, mode,
-whether it serves MQTT, resources, whether the store (and its PVC) is here.
+The workloads: one Deployment (all), two (broker, bridge), or in cluster
+mode a broker Deployment of cluster.brokerReplicas and a bridge StatefulSet
+of cluster.bridgeReplicas. Each: name suffix, kind, mode, whether it serves
+MQTT, resources, whether it opens the store (and mounts its PVC or CA),
+whether it reads the bridges' cluster.toml.
 */}}
 {{- define "chatmq.workloads" -}}
-{{- if include "chatmq.split" . }}
-- {suffix: "-broker", mode: broker, mqtt: true, store: false, values: broker}
-- {suffix: "-bridge", mode: bridge, mqtt: false, store: true, values: bridge}
+{{- if include "chatmq.cluster" . }}
+{{- /* a cluster's broker loads room members from ScyllaDB: store true */}}
+- {suffix: "-broker", kind: Deployment, mode: broker, mqtt: true, store: true, values: broker, clusterToml: false}
+- {suffix: "-bridge", kind: StatefulSet, mode: bridge, mqtt: false, store: true, values: bridge, clusterToml: true}
+{{- else if include "chatmq.split" . }}
+- {suffix: "-broker", kind: Deployment, mode: broker, mqtt: true, store: false, values: broker, clusterToml: false}
+- {suffix: "-bridge", kind: Deployment, mode: bridge, mqtt: false, store: true, values: bridge, clusterToml: false}
 {{- else }}
-- {suffix: "", mode: all, mqtt: true, store: true, values: allInOne}
+- {suffix: "", kind: Deployment, mode: all, mqtt: true, store: true, values: allInOne, clusterToml: false}
 {{- end }}
 {{- end }}
 
 {{/* Pod selector labels of the pods that serve MQTT. */}}
 {{- define "chatmq.mqttSelectorLabels" -}}
 {{ include "chatmq.selectorLabels" . }}
-app.kubernetes.io/component: {{ ternary "broker" "all" (eq .Values.mode "split") }}
+app.kubernetes.io/component: {{ ternary "broker" "all" (eq (include "chatmq.apart" .) "true") }}
+{{- end }}
+
+{{/*
+A workload's pod template (Deployment or StatefulSet).
+dict: ctx (root), w (an entry of chatmq.workloads).
+*/}}
+{{- define "chatmq.podTemplate" -}}
+{{- $root := .ctx -}}
+{{- $w := .w -}}
+metadata:
+  labels:
+    {{- include "chatmq.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ $w.mode }}
+    {{- include "chatmq.metricsPodLabel" $root | nindent 4 }}
+    {{- with $root.Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    {{- include "chatmq.checksums" $root | nindent 4 }}
+    {{- if $w.clusterToml }}
+    checksum/cluster: {{ include "chatmq.clusterToml" $root | sha256sum }}
+    {{- end }}
+    {{- with $root.Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  {{- $claim := ternary (include "chatmq.claimName" $root) "" $w.store }}
+  {{- $resources := (index $root.Values $w.values).resources }}
+  {{- include "chatmq.podSpec" (dict "ctx" $root "mode" $w.mode "config" (include "chatmq.configName" $root) "secret" (include "chatmq.secretName" $root) "resources" $resources "mqtt" $w.mqtt "store" $w.store "server" true "claim" $claim "clusterToml" $w.clusterToml) | trim | nindent 2 }}
 {{- end }}

@@ -1,10 +1,14 @@
-{{/* The pod spec shared by the Deployments and the migration Job. */}}
+{{/* The pod spec shared by the workloads and the migration Job. */}}
 
 {{/* `chatmq <mode> --config ... --data-dir ...` */}}
 {{- define "chatmq.args" -}}
 - {{ .mode }}
 - --config
 - /etc/chatmq/chatmq.toml
+{{- if .clusterToml }}
+- --config
+- /etc/chatmq/cluster.toml
+{{- end }}
 {{- if .ctx.Values.extraConfig }}
 - --config
 - /etc/chatmq/extra.toml
@@ -16,10 +20,11 @@
 {{- end }}
 
 {{/*
-The pod spec shared by the Deployments and the migration Job.
+The pod spec shared by the Deployments, the StatefulSet and the migration Job.
 dict: ctx (root), mode (all|broker|bridge|migrate), config (ConfigMap name),
 secret (Secret name), resources, mqtt (serves MQTT), store (opens the store),
-server (long-running: ports and probes), claim (PVC name for the data dir, or "").
+server (long-running: ports and probes), claim (PVC name for the data dir, or ""),
+clusterToml (a cluster's bridge: reads cluster.toml; optional).
 */}}
 {{- define "chatmq.podSpec" -}}
 {{- $v := .ctx.Values -}}
@@ -103,6 +108,12 @@ containers:
         mountPath: /etc/chatmq/chatmq.toml
         subPath: chatmq.toml
         readOnly: true
+      {{- if .clusterToml }}
+      - name: config
+        mountPath: /etc/chatmq/cluster.toml
+        subPath: cluster.toml
+        readOnly: true
+      {{- end }}
       {{- if $v.extraConfig }}
       - name: config
         mountPath: /etc/chatmq/extra.toml
