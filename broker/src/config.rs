@@ -190,6 +190,11 @@ pub struct Limits {
     pub service_max_packet_bytes: usize,
     /// Time allowed for the TLS/WebSocket handshake and the CONNECT packet.
     pub connect_timeout_ms: u64,
+    /// At a graceful shutdown, user connections are closed spread over this
+    /// many ms (each at a point given by its client id) instead of all at
+    /// once, so that in a cluster they reconnect to the other brokers
+    /// gradually. 0: all at once. Keep it below `server.grace_period_ms`.
+    pub shutdown_spread_ms: u64,
     /// Simultaneous connections per user.
     pub connections_per_user: usize,
     /// Persistent sessions (3.1.1 `clean_session = false`, 5 Clean Start 0)
@@ -226,6 +231,7 @@ impl Default for Limits {
             max_packet_bytes: 64 * 1024 + 1024,
             service_max_packet_bytes: 4 << 20,
             connect_timeout_ms: 10_000,
+            shutdown_spread_ms: 0,
             connections_per_user: 16,
             persistent_sessions_per_user: 32,
             max_connections: 20_000,

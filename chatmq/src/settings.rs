@@ -166,6 +166,14 @@ impl Settings {
     pub fn validate(&self) -> Result<(), String> {
         self.bridge.validate()?;
         self.cluster.validate()?;
+        let spread = self.broker.limits.shutdown_spread_ms;
+        if spread > 0 && spread >= self.server.grace_period_ms {
+            return Err(format!(
+                "key `broker.limits.shutdown_spread_ms`: {spread} must be below \
+                 server.grace_period_ms ({}), which also covers the drain after it",
+                self.server.grace_period_ms
+            ));
+        }
         let need = self.bridge.payload_max_bytes + chat_bridge::bridge::PACKET_OVERHEAD;
         let have = self.broker.limits.max_packet_bytes;
         if have < need {

@@ -280,6 +280,9 @@ def check_cluster_scylla(r, values, f):
     f.expect(broker["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
              f"broker strategy: {broker['spec']['strategy']}")
     f.expect(broker["spec"].get("minReadySeconds") == c["minReadySeconds"] == 45, "broker minReadySeconds")
+    spread = merged_config(r, broker, f)["broker"]["limits"].get("shutdown_spread_ms")
+    f.expect(spread == 1000 * values.get("gracePeriodSeconds", 20) // 2,
+             f"a broker closes its users over half the grace period at a rolling update: {spread}")
 
     # The bridges: stable names (the ordinal comes from the hostname).
     f.expect(bridge["spec"]["replicas"] == c["bridgeReplicas"] == 3, f"bridge replicas: {bridge['spec']['replicas']}")

@@ -285,6 +285,49 @@ async fn readyz_is_503_while_draining_and_the_grace_period_bounds_shutdown() -> 
     Ok(())
 }
 
+/// With `shutdown_spread_ms`, a SIGTERM closes users' connections spread
+/// over that time (each at a point given by its client id), not all at
+/// once: in a cluster they reconnect to the other brokers gradually. Every
+/// connection still ends, the drain follows, and the exit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_leave_spread_over_the_shutdown_spread() -> Result<()> {
+    let mut srv = TestServer::builder()
+        .broker_toml("[broker.limits]\nshutdown_spread_ms = 3000\n")
+        .grace_period_ms(8000)
+        .start()
+        .await?;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        clients.push(srv.user_v4("alice", &format!("spread-{i}")).await?);
+    }
+    let started = std::time::Instant::now();
+    srv.terminate()?;
+    let mut closed_at: Vec<Option<Duration>> = vec![None; clients.len()];
+    while closed_at.iter().any(Option::is_none) && started.elapsed() < Duration::from_secs(15) {
+        for (c, at) in clients.iter_mut().zip(closed_at.iter_mut()) {
+            if at.is_none() && c.is_closed().is_some() {
+                *at = Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let times: Vec<Duration> = closed_at.iter().flatten().copied().collect();
+    assert_eq!(
+        times.len(),
+        clients.len(),
+        "every connection ended: {closed_at:?}"
+    );
+    let (first, last) = (times.iter().min(), times.iter().max());
+    let span = last.zip(first).map(|(l, f)| *l - *f).unwrap_or_default();
+    assert!(
+        span >= Duration::from_millis(1000),
+        "closes spread over the 3 s, not all at once: {times:?}"
+    );
+    let status = srv.wait_exit(Duration::from_secs(20)).await?;
+    assert!(status.success(), "a clean exit: {status}");
+    Ok(())
+}
+
 /// rumqttd's cursor jump (a subscriber fell further behind than its filter's
 /// log holds, and lost messages) is counted in
 /// `chatmq_rumqttd_cursor_jumps_total`: the loss is visible.

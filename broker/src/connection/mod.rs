@@ -411,6 +411,7 @@ async fn accept(
             publishes: crate::rate::Throttle::new(shared.config.limits.publishes_per_sec),
             loads: crate::acl::LoadBudget::new(shared.config.limits.room_loads_per_sec),
             expires: login.expires_at.and_then(instant_of),
+            leave_at: None,
         },
         keep_alive: connect.keep_alive,
         will,

@@ -53,6 +53,9 @@ pub(super) struct Session {
     /// When the login's credential (a JWT) expires, leeway included: the
     /// connection is closed then.
     pub(super) expires: Option<Instant>,
+    /// When this user session ends during a shutdown spread over
+    /// `limits.shutdown_spread_ms`.
+    pub(super) leave_at: Option<Instant>,
 }
 
 impl Session {
@@ -92,12 +95,25 @@ impl Session {
         }
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return End::Stopped(DisconnectReasonCode::ServerShuttingDown),
+                _ = shutdown.changed(), if self.leave_at.is_none() => {
+                    // users leave spread over `shutdown_spread_ms`, so they
+                    // reconnect to the other brokers gradually, not at once
+                    let spread = self.shared.config.limits.shutdown_spread_ms;
+                    if spread == 0 || !matches!(self.principal, Principal::User(_)) {
+                        return End::Stopped(DisconnectReasonCode::ServerShuttingDown);
+                    }
+                    let spread = u32::try_from(spread).unwrap_or(u32::MAX);
+                    let delay = schema::cluster::partition(&self.client_id, spread);
+                    self.leave_at = Some(Instant::now() + Duration::from_millis(u64::from(delay)));
+                }
                 _ = stop.notified() => return End::Stopped(DisconnectReasonCode::SessionTakenOver),
                 // One timer for keep-alive and expiry: a second `Sleep`
                 // would be part of every idle session's task.
-                _ = sleep_until(self.wake_at(keep_alive, ka_deadline)), if keep_alive > 0 || self.expires.is_some() => {
+                _ = sleep_until(self.wake_at(keep_alive, ka_deadline)), if keep_alive > 0 || self.expires.is_some() || self.leave_at.is_some() => {
                     let now = Instant::now();
+                    if self.leave_at.is_some_and(|t| t <= now) {
+                        return End::Stopped(DisconnectReasonCode::ServerShuttingDown);
+                    }
                     if self.expires.is_some_and(|e| e <= now) {
                         info!("credentials expired: disconnecting");
                         self.shared.metrics.credentials_expired.inc();
@@ -216,10 +232,15 @@ impl Session {
     /// When the session's one timer fires: the keep-alive deadline (if
     /// keep-alive is on) or the credential's expiry, whichever comes first.
     fn wake_at(&self, keep_alive: u16, ka_deadline: Instant) -> Instant {
-        match (keep_alive > 0, self.expires) {
+        let at = match (keep_alive > 0, self.expires) {
             (true, Some(e)) => e.min(ka_deadline),
             (false, Some(e)) => e,
             _ => ka_deadline,
+        };
+        match self.leave_at {
+            Some(t) if keep_alive == 0 && self.expires.is_none() => t,
+            Some(t) => t.min(at),
+            None => at,
         }
     }
 

@@ -50,6 +50,11 @@ demo_users = {{ $v.auth.demoUsers }}
 {{- if not (hasKey $limits "max_packet_bytes") }}
 {{- $_ := set $limits "max_packet_bytes" (add ($v.bridge.payloadMaxBytes | int64) 1024) }}
 {{- end }}
+{{- /* a cluster's broker closes its users over half the grace period at a
+rolling update, so they reconnect to the other brokers gradually */}}
+{{- if and (include "chatmq.cluster" .) (not (hasKey $limits "shutdown_spread_ms")) }}
+{{- $_ := set $limits "shutdown_spread_ms" (mul ($v.gracePeriodSeconds | int64) 500) }}
+{{- end }}
 
 [broker.limits]
 {{- include "chatmq.tomlInts" $limits }}
