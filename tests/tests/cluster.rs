@@ -221,9 +221,26 @@ async fn chat_presence_typing_receipts_and_kick_across_brokers() -> Result<()> {
         );
     }
 
+    // nor publish there: a send forged onto every partition's topic as bob
+    for part in 0..PARTITIONS {
+        alice
+            .publish_json(
+                &format!("chat/part/{part}/rooms/x1/send/bob"),
+                &json!({"msg_id": "forged", "body": "as bob"}),
+            )
+            .await?;
+    }
+    alice.send("x1", "after-forgery", "a marker").await?;
+    alice.recv_msg("x1", "alice", "after-forgery").await?;
+
     // history and sync answered through broker 1
     let (stored, head) = read_whole_room(&mut carol, "x1").await?;
-    assert_eq!(stored.len(), 40, "history holds every message once");
+    assert!(
+        !stored.contains_key("forged"),
+        "a user's publish under chat/part/ is refused"
+    );
+    assert!(stored.contains_key("after-forgery"));
+    assert_eq!(stored.len(), 41, "history holds every message once");
     let sync = carol.rpc("sync", json!({"rooms": {"x1": 0}})).await?;
     assert_eq!(sync["rooms"]["x1"]["head"], json!(head), "{sync}");
 
