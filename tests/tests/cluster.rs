@@ -305,6 +305,7 @@ async fn retrying_sender(
         let port = ports[at % ports.len()];
         async move {
             let mut c = client_v4(port, user, &pw(user), &format!("{user}-rs-{n}")).await?;
+            c.subscribe_own().await?;
             c.subscribe_ok(&format!("chat/rooms/{room}/events")).await?;
             anyhow::Ok(c)
         }
@@ -316,12 +317,17 @@ async fn retrying_sender(
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let mut next = 0u32;
     let mut retries = 0usize;
+    let mut synced = 0usize;
+    let mut last_seq = 0u64;
     let mut stopped_at: Option<Instant> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             let t = *stopped_at.get_or_insert_with(Instant::now);
             if pending.is_empty() {
-                eprintln!("{user}: {} echoed, {retries} retries", echoed.len());
+                eprintln!(
+                    "{user}: {} echoed, {retries} retries, {synced} found by sync after a reconnect",
+                    echoed.len()
+                );
                 return Ok(echoed);
             }
             if t.elapsed() > Duration::from_secs(90) {
@@ -345,6 +351,7 @@ async fn retrying_sender(
         {
             Ok(m) => {
                 let v = m.json();
+                last_seq = last_seq.max(seq_of(&v));
                 if v["from"] == user {
                     if let Some(id) = v["msg_id"].as_str() {
                         pending.remove(id);
@@ -365,6 +372,9 @@ async fn retrying_sender(
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
                 }
+                // catch up with sync from the last seq seen: echoes missed
+                // while away clear their sends without a retry
+                synced += catch_up(&mut c, room, user, last_seq, &mut pending, &mut echoed).await?;
                 for (id, t) in pending.iter_mut() {
                     *t = Instant::now();
                     retries += 1;
@@ -380,6 +390,38 @@ async fn retrying_sender(
                     }
                 }
             }
+        }
+    }
+}
+
+/// `sync` of `room` from `after` (paged): the user's messages found clear
+/// their pending sends. Returns how many it cleared.
+async fn catch_up(
+    c: &mut Client,
+    room: &str,
+    user: &str,
+    mut after: u64,
+    pending: &mut BTreeMap<String, Instant>,
+    echoed: &mut HashMap<String, u64>,
+) -> Result<usize> {
+    let mut cleared = 0;
+    loop {
+        let r = c.rpc("sync", json!({"rooms": {room: after}})).await?;
+        let page = &r["rooms"][room];
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        for e in &events {
+            after = after.max(seq_of(e));
+            if e["from"] == user {
+                if let Some(id) = e["msg_id"].as_str() {
+                    if pending.remove(id).is_some() {
+                        cleared += 1;
+                    }
+                    echoed.insert(id.to_owned(), seq_of(e));
+                }
+            }
+        }
+        if events.is_empty() || page["has_more"] != json!(true) {
+            return Ok(cleared);
         }
     }
 }
