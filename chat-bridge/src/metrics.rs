@@ -399,7 +399,7 @@ mod tests {
         m.store_errors.with_label_values(&["append"]).inc();
         m.received.with_label_values(&["send"]).inc();
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert_eq!(names.len(), 13, "{names:?}");
+        assert_eq!(names.len(), 15, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("chatmq_")));
         assert_eq!(BridgeMetrics::method_label("rooms.join"), "rooms.join");
         assert_eq!(BridgeMetrics::method_label("x.evil/room-id"), "other");

@@ -264,19 +264,25 @@ async fn chat_presence_typing_receipts_and_kick_across_brokers() -> Result<()> {
         .await?;
     assert_eq!(r.json()["read"], json!(head));
 
-    // kick on broker 0: carol on broker 1 stops receiving at once
+    // kick on broker 0: carol, on broker 1 and on broker 2, stops
+    // receiving at once on both
+    let mut carol2 = c.user(2, "carol", "carol-c2").await?;
+    subscribe_eventually(&mut carol2, "chat/rooms/x1/events").await?;
+    alice.send("x1", "before-kick", "for carol too").await?;
+    carol2.recv_msg("x1", "alice", "before-kick").await?;
     alice
         .rpc("rooms.kick", json!({"room": "x1", "user": "carol"}))
         .await?;
     alice.send("x1", "after-kick", "not for carol").await?;
     bob.recv_msg("x1", "alice", "after-kick").await?;
-    carol
-        .expect_none(
-            "an event after the kick",
+    for (broker, c) in [(1, &mut carol), (2, &mut carol2)] {
+        c.expect_none(
+            &format!("an event after the kick on broker {broker}"),
             Duration::from_millis(1500),
             |m| m.topic == "chat/rooms/x1/events" && m.json()["msg_id"] == "after-kick",
         )
         .await?;
+    }
 
     // alice leaves broker 0: bob sees her offline
     alice.disconnect().await;
