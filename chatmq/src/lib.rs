@@ -30,6 +30,7 @@
 
 mod alloc;
 pub mod cli;
+pub mod demo;
 mod in_process;
 pub mod server;
 pub mod settings;

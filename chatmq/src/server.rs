@@ -133,8 +133,23 @@ impl Server {
         let (users_stop, users_stop_rx) = watch::channel(false);
         let (bridge_stop, bridge_stop_rx) = watch::channel(false);
         let (http_stop, http_stop_rx) = watch::channel(false);
+        let ws_port = listeners.addrs().get("ws").map(|a| a.port());
         if let Some(l) = listeners.http {
-            let routes = broker::http::router(meters.registry.clone(), health.clone());
+            let mut routes = broker::http::router(meters.registry.clone(), health.clone());
+            match ws_port {
+                Some(ws_port) if cfg.server.demo && role.runs_broker() => {
+                    let mqtt_js = crate::demo::Demo::find_mqtt_js(&cfg.server.demo_mqtt_js);
+                    if mqtt_js.is_none() {
+                        tracing::info!("demo page: MQTT.js from its CDN (no local mqtt.esm.js)");
+                    }
+                    routes = routes.merge(crate::demo::routes(crate::demo::Demo {
+                        ws_port,
+                        prefix: cfg.broker.prefix.clone(),
+                        mqtt_js,
+                    }));
+                }
+                _ => {}
+            }
             tokio::spawn(broker::http::serve(l, routes, http_stop_rx));
         }
         let access = Arc::new(Access::new());

@@ -71,6 +71,12 @@ pub struct ServerSettings {
     pub http: Option<SocketAddr>,
     /// Longest time a graceful shutdown (SIGTERM/SIGINT) may take.
     pub grace_period_ms: u64,
+    /// The demo chat page on `http` (`/`), for a process that runs a broker.
+    pub demo: bool,
+    /// MQTT.js's ESM bundle for the demo page; "" looks for
+    /// `clients/js/node_modules/mqtt/dist/mqtt.esm.js` under the working
+    /// directory, and the page loads it from a CDN when there is none.
+    pub demo_mqtt_js: PathBuf,
 }
 
 impl Default for ServerSettings {
@@ -79,6 +85,8 @@ impl Default for ServerSettings {
             role: Role::All,
             http: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
             grace_period_ms: 20_000,
+            demo: true,
+            demo_mqtt_js: PathBuf::new(),
         }
     }
 }

@@ -196,7 +196,14 @@ export class ChatClient {
     });
     this.conn.on("reconnect", () => this.setState("connecting"));
     this.conn.on("error", (e) => this.emit("error", { error: e }));
-    this.retry = setInterval(() => this.retrySends(), Math.max(250, this.retryMs / 2));
+    this.retry = setInterval(() => this.retrySends(), 250);
+    if (typeof window !== "undefined" && typeof window.addEventListener === "function") {
+      // the browser knows before the keep-alive does
+      this.onOffline = () => this.conn.connected && this.conn.stream?.destroy();
+      this.onOnline = () => !this.conn.connected && this.state !== "closed" && this.conn.reconnect();
+      window.addEventListener("offline", this.onOffline);
+      window.addEventListener("online", this.onOnline);
+    }
     return this;
   }
 
@@ -207,6 +214,10 @@ export class ChatClient {
   async close(force = false) {
     this.setState("closed");
     clearInterval(this.retry);
+    if (this.onOffline) {
+      window.removeEventListener("offline", this.onOffline);
+      window.removeEventListener("online", this.onOnline);
+    }
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
       p.reject(new ChatError("offline", "client closed"));
@@ -582,9 +593,22 @@ export class ChatClient {
     this.outbox.push(entry);
     this.saveOutbox();
     const done = new Promise((resolve, reject) => this.sendWaiters.set(msg_id, { resolve, reject }));
-    this.publishSend(entry);
+    this.pump(room);
     done.msgId = msg_id;
     return done;
+  }
+
+  /**
+   * Sends the first waiting send of `room` if it is not in flight. One send
+   * per room is in flight at a time: a refusal that is retried (rate
+   * limited) cannot let a later send be stored before it, so a user's
+   * messages keep the order they were sent in.
+   */
+  pump(room, force = false) {
+    const head = this.outbox.find((e) => e.room === room);
+    if (!head) return;
+    if (!force && head.at && Date.now() - head.at < this.retryMs) return;
+    this.publishSend(head);
   }
 
   publishSend(entry) {
@@ -602,13 +626,10 @@ export class ChatClient {
     this.conn.publish(topic, body, { qos: 1 });
   }
 
-  /** Resends what waited longer than `retryMs` (all of it with `all`). */
+  /** Sends each room's first waiting send again if it waited `retryMs` (at once with `all`). */
   retrySends(all = false) {
     if (this.state !== "online") return;
-    const now = Date.now();
-    for (const e of this.outbox) {
-      if (all || now - e.at >= this.retryMs) this.publishSend(e);
-    }
+    for (const room of new Set(this.outbox.map((e) => e.room))) this.pump(room, all);
   }
 
   settleSend(msgId, seq, room) {
@@ -624,6 +645,7 @@ export class ChatClient {
       w.resolve({ seq, msg_id: msgId });
     }
     if (i >= 0 || w) this.emit("sent", { room, msg_id: msgId, seq });
+    this.pump(room, true);
   }
 
   failSend(msgId, error, room) {
@@ -631,8 +653,12 @@ export class ChatClient {
       this.emit("error", { error, room });
       return;
     }
-    if (RETRYABLE.has(error.code)) return; // the retry timer sends it again
     const i = this.outbox.findIndex((e) => e.msg_id === msgId);
+    if (RETRYABLE.has(error.code)) {
+      // sent again in a second (rate limited: the bucket refills)
+      if (i >= 0) this.outbox[i].at = Date.now() - this.retryMs + Math.min(1000, this.retryMs);
+      return;
+    }
     if (i >= 0) {
       this.outbox.splice(i, 1);
       this.saveOutbox();
@@ -643,6 +669,7 @@ export class ChatClient {
       w.reject(error);
     }
     this.emit("error", { error, room, msg_id: msgId });
+    if (room) this.pump(room, true);
   }
 
   saveOutbox() {
