@@ -180,3 +180,37 @@ test("a page reloaded mid-send loses nothing it showed as sent", { skip }, async
     await bob.context.close();
   }
 });
+
+test("infinite scroll back loads older messages", { skip }, async () => {
+  const room = `web-scroll-${Date.now().toString(36)}`;
+  const alice = await page("alice");
+  const bob = await page("bob");
+  try {
+    await createAndJoin(alice.page, bob.page, room);
+    await alice.page.evaluate(async (r) => {
+      const c = window.chatmqDemo.client;
+      await Promise.all([...Array(45).keys()].map((i) => c.send(r, `scroll-${i}`)));
+    }, room);
+    // a fresh page for bob opens the room with only its latest page
+    await bob.page.reload();
+    await bob.page.waitForFunction(() => document.getElementById("state").textContent === "online");
+    await bob.page.click(`#rooms li[data-room="${room}"]`);
+    await bob.page.waitForFunction(() =>
+      [...document.querySelectorAll("#messages .body")].some((e) => e.textContent === "scroll-44"),
+    );
+    const first = await bodies(bob.page);
+    assert.ok(!first.includes("scroll-0"), `only the latest page at first: ${first.length} shown`);
+    for (let i = 0; i < 5 && !(await bodies(bob.page)).includes("scroll-0"); i++) {
+      await bob.page.$eval("#messages", (el) => {
+        el.scrollTop = 0;
+        el.dispatchEvent(new Event("scroll"));
+      });
+      await bob.page.waitForTimeout(500);
+    }
+    const all = (await bodies(bob.page)).filter((b) => b.startsWith("scroll-"));
+    assert.deepEqual(all, [...Array(45).keys()].map((i) => `scroll-${i}`), "every message once, in order");
+  } finally {
+    await alice.context.close();
+    await bob.context.close();
+  }
+});
