@@ -83,6 +83,18 @@ def check_common(r, values, f):
             names = {p["name"] for p in container(w).get("ports", [])}
             for p in svc["spec"]["ports"]:
                 f.expect(p["targetPort"] in names, f"Service {name}: targetPort {p['targetPort']} exists in the pod")
+    # An Ingress only when asked for, and every backend it names is a
+    # rendered Service's port (by name, or by number).
+    ingress = values.get("ingress", {})
+    f.expect(bool(r.kind("Ingress")) == bool(ingress.get("enabled", False)), "an Ingress exactly when ingress.enabled")
+    for ing in r.kind("Ingress"):
+        for backend in ingress_backends(ing):
+            ref = backend.get("service", {})
+            svc, port = r.get("Service", ref.get("name", "")), ref.get("port", {})
+            what = f"Ingress {ing['metadata']['name']}: backend {ref.get('name')}:{port.get('name', port.get('number'))}"
+            if f.expect(svc is not None, f"{what} is a rendered Service"):
+                f.expect(any(p.get("name") == port["name"] if "name" in port else p["port"] == port.get("number")
+                             for p in svc["spec"]["ports"]), f"{what} is a port of that Service")
     mqtt = r.get("Service", FULLNAME)
     f.expect(mqtt is not None and any(p["port"] == 1883 for p in mqtt["spec"]["ports"]), "the MQTT Service has port 1883")
     metrics = r.get("Service", f"{FULLNAME}-metrics")
@@ -110,6 +122,15 @@ def check_common(r, values, f):
     f.expect("mosquitto_pub" in r.notes, "NOTES.txt shows a mosquitto_pub example")
     if values.get("websocket", {}).get("enabled", True):
         f.expect("/mqtt" in r.notes and "ws://" in r.notes, "NOTES.txt shows the WebSocket URL")
+
+
+def ingress_backends(ing):
+    """Every backend an Ingress names: the default one and each path's."""
+    spec = ing["spec"]
+    out = [spec["defaultBackend"]] if "defaultBackend" in spec else []
+    for rule in spec.get("rules", []):
+        out += [p["backend"] for p in rule.get("http", {}).get("paths", [])]
+    return out
 
 
 def secret_values(values):
@@ -364,12 +385,76 @@ def check_cluster_scylla(r, values, f):
     f.expect("cluster: 4 brokers" in r.notes and "3 bridges" in r.notes, "NOTES.txt describes the cluster")
 
 
+def check_ingress_wss(r, values, f):
+    """wss://<host>/mqtt: the Ingress terminates TLS and forwards /mqtt to the
+    MQTT Service's ws port, which reaches the brokers' WebSocket listener."""
+    ing_values = values["ingress"]
+    ingresses = r.kind("Ingress")
+    if not f.expect(len(ingresses) == 1, f"one Ingress, got {len(ingresses)}"):
+        return
+    ing = ingresses[0]
+    spec = ing["spec"]
+    f.expect(ing["apiVersion"] == "networking.k8s.io/v1" and ing["metadata"]["name"] == FULLNAME,
+             f"Ingress networking.k8s.io/v1 {FULLNAME}: {ing['apiVersion']} {ing['metadata']['name']}")
+    f.expect(spec.get("ingressClassName") == ing_values["className"] == "nginx",
+             f"ingressClassName is ingress.className: {spec.get('ingressClassName')}")
+    f.expect(ing["metadata"].get("annotations") == ing_values["annotations"],
+             f"ingress.annotations passed through: {ing['metadata'].get('annotations')}")
+    f.expect("nginx.ingress.kubernetes.io/proxy-read-timeout" in ing["metadata"].get("annotations", {}),
+             "the variant raises ingress-nginx's proxy timeouts (MQTT connections idle between keep-alives)")
+    f.expect("defaultBackend" not in spec, "no default backend: only /mqtt is routed")
+
+    # The route: each host's /mqtt to the MQTT Service's port ws.
+    hosts = [h["host"] for h in ing_values["hosts"]]
+    f.expect([rule.get("host") for rule in spec["rules"]] == hosts == ["chat.example.com", "mqtt.example.org"],
+             f"one rule per ingress.hosts entry: {[rule.get('host') for rule in spec['rules']]}")
+    mqtt = r.get("Service", FULLNAME)
+    ws_ports = [p for p in mqtt["spec"]["ports"] if p["name"] == "ws"]
+    if not f.expect(len(ws_ports) == 1, "the MQTT Service has a port ws"):
+        return
+    ws = ws_ports[0]
+    f.expect(ws["port"] == values["service"]["ports"]["ws"] == 8080 and ws["targetPort"] == "ws",
+             f"the MQTT Service's port ws is service.ports.ws and targets the pods' ws: {ws}")
+    for rule in spec["rules"]:
+        paths = rule.get("http", {}).get("paths", [])
+        if not f.expect(len(paths) == 1, f"host {rule.get('host')}: one path, /mqtt: {paths}"):
+            continue
+        p = paths[0]
+        # The broker answers only GET /mqtt.
+        f.expect(p["path"] == "/mqtt" and p["pathType"] == "Exact", f"host {rule.get('host')}: path /mqtt, Exact: {p}")
+        svc = p["backend"].get("service", {})
+        port = svc.get("port", {})
+        f.expect(svc.get("name") == FULLNAME, f"host {rule.get('host')}: routes to the MQTT Service {FULLNAME}: {svc}")
+        f.expect(port.get("name") == "ws" or port.get("number") == ws["port"],
+                 f"host {rule.get('host')}: routes to the Service's ws port: {port}")
+
+    # The Service's ws port reaches the brokers' WebSocket listener (not the bridges).
+    broker, bridge = r.deployment("broker"), r.statefulset("bridge")
+    if f.expect(broker is not None and bridge is not None, "cluster: a broker Deployment and a bridge StatefulSet"):
+        f.expect(selects(mqtt["spec"]["selector"], broker) and not selects(mqtt["spec"]["selector"], bridge),
+                 "the Ingress's Service selects the brokers, not the bridges")
+        container_ws = {p["name"]: p["containerPort"] for p in container(broker)["ports"]}.get("ws")
+        listen = merged_config(r, broker, f)["broker"].get("ws", "")
+        f.expect(container_ws is not None and listen == f"0.0.0.0:{container_ws}",
+                 f"the brokers' container port ws ({container_ws}) is their WebSocket listener ({listen})")
+
+    # TLS terminated at the Ingress, with the given Secrets, for every host.
+    f.expect(spec.get("tls") == ing_values["tls"], f"ingress.tls passed through: {spec.get('tls')}")
+    covered = {h for t in spec.get("tls", []) for h in t.get("hosts", [])}
+    f.expect(set(hosts) <= covered, f"every host has a TLS Secret: {sorted(set(hosts) - covered)} without")
+    f.expect({t.get("secretName") for t in spec.get("tls", [])} == {"chat-example-com-tls", "mqtt-example-org-tls"},
+             "tls secretNames")
+    for h in hosts:
+        f.expect(f"wss://{h}/mqtt" in r.notes, f"NOTES.txt shows wss://{h}/mqtt")
+
+
 VARIANTS = {
     "default": (None, check_default),
     "all-in-one": ("all-in-one-values.yaml", check_all_in_one),
     "split-scylla-tls": ("split-scylla-tls-values.yaml", check_split_scylla_tls),
     "split-embedded-existing-secret": ("split-embedded-existing-secret-values.yaml", check_split_embedded_existing_secret),
     "cluster-scylla": ("cluster-scylla-values.yaml", check_cluster_scylla),
+    "ingress-wss": ("ingress-wss-values.yaml", check_ingress_wss),
 }
 
 # Values the chart must refuse, and a fragment of the expected error.
@@ -392,4 +477,8 @@ REFUSED = [
     ({"mode": "cluster", "store": {"backend": "scylla"}}, "bridge.password"),
     ({"cluster": {"partitions": 8192}}, "/cluster/partitions"),
     ({"cluster": {"brokerReplica": 2}}, "brokerReplica"),
+    ({"ingress": {"enabled": True}, "websocket": {"enabled": False}}, "websocket.enabled"),
+    ({"ingress": {"enabled": True, "hosts": []}}, "ingress.hosts"),
+    ({"ingress": {"hosts": [{"host": "chat.example.com", "path": "/"}]}}, "additional properties 'path'"),
+    ({"ingress": {"clasName": "nginx"}}, "clasName"),
 ]

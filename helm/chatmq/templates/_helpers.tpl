@@ -53,7 +53,7 @@ chatmq/metrics: "true"
 {{- default (printf "%s-secret" (include "chatmq.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
 
-{{/* The MQTT Service; the split bridge connects to the broker through it. */}}
+{{/* The MQTT Service; the split bridge connects to the broker through it, the Ingress forwards to its port ws. */}}
 {{- define "chatmq.mqttService" -}}
 {{- include "chatmq.fullname" . }}
 {{- end }}
@@ -115,6 +115,14 @@ bridge logs in to the broker with the bridge.username service account. */}}
 {{- end }}
 {{- if and (include "chatmq.scylla" .) .Values.store.scylla.tls.enabled (not .Values.store.scylla.tls.caSecret) }}
 {{- fail "store.scylla.tls.enabled: set store.scylla.tls.caSecret" }}
+{{- end }}
+{{- if .Values.ingress.enabled }}
+{{- if not .Values.websocket.enabled }}
+{{- fail "ingress.enabled: set websocket.enabled=true (the Ingress routes <host>/mqtt to the MQTT Service's ws port, which websocket.enabled=false removes) or ingress.enabled=false" }}
+{{- end }}
+{{- if not .Values.ingress.hosts }}
+{{- fail "ingress.enabled: set ingress.hosts (at least one {host: chat.example.com}; the Ingress routes <host>/mqtt to the ws port)" }}
+{{- end }}
 {{- end }}
 {{- $pdb := .Values.podDisruptionBudget }}
 {{- if and $pdb.enabled (eq (toString $pdb.minAvailable) "") (eq (toString $pdb.maxUnavailable) "") }}
