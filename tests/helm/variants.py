@@ -65,6 +65,8 @@ def check_common(r, values, f):
                  f"{name}: the pod's grace period outlasts chatmq's drain")
         cfg = merged_config(r, d, f)
         f.expect(cfg.get("server", {}).get("http") == "0.0.0.0:9090", f"{name}: [server] http on 9090")
+        f.expect(cfg.get("server", {}).get("demo") is values.get("demoPage", False),
+                 f"{name}: the demo page only with demoPage")
         f.expect(cfg.get("server", {}).get("grace_period_ms") == 1000 * values.get("gracePeriodSeconds", 20),
                  f"{name}: grace_period_ms")
         if "mqtt" in ports:

@@ -92,6 +92,8 @@ partitions = {{ $v.cluster.partitions | int64 }}
 [server]
 http = "0.0.0.0:9090"
 grace_period_ms = {{ mul $v.gracePeriodSeconds 1000 }}
+# the demo chat page on the metrics port (off unless demoPage)
+demo = {{ $v.demoPage }}
 
 [store]
 backend = {{ $v.store.backend | toJson }}
