@@ -5,6 +5,7 @@
 use anyhow::Result;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::time::Duration;
 use tests::{group_room, seq_of, Store};
 
 fn seqs(events: &Value) -> Vec<u64> {
@@ -572,9 +573,171 @@ pub(crate) async fn history_larger_than_a_reply_is_cut_and_pages_on(store: Store
     Ok(())
 }
 
+/// The unread count of a room is others' messages after one's read
+/// marker and after one's own last message there: membership events,
+/// edits, reactions and deletes do not count, nor does one's own send. The
+/// same count in `rooms.list` and `sync`.
+pub(crate) async fn unread_counts_only_others_messages(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v4("alice", "alice-unread").await?;
+    let mut bob = srv.user_v4("bob", "bob-unread").await?;
+    alice.subscribe_own().await?;
+    bob.subscribe_own().await?;
+    tests::group_room(&mut alice, "u1", &mut [&mut bob]).await?;
+    alice.subscribe_ok("chat/rooms/u1/events").await?;
+    for (who, id) in [("bob", "b1"), ("bob", "b2"), ("bob", "b3")] {
+        bob.send("u1", id, "to alice").await?;
+        alice.recv_msg("u1", who, id).await?;
+    }
+    let unread = |v: &Value| {
+        v["rooms"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["room"] == "u1"))
+            .map(|r| r["unread"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let list = alice.rpc("rooms.list", json!({})).await?;
+    assert_eq!(
+        unread(&list),
+        json!(3),
+        "bob's 3 messages, not the membership events: {list}"
+    );
+    let b1 = alice.head("u1").await? - 2;
+    // a reaction and an edit are not unread messages
+    bob.publish_json(
+        "chat/rooms/u1/send/bob",
+        &json!({"msg_id": "e1", "type": "edit", "target": b1, "body": "edited"}),
+    )
+    .await?;
+    alice.recv_msg("u1", "bob", "e1").await?;
+    let list = alice.rpc("rooms.list", json!({})).await?;
+    assert_eq!(unread(&list), json!(3), "an edit is not unread: {list}");
+    // alice's own send marks the room read up to it
+    alice.send("u1", "a1", "answer").await?;
+    alice.recv_msg("u1", "alice", "a1").await?;
+    let list = alice.rpc("rooms.list", json!({})).await?;
+    assert_eq!(unread(&list), json!(0), "one's own send: {list}");
+    bob.send("u1", "b4", "again").await?;
+    bob.send("u1", "b5", "and again").await?;
+    alice.recv_msg("u1", "bob", "b5").await?;
+    let list = alice.rpc("rooms.list", json!({})).await?;
+    assert_eq!(unread(&list), json!(2), "{list}");
+    let sync = alice.rpc("sync", json!({"rooms": {"u1": 0}})).await?;
+    assert_eq!(
+        sync["rooms"]["u1"]["unread"],
+        json!(2),
+        "sync counts the same: {sync}"
+    );
+    // bob: only alice's message came after his own, and he sent since
+    let list = bob.rpc("rooms.list", json!({})).await?;
+    assert_eq!(unread(&list), json!(0), "bob's own sends came last: {list}");
+    Ok(())
+}
+
+/// `read` and `delivered` move markers forward only, show in
+/// `rooms.members`, and reach the room's other members on
+/// `chat/rooms/{room}/receipts`.
+pub(crate) async fn receipts_and_delivered_reach_members(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v4("alice", "alice-rcpt").await?;
+    let mut bob = srv.user_v4("bob", "bob-rcpt").await?;
+    alice.subscribe_own().await?;
+    bob.subscribe_own().await?;
+    tests::group_room(&mut alice, "rc1", &mut [&mut bob]).await?;
+    alice.subscribe_ok("chat/rooms/rc1/receipts").await?;
+    alice.subscribe_ok("chat/rooms/rc1/events").await?;
+    alice.send("rc1", "m1", "one").await?;
+    alice.send("rc1", "m2", "two").await?;
+    let m2 = tests::seq_of(&alice.recv_msg("rc1", "alice", "m2").await?);
+    let d = bob
+        .rpc("delivered", json!({"room": "rc1", "seq": m2}))
+        .await?;
+    assert_eq!(
+        (d["delivered"].as_u64(), d["moved"].as_bool()),
+        (Some(m2), Some(true)),
+        "{d}"
+    );
+    let r = alice
+        .recv_until("bob's delivered receipt", tests::TIMEOUT, |m| {
+            m.topic == "chat/rooms/rc1/receipts" && m.json()["user"] == "bob"
+        })
+        .await?
+        .json();
+    assert_eq!(
+        (r["delivered"].as_u64(), r["read"].as_u64()),
+        (Some(m2), Some(0)),
+        "{r}"
+    );
+    let rd = bob
+        .rpc("read", json!({"room": "rc1", "seq": m2 - 1}))
+        .await?;
+    assert_eq!(rd["read"].as_u64(), Some(m2 - 1), "{rd}");
+    let r = alice
+        .recv_until("bob's read receipt", tests::TIMEOUT, |m| {
+            m.topic == "chat/rooms/rc1/receipts" && m.json()["read"] == json!(m2 - 1)
+        })
+        .await?
+        .json();
+    assert_eq!(r["user"], "bob");
+    // markers never move back; a seq past the head is clamped to it
+    let back = bob.rpc("read", json!({"room": "rc1", "seq": 1})).await?;
+    assert_eq!(
+        (back["read"].as_u64(), back["moved"].as_bool()),
+        (Some(m2 - 1), Some(false)),
+        "{back}"
+    );
+    alice
+        .expect_none(
+            "a receipt for a marker that did not move",
+            Duration::from_millis(500),
+            |m| m.topic == "chat/rooms/rc1/receipts" && m.json()["read"] == json!(1),
+        )
+        .await?;
+    let far = bob
+        .rpc("read", json!({"room": "rc1", "seq": m2 + 1000}))
+        .await?;
+    assert_eq!(far["read"].as_u64(), Some(m2), "clamped to the head: {far}");
+    let members = alice.rpc("rooms.members", json!({"room": "rc1"})).await?;
+    let bob_entry = members["members"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["user"] == "bob"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (bob_entry["read"].as_u64(), bob_entry["delivered"].as_u64()),
+        (Some(m2), Some(m2)),
+        "{members}"
+    );
+    // a non-member may not move markers
+    let mut carol = srv.user_v4("carol", "carol-rcpt").await?;
+    carol.subscribe_own().await?;
+    let e = carol
+        .rpc_err("read", json!({"room": "rc1", "seq": 1}))
+        .await?;
+    assert!(
+        e == "not_member" || e == "forbidden" || e == "not_found",
+        "{e}"
+    );
+    Ok(())
+}
+
 /// One `#[tokio::test]` per check of this suite, each on `$store`.
 macro_rules! chat_suite {
     ($store:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn unread_counts_only_others_messages() -> anyhow::Result<()> {
+            $crate::chat_suite::unread_counts_only_others_messages($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn receipts_and_delivered_reach_members() -> anyhow::Result<()> {
+            $crate::chat_suite::receipts_and_delivered_reach_members($store).await
+        }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn group_room_send_and_echo() -> anyhow::Result<()> {
             $crate::chat_suite::group_room_send_and_echo($store).await

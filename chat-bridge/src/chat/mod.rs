@@ -417,6 +417,60 @@ fn raw_event(e: &StoredEvent) -> Option<&RawValue> {
     }
 }
 
+/// Events a room's unread count reads past the read marker; beyond them
+/// every event counts (an upper bound, for a member who never read a busy room).
+const UNREAD_SCAN: usize = 1000;
+
+/// What an unread count reads of an event.
+#[derive(serde::Deserialize)]
+struct UnreadHead<'a> {
+    #[serde(borrow)]
+    from: std::borrow::Cow<'a, str>,
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    deleted: bool,
+}
+
+impl Chat {
+    /// `user`'s unread count in `room` after `after` (their read marker):
+    /// others' messages (not deleted) after it and after `user`'s own last
+    /// message there (one's own send marks the room read up to it).
+    /// Membership events, edits, reactions and deletes do not count.
+    async fn unread(&self, room: &str, user: &str, after: u64, head: u64) -> Result<u64, Refusal> {
+        if head <= after {
+            return Ok(0);
+        }
+        let page = self
+            .store
+            .read(room, crate::store::Range::After(after), UNREAD_SCAN)
+            .await?;
+        Ok(count_unread(&page.events, user, head))
+    }
+}
+
+/// The unread count over `events` (ascending, right after the marker): see
+/// [`Chat::unread`]. Events past the last one read count one each.
+fn count_unread(events: &[StoredEvent], user: &str, head: u64) -> u64 {
+    let mut n = 0u64;
+    let mut last = None;
+    for e in events {
+        last = Some(e.seq);
+        let Ok(h) = serde_json::from_slice::<UnreadHead>(&e.json) else {
+            continue;
+        };
+        if h.from == user {
+            n = 0;
+        } else if h.kind.as_deref().unwrap_or("message") == "message" && !h.deleted {
+            n += 1;
+        }
+    }
+    match last {
+        Some(seq) => n + head.saturating_sub(seq),
+        None => n,
+    }
+}
+
 fn broker_client_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.bytes()

@@ -141,6 +141,11 @@ impl Chat {
                 (self.store.head(&m.room).await?, None)
             };
             let marks = self.store.markers(&m.room, user).await?;
+            let unread = if info.as_ref().is_some_and(|i| can_read(Some(&m), i)) {
+                self.unread(&m.room, user, marks.read, head).await?
+            } else {
+                0
+            };
             let mut entry = ListEntry {
                 room: m.room,
                 kind: info.as_ref().map(|i| i.kind),
@@ -149,7 +154,7 @@ impl Chat {
                 role: m.role,
                 head,
                 read: marks.read,
-                unread: head.saturating_sub(marks.read),
+                unread,
                 last,
             };
             let size = json_len(&entry) + 1;

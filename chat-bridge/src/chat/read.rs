@@ -130,6 +130,8 @@ impl Chat {
                         Some(_) => self.store.markers(room, user).await?.read,
                         None => 0,
                     };
+                    let from = read.max(cursor);
+                    let unread = self.unread(room, user, from, page.head).await?;
                     SyncRoom::Page {
                         // the stored bytes as they are (a copy, not a parse)
                         events: events
@@ -139,7 +141,7 @@ impl Chat {
                             .collect(),
                         head: page.head,
                         has_more: page.has_more || cut,
-                        unread: page.head.saturating_sub(read.max(cursor)),
+                        unread,
                     }
                 }
                 Err(r) if r.code == Code::Unavailable => return Err(r),

@@ -401,10 +401,11 @@ async fn rooms_list_pages_within_the_byte_limit_and_skips_left_rooms() {
     assert!(pages > 3, "{pages} pages");
     assert_eq!(seen.len(), 30, "each room once: {seen:?}");
     assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), active);
-    // three reads per room listed (a page's cut entry is read once more),
-    // none for the rooms left
+    // four reads per room listed (the room, its last event, its markers,
+    // the events after the read marker for the unread count; a page's cut
+    // entry is read once more), none for the rooms left
     let reads = f.store.room_reads.load(Ordering::SeqCst);
-    assert!(reads <= 3 * (30 + pages), "{reads} reads");
+    assert!(reads <= 4 * (30 + pages), "{reads} reads");
     // by count, through the request
     let r = f.ok("alice", "rooms.list", json!({"limit": 7})).await;
     assert_eq!(r["rooms"].as_array().map(Vec::len), Some(7));
@@ -728,4 +729,46 @@ async fn the_access_hooks_read_as_the_broker_reads_them() {
             },
         ]
     );
+}
+
+#[test]
+fn unread_counts_others_messages_after_ones_own_last() {
+    let ev = |seq: u64, from: &str, kind: &str, deleted: bool| StoredEvent {
+        seq,
+        json: bytes::Bytes::from(
+            json!({"room": "r", "seq": seq, "ts": 1, "from": from, "msg_id": format!("m{seq}"),
+                   "type": kind, "deleted": deleted})
+            .to_string(),
+        ),
+    };
+    let events = [
+        ev(5, "bob", "member", false),
+        ev(6, "bob", "message", false),
+        ev(7, "alice", "message", false),
+        ev(8, "bob", "message", false),
+        ev(9, "bob", "reaction", false),
+        ev(10, "bob", "message", true),
+        ev(11, "carol", "message", false),
+    ];
+    assert_eq!(
+        super::count_unread(&events, "alice", 11),
+        2,
+        "bob's 8 and carol's 11"
+    );
+    assert_eq!(
+        super::count_unread(&events, "bob", 11),
+        1,
+        "carol's 11 after bob's own"
+    );
+    assert_eq!(
+        super::count_unread(&events[..2], "alice", 11),
+        1 + 5,
+        "beyond the scan (7..=11): every event counts"
+    );
+    assert_eq!(super::count_unread(&[], "alice", 11), 0);
+    let junk = StoredEvent {
+        seq: 12,
+        json: bytes::Bytes::from_static(b"not json"),
+    };
+    assert_eq!(super::count_unread(&[junk], "alice", 12), 0);
 }
