@@ -78,7 +78,17 @@ struct Inner {
 pub struct Access {
     inner: RwLock<Inner>,
     loader: RwLock<Option<Loader>>,
+    shared_loader: RwLock<Option<SharedLoader>>,
 }
+
+/// Finds, in the store, a room two users are both joined to (`(a, b)` ->
+/// a room id): presence is allowed between users who share a room, and
+/// after a restart the broker has loaded none of their rooms yet.
+pub type SharedLoader = Arc<
+    dyn Fn(String, String) -> Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Access {
     pub fn new() -> Self {
@@ -88,6 +98,21 @@ impl Access {
     /// Installs the loader used by [`Access::ensure`].
     pub fn set_loader(&self, loader: Loader) {
         *self.loader.write() = Some(loader);
+    }
+
+    /// Sets where [`Access::find_shared`] looks.
+    pub fn set_shared_loader(&self, loader: SharedLoader) {
+        *self.shared_loader.write() = Some(loader);
+    }
+
+    /// A room `a` and `b` are both joined to, from the store (one load of
+    /// `budget`); `None` without a loader, a match, or budget.
+    pub async fn find_shared(&self, a: &str, b: &str, budget: &mut LoadBudget) -> Option<String> {
+        let loader = self.shared_loader.read().clone()?;
+        if !budget.take() {
+            return None;
+        }
+        loader(a.to_owned(), b.to_owned()).await.ok().flatten()
     }
 
     /// Sizes the cache of missing rooms (`cap` rooms, each for `ttl`).

@@ -178,6 +178,7 @@ impl Server {
             // store the first time it needs them (after a restart, or a
             // room it never heard of on `{prefix}/hooks/access`)
             let store = store::open(&cfg, &bridge_metrics).await?;
+            access.set_shared_loader(store::shared_loader(store.clone()));
             access.set_loader(store::loader(store));
         }
         if role.runs_broker() {
@@ -201,6 +202,7 @@ impl Server {
         server.store = Some(store.clone());
         let sink: Arc<dyn AccessSink> = if role == Role::All {
             access.set_loader(store::loader(store.clone()));
+            access.set_shared_loader(store::shared_loader(store.clone()));
             Arc::new(Sink(access.clone()))
         } else {
             Arc::new(NoSink)

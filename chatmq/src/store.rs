@@ -65,6 +65,24 @@ pub async fn migrate(cfg: &Settings) -> anyhow::Result<Vec<String>> {
 
 /// How the broker loads a room it has not seen: its kind and joined members,
 /// read from the store page by page.
+/// A room two users are both joined to (for presence after a restart).
+pub(crate) fn shared_loader(store: Arc<dyn Store>) -> broker::acl::SharedLoader {
+    Arc::new(move |a: String, b: String| {
+        let store = store.clone();
+        Box::pin(async move {
+            let joined = |rows: Vec<chat_bridge::store::Member>| {
+                rows.into_iter()
+                    .filter(|m| m.state == MemberState::Joined)
+                    .map(|m| m.room)
+                    .collect::<std::collections::BTreeSet<String>>()
+            };
+            let ra = joined(store.user_rooms(&a).await.map_err(|e| e.to_string())?);
+            let rb = joined(store.user_rooms(&b).await.map_err(|e| e.to_string())?);
+            Ok(ra.intersection(&rb).next().cloned())
+        })
+    })
+}
+
 pub(crate) fn loader(store: Arc<dyn Store>) -> Loader {
     Arc::new(move |room: String| {
         let store = store.clone();

@@ -93,3 +93,100 @@ async fn presence_is_retained_then_live() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// After a restart the broker has loaded nobody's rooms: a subscription to
+/// the presence of a user one shares a room with is still allowed (the
+/// broker finds the shared room in the store), and the presence comes at
+/// the subscription's QoS 1 (checked with mosquitto_sub, which prints it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_after_a_restart_at_qos_1() -> Result<()> {
+    if !tests::have("mosquitto_sub") {
+        eprintln!("SKIPPED presence_after_a_restart_at_qos_1: needs mosquitto_sub (apt install mosquitto-clients)");
+        return Ok(());
+    }
+    let mut srv = TestServer::start().await?;
+    {
+        let mut alice = srv.user_v4("alice", "alice-r").await?;
+        let mut bob = srv.user_v4("bob", "bob-r").await?;
+        group_room(&mut alice, "pr-restart", &mut [&mut bob]).await?;
+    }
+    srv.restart().await?;
+    let alice = srv.user_v4("alice", "alice-r2").await?;
+    // two messages: the current state, then alice leaving
+    let watch = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &srv.tcp_port().to_string()])
+        .args([
+            "-V",
+            "mqttv311",
+            "-u",
+            "bob",
+            "-P",
+            &tests::pw("bob"),
+            "-i",
+            "bob-mosq-r",
+        ])
+        .args(["-t", "chat/presence/alice", "-q", "1", "-C", "2", "-W", "8"])
+        .args(["-F", "%q %r %p"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    alice.disconnect().await;
+    drop(alice);
+    let out = watch.wait_with_output().await?;
+    let all = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut lines = all.lines();
+    let text = lines.next().unwrap_or_default().to_owned();
+    let live = lines.next().unwrap_or_default().to_owned();
+    assert!(
+        live.starts_with("1 0 ") && live.contains("\"online\":false"),
+        "the change comes live at QoS 1, not retained: {all:?}"
+    );
+    let mut parts = text.splitn(3, ' ');
+    let (qos, retained, payload) = (parts.next(), parts.next(), parts.next());
+    let v: Value = serde_json::from_str(payload.unwrap_or("null"))?;
+    assert_eq!(
+        v["online"],
+        true,
+        "bob may watch alice after a restart: {text:?} ({}; {})",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        retained,
+        Some("1"),
+        "the current state, flagged retained: {text:?}"
+    );
+    assert_eq!(
+        qos,
+        Some("1"),
+        "delivered at the subscription's QoS 1: {text:?}"
+    );
+    // somebody who shares no room with alice is still refused
+    let out = tokio::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &srv.tcp_port().to_string(),
+            "-V",
+            "mqttv311",
+        ])
+        .args([
+            "-u",
+            "carol",
+            "-P",
+            &tests::pw("carol"),
+            "-i",
+            "carol-mosq-r",
+        ])
+        .args(["-t", "chat/presence/alice", "-q", "1", "-C", "1", "-W", "2"])
+        .args(["-F", "%p"])
+        .output()
+        .await?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "carol shares no room with alice: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}

@@ -297,6 +297,7 @@ impl Session {
                     if let Some(room) = self.shared.authz.membership_room(&f.path, false) {
                         self.ensure(room).await;
                     }
+                    self.ensure_shared_room(&f.path).await;
                     match self.shared.authz.check_subscribe(
                         &self.principal,
                         &self.client_id,
@@ -519,39 +520,63 @@ impl Session {
     /// After a SUBACK: the current presence each granted filter matches (as
     /// a retained message would be), where this principal may receive it.
     fn current_presence(
-        &self,
+        &mut self,
         conn: &mut Conn,
         filters: &[(usize, String)],
         codes: &[SubscribeReasonCode],
     ) {
         for (pos, filter) in filters {
-            let granted = matches!(
-                codes.get(*pos),
-                Some(
-                    SubscribeReasonCode::QoS0
-                        | SubscribeReasonCode::QoS1
-                        | SubscribeReasonCode::QoS2
-                        | SubscribeReasonCode::Success(_)
-                )
-            );
-            if !granted {
-                continue;
-            }
+            let qos1 = match codes.get(*pos) {
+                Some(SubscribeReasonCode::QoS0) => false,
+                Some(SubscribeReasonCode::QoS1 | SubscribeReasonCode::QoS2) => true,
+                Some(SubscribeReasonCode::Success(q)) => *q != QoS::AtMostOnce,
+                _ => continue,
+            };
             for (topic, payload) in self.shared.presences.matching(filter) {
                 if !self.shared.authz.may_deliver(&self.principal, &topic) {
                     continue;
                 }
                 self.shared.metrics.publishes_out.inc();
-                conn.push(Packet::Publish(
-                    Publish::new(Bytes::from(topic), payload, true),
-                    None,
-                ));
+                let publish = Publish::new(Bytes::from(topic), payload, true);
+                if !qos1 {
+                    conn.push(Packet::Publish(publish, None));
+                    continue;
+                }
+                // at the subscription's QoS, numbered like direct deliveries
+                // (their PUBACKs never reach the router)
+                let pkid = self.direct_pkid;
+                self.direct_pkid = if pkid == u16::MAX {
+                    DIRECT_PKIDS
+                } else {
+                    pkid + 1
+                };
+                conn.push_qos1(publish, None, pkid);
             }
         }
     }
 
     /// Loads a room the packet names, if the broker does not know it yet,
     /// within this connection's load budget; counted in the metrics.
+    /// A subscription to another user's presence is allowed when the two
+    /// share a room; after a restart the broker knows none of their rooms
+    /// yet, so it asks the store for one and loads it.
+    async fn ensure_shared_room(&mut self, filter: &str) {
+        let Principal::User(me) = &self.principal else {
+            return;
+        };
+        let Some(other) = self.shared.presences.user_of(filter) else {
+            return;
+        };
+        let access = self.shared.authz.access();
+        if other == me.as_str() || other.contains(['+', '#']) || access.share_room(me, other) {
+            return;
+        }
+        let (me, other) = (me.clone(), other.to_owned());
+        if let Some(room) = access.find_shared(&me, &other, &mut self.loads).await {
+            self.ensure(&room).await;
+        }
+    }
+
     async fn ensure(&mut self, room: &str) {
         let got = self
             .shared
