@@ -205,11 +205,25 @@ pub(crate) fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// `history`: `room`, at most one of `before` / `after`, `limit`.
+/// `history`: `room`, at most one of `before` / `after`, `limit`, and
+/// `view` (`"readable"`: messages with edits, deletes, reactions and reply
+/// counts folded in; absent: the stored events).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub room: Option<String>,
     pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+}
+
+/// `thread`: `room`, `seq` (the thread's first message), `after` (a
+/// reply's seq, for the next page), `limit` replies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thread {
+    pub room: Option<String>,
+    pub seq: Option<u64>,
     pub after: Option<u64>,
     pub limit: Option<u64>,
 }
@@ -346,6 +360,13 @@ mod tests {
             before: Some(100),
             after: None,
             limit: Some(50),
+            view: Some("readable".into()),
+        })?;
+        again(Thread {
+            room: Some("r1".into()),
+            seq: Some(4),
+            after: Some(9),
+            limit: Some(20),
         })?;
         again(Sync {
             rooms: Some([("r1".to_owned(), 7)].into()),

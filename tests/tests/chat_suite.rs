@@ -727,9 +727,171 @@ pub(crate) async fn receipts_and_delivered_reach_members(store: Store) -> Result
     Ok(())
 }
 
+/// Publishes `v` on `c`'s send topic of room `v1`.
+async fn send(c: &tests::Client, v: Value) -> Result<()> {
+    c.publish_json(&format!("chat/rooms/v1/send/{}", c.user), &v)
+        .await
+}
+
+/// `history` with `"view": "readable"` folds edits, deletes, reactions and
+/// reply counts into the messages; `thread` returns a message and its
+/// replies. Checked against the raw stream, which keeps every event.
+pub(crate) async fn readable_view_and_threads(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v4("alice", "alice-view").await?;
+    let mut bob = srv.user_v4("bob", "bob-view").await?;
+    alice.subscribe_own().await?;
+    bob.subscribe_own().await?;
+    tests::group_room(&mut alice, "v1", &mut [&mut bob]).await?;
+    alice.subscribe_ok("chat/rooms/v1/events").await?;
+    send(&alice, json!({"msg_id": "root", "body": "lunch?"})).await?;
+    let root = seq_of(&alice.recv_msg("v1", "alice", "root").await?);
+    send(&bob, json!({"msg_id": "other", "body": "unrelated"})).await?;
+    let other = seq_of(&alice.recv_msg("v1", "bob", "other").await?);
+    send(
+        &bob,
+        json!({"msg_id": "r1", "body": "yes", "reply_to": root}),
+    )
+    .await?;
+    alice.recv_msg("v1", "bob", "r1").await?;
+    send(
+        &alice,
+        json!({"msg_id": "e1", "type": "edit", "target": root, "body": "lunch at 12?"}),
+    )
+    .await?;
+    alice.recv_msg("v1", "alice", "e1").await?;
+    for (who, id, emoji) in [
+        ("bob", "x1", "👍"),
+        ("alice", "x2", "👍"),
+        ("bob", "x3", "🍕"),
+    ] {
+        let c = if who == "bob" { &bob } else { &alice };
+        send(
+            c,
+            json!({"msg_id": id, "type": "reaction", "target": root, "emoji": emoji}),
+        )
+        .await?;
+        alice.recv_msg("v1", who, id).await?;
+    }
+    send(
+        &bob,
+        json!({"msg_id": "x4", "type": "reaction", "target": root, "emoji": "🍕", "remove": true}),
+    )
+    .await?;
+    alice.recv_msg("v1", "bob", "x4").await?;
+    send(
+        &bob,
+        json!({"msg_id": "d1", "type": "delete", "target": other}),
+    )
+    .await?;
+    alice.recv_msg("v1", "bob", "d1").await?;
+    send(
+        &alice,
+        json!({"msg_id": "r2", "body": "great", "reply_to": root}),
+    )
+    .await?;
+    alice.recv_msg("v1", "alice", "r2").await?;
+
+    let view = alice
+        .rpc(
+            "history",
+            json!({"room": "v1", "view": "readable", "limit": 100}),
+        )
+        .await?;
+    let events = view["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .all(|e| !["edit", "reaction", "delete"].contains(&e["type"].as_str().unwrap_or(""))),
+        "no edit, reaction or delete events of their own: {view}"
+    );
+    let by_id = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["msg_id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let r = by_id("root");
+    assert_eq!(
+        (r["body"].as_str(), r["edited"].as_bool()),
+        (Some("lunch at 12?"), Some(true)),
+        "{r}"
+    );
+    assert_eq!(
+        r["reactions"],
+        json!([{"emoji": "👍", "count": 2, "mine": true}]),
+        "{r}"
+    );
+    assert_eq!(r["replies"], json!(2), "{r}");
+    let o = by_id("other");
+    assert_eq!(o["deleted"], json!(true), "{o}");
+    assert!(o.get("body").is_none(), "a tombstone: {o}");
+    assert_eq!(view["folded_to"], view["head"], "{view}");
+    // the raw stream still has every event
+    let raw = alice
+        .rpc("history", json!({"room": "v1", "limit": 100}))
+        .await?;
+    assert!(
+        raw["events"].as_array().map_or(0, Vec::len) > events.len(),
+        "{raw}"
+    );
+    let bad = alice
+        .rpc_err("history", json!({"room": "v1", "view": "pretty"}))
+        .await?;
+    assert_eq!(bad, "bad_request");
+
+    // the thread: the root and its two replies, readable
+    let t = bob
+        .rpc("thread", json!({"room": "v1", "seq": root}))
+        .await?;
+    assert_eq!(t["root"]["body"], "lunch at 12?", "{t}");
+    assert_eq!(
+        t["root"]["reactions"][0]["mine"],
+        json!(true),
+        "bob reacted 👍: {t}"
+    );
+    let replies: Vec<&str> = t["replies"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["msg_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(replies, ["r1", "r2"], "{t}");
+    assert_eq!(t["has_more"], json!(false));
+    let page = bob
+        .rpc("thread", json!({"room": "v1", "seq": root, "limit": 1}))
+        .await?;
+    assert_eq!(
+        (
+            page["replies"].as_array().map(Vec::len),
+            page["has_more"].as_bool()
+        ),
+        (Some(1), Some(true)),
+        "{page}"
+    );
+    assert_eq!(
+        bob.rpc_err("thread", json!({"room": "v1", "seq": other + 1000}))
+            .await?,
+        "not_found"
+    );
+    let mut carol = srv.user_v4("carol", "carol-view").await?;
+    carol.subscribe_own().await?;
+    let e = carol
+        .rpc_err("thread", json!({"room": "v1", "seq": root}))
+        .await?;
+    assert_eq!(e, "not_member");
+    Ok(())
+}
+
 /// One `#[tokio::test]` per check of this suite, each on `$store`.
 macro_rules! chat_suite {
     ($store:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn readable_view_and_threads() -> anyhow::Result<()> {
+            $crate::chat_suite::readable_view_and_threads($store).await
+        }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn unread_counts_only_others_messages() -> anyhow::Result<()> {
             $crate::chat_suite::unread_counts_only_others_messages($store).await

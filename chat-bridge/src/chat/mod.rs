@@ -27,6 +27,7 @@ mod send;
 mod target;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use direct::{direct_room_id, in_direct_pair, reserved_room_id, DIRECT_PREFIX};
 
@@ -372,6 +373,7 @@ impl Chat {
         use wire::params;
         match method {
             "history" => self.history(user, params(payload)?).await,
+            "thread" => self.thread(user, params(payload)?).await,
             "sync" => self.sync(user, params(payload)?).await,
             "rooms.create" => self.create(user, params(payload)?, out).await,
             "rooms.join" => self.join(user, params(payload)?, out).await,

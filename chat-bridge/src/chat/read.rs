@@ -36,7 +36,7 @@ impl Chat {
     }
 
     /// A page size field: the configured default when absent, else 1..=max.
-    fn page_limit(&self, value: Option<u64>, field: &str) -> Result<usize, Refusal> {
+    pub(super) fn page_limit(&self, value: Option<u64>, field: &str) -> Result<usize, Refusal> {
         let max = self.sizes.history_max;
         match value {
             None => Ok(self.sizes.history_default),
@@ -55,6 +55,13 @@ impl Chat {
             (None, None) => Range::Latest,
         };
         self.readable_room(user, &room).await?;
+        match p.view.as_deref() {
+            None | Some("events") => {}
+            Some("readable") => {
+                return self.readable_history(room, range, limit, user).await;
+            }
+            Some(_) => return Err(Refusal::bad("view must be \"events\" or \"readable\"")),
+        }
         let page = self.store.read(&room, range, limit).await?;
         let mut budget = wire::REPLY_EVENTS_MAX;
         let (events, cut) = fit(&page.events, range, &mut budget);
@@ -215,7 +222,7 @@ impl Chat {
 /// end the reader continues from (the oldest for `after`, the newest
 /// otherwise), so paging on from it never skips an event; whether it was
 /// cut. The budget shrinks by what was taken.
-fn fit<'a>(
+pub(super) fn fit<'a>(
     events: &'a [crate::store::StoredEvent],
     range: Range,
     budget: &mut usize,

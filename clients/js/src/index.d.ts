@@ -61,6 +61,10 @@ export interface RoomEvent {
   emoji?: string;
   remove?: boolean;
   deleted?: boolean;
+  /** readable view: edited, reactions added up, reply count */
+  edited?: boolean;
+  reactions?: { emoji: string; count: number; mine: boolean }[];
+  replies?: number;
   action?: "join" | "leave" | "invite" | "kick" | "ban" | "unban" | "mute" | "role";
   user?: string;
   meta?: Record<string, unknown>;
@@ -210,7 +214,15 @@ export class ChatClient {
   refreshRooms(): Promise<ListEntry[]>;
   roomList(): RoomSummary[];
   unread(room: string): number;
-  history(room: string, page?: { before?: number; after?: number; limit?: number }): Promise<HistoryResult>;
+  history(
+    room: string,
+    page?: { before?: number; after?: number; limit?: number; view?: "events" | "readable" },
+  ): Promise<HistoryResult & { folded_to?: number }>;
+  thread(
+    room: string,
+    seq: number,
+    page?: { after?: number; limit?: number },
+  ): Promise<{ room: string; root: RoomEvent; replies: RoomEvent[]; has_more: boolean; scanned_to: number }>;
 
   send(room: string, body: string, opts?: { replyTo?: number; meta?: Record<string, unknown>; msgId?: string }): SendPromise;
   edit(room: string, target: number, body: string): SendPromise;

@@ -560,9 +560,18 @@ export class ChatClient {
     return this.rooms.get(room)?.unread ?? 0;
   }
 
-  /** Older events for infinite scroll: the page before `before` (seq). */
-  history(room, { before, after, limit } = {}) {
-    return this.request("history", { room, before, after, limit: limit ?? this.historyPage });
+  /**
+   * Older events for infinite scroll: the page before `before` (seq).
+   * `view: "readable"`: messages with edits, deletes, reactions and reply
+   * counts folded in by the server.
+   */
+  history(room, { before, after, limit, view } = {}) {
+    return this.request("history", { room, before, after, limit: limit ?? this.historyPage, view });
+  }
+
+  /** A message and its replies (`reply_to`), readable. */
+  thread(room, seq, { after, limit } = {}) {
+    return this.request("thread", { room, seq, after, limit });
   }
 
   // ---- sending ------------------------------------------------------------
