@@ -57,6 +57,10 @@ pub struct BridgeConfig {
     pub history_limit_default: usize,
     /// Largest `history` page (and `sync` `limit_per_room`), at most 1000.
     pub history_limit_max: usize,
+    /// Direct rooms: `false` (the default) joins the other user at once;
+    /// `true` invites them (an inbox notice) and they accept with
+    /// `rooms.join`, so nobody is put in a conversation without consent.
+    pub direct_needs_acceptance: bool,
 }
 
 impl Default for BridgeConfig {
@@ -75,6 +79,7 @@ impl Default for BridgeConfig {
             meta_max_bytes: l.meta_max,
             history_limit_default: l.history_default,
             history_limit_max: l.history_max,
+            direct_needs_acceptance: false,
         }
     }
 }

@@ -214,6 +214,7 @@ impl Server {
         let chat = Arc::new(
             Chat::new(store.clone(), &cfg.broker.prefix, sink, limits)
                 .with_limits(cfg.bridge.limits())
+                .with_direct_acceptance(cfg.bridge.direct_needs_acceptance)
                 .with_metrics(bridge_metrics),
         );
         ready_tx.send_replace(false);

@@ -885,9 +885,68 @@ pub(crate) async fn readable_view_and_threads(store: Store) -> Result<()> {
     Ok(())
 }
 
+/// With `bridge.direct_needs_acceptance`, a direct room invites the other
+/// user (an inbox notice) instead of joining them: they read nothing until
+/// they accept with `rooms.join`, and may decline by leaving.
+pub(crate) async fn direct_rooms_can_need_acceptance(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder
+        .toml("[bridge]\ndirect_needs_acceptance = true\n")
+        .start()
+        .await?;
+    let mut alice = srv.user_v4("alice", "alice-dm-acc").await?;
+    let mut bob = srv.user_v4("bob", "bob-dm-acc").await?;
+    alice.subscribe_own().await?;
+    bob.subscribe_own().await?;
+    let created = alice
+        .rpc(
+            "rooms.create",
+            json!({"kind": "direct", "members": ["bob"]}),
+        )
+        .await?;
+    let room = created["room"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let notice = bob
+        .recv_inbox("the invitation", |v| {
+            v["type"] == "invited" && v["room"] == json!(room)
+        })
+        .await?;
+    assert_eq!(notice["by"], "alice", "{notice}");
+    let list = bob.rpc("rooms.list", json!({})).await?;
+    let entry = list["rooms"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["room"] == json!(room)))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        entry["state"], "invited",
+        "not joined without consent: {list}"
+    );
+    alice.send(&room, "dm1", "hello bob").await?;
+    let e = bob.rpc_err("history", json!({"room": room})).await?;
+    assert_eq!(e, "not_member", "nothing is read before accepting");
+    bob.rpc("rooms.join", json!({"room": room})).await?;
+    let h = bob.rpc("history", json!({"room": room})).await?;
+    assert!(
+        h["events"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["msg_id"] == "dm1")),
+        "after accepting: {h}"
+    );
+    Ok(())
+}
+
 /// One `#[tokio::test]` per check of this suite, each on `$store`.
 macro_rules! chat_suite {
     ($store:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn direct_rooms_can_need_acceptance() -> anyhow::Result<()> {
+            $crate::chat_suite::direct_rooms_can_need_acceptance($store).await
+        }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn readable_view_and_threads() -> anyhow::Result<()> {
             $crate::chat_suite::readable_view_and_threads($store).await

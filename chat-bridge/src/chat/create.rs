@@ -143,7 +143,7 @@ impl Chat {
             if kind == RoomKind::Direct {
                 // the other user may have come in by their own create meanwhile
                 if self.store.member(id, m).await?.is_none() {
-                    self.direct_join(id, user, m, out).await?;
+                    self.direct_add(id, user, m, out).await?;
                 }
                 continue;
             }

@@ -104,12 +104,43 @@ impl Chat {
             }
         }
         if self.store.member(&id, other).await?.is_none() {
-            self.direct_join(&id, user, other, out).await?;
+            self.direct_add(&id, user, other, out).await?;
         }
         wire::result(&Created {
             room: existing,
             created: false,
         })
+    }
+
+    /// The other user of a new direct room: joined at once, or invited
+    /// (with an inbox notice) when direct rooms need acceptance.
+    pub(super) async fn direct_add(
+        &self,
+        room: &str,
+        actor: &str,
+        target: &str,
+        out: &mut Vec<Out>,
+    ) -> Result<u64, Refusal> {
+        if !self.direct_acceptance {
+            return self.direct_join(room, actor, target, out).await;
+        }
+        let change = MemberChange {
+            user: target.into(),
+            role: Role::Owner,
+            state: MemberState::Invited,
+            muted: false,
+        };
+        let seq = self
+            .member_event(room, actor, target, "invite", change, out)
+            .await?;
+        out.push(self.inbox_out(
+            target,
+            &schema::Inbox::Invited {
+                room: room.to_owned(),
+                by: actor.to_owned(),
+            },
+        ));
+        Ok(seq)
     }
 
     /// `target` joins the direct room `room` as one of its two owners.

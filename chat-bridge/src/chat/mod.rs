@@ -96,6 +96,8 @@ pub struct Chat {
     send_rate: rate::SendRate,
     counter: std::sync::atomic::AtomicU64,
     metrics: Arc<BridgeMetrics>,
+    /// Direct rooms invite the other user instead of joining them.
+    direct_acceptance: bool,
 }
 
 pub fn now_ms() -> u64 {
@@ -122,6 +124,7 @@ impl Chat {
             sink,
             sizes: wire::Limits::default(),
             send_rate: rate::SendRate::new(limits),
+            direct_acceptance: false,
             counter: Default::default(),
             metrics: BridgeMetrics::unregistered(),
         }
@@ -130,6 +133,12 @@ impl Chat {
     /// Uses `sizes` instead of the default size and page limits.
     pub fn with_limits(mut self, sizes: wire::Limits) -> Self {
         self.sizes = sizes;
+        self
+    }
+
+    /// Direct rooms invite the other user, who accepts with `rooms.join`.
+    pub fn with_direct_acceptance(mut self, on: bool) -> Self {
+        self.direct_acceptance = on;
         self
     }
 
