@@ -124,12 +124,7 @@ impl Chat {
         if !self.direct_acceptance {
             return self.direct_join(room, actor, target, out).await;
         }
-        let change = MemberChange {
-            user: target.into(),
-            role: Role::Owner,
-            state: MemberState::Invited,
-            muted: false,
-        };
+        let change = owner(target, MemberState::Invited);
         let seq = self
             .member_event(room, actor, target, "invite", change, out)
             .await?;
@@ -151,14 +146,19 @@ impl Chat {
         target: &str,
         out: &mut Vec<Out>,
     ) -> Result<u64, Refusal> {
-        let change = MemberChange {
-            user: target.into(),
-            role: Role::Owner,
-            state: MemberState::Joined,
-            muted: false,
-        };
+        let change = owner(target, MemberState::Joined);
         self.member_event(room, actor, target, "join", change, out)
             .await
+    }
+}
+
+/// `user` as one of a direct room's two owners, in `state`.
+fn owner(user: &str, state: MemberState) -> MemberChange {
+    MemberChange {
+        user: user.into(),
+        role: Role::Owner,
+        state,
+        muted: false,
     }
 }
 
