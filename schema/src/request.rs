@@ -236,6 +236,10 @@ pub struct Sync {
     pub limit_per_room: Option<u64>,
     pub joined_limit: Option<u64>,
     pub joined_after: Option<String>,
+    /// `"readable"`: each room's events as `history`'s readable view (not
+    /// for cursors: folded events leave gaps in `seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
 }
 
 /// `rooms.create`: `room` (groups and channels; the server picks one when
@@ -373,6 +377,7 @@ mod tests {
             limit_per_room: Some(10),
             joined_limit: Some(5),
             joined_after: Some("r0".into()),
+            view: None,
         })?;
         again(Create {
             room: Some("r1".into()),

@@ -839,6 +839,33 @@ pub(crate) async fn readable_view_and_threads(store: Store) -> Result<()> {
         raw["events"].as_array().map_or(0, Vec::len) > events.len(),
         "{raw}"
     );
+    // sync takes the same view for each room
+    let s = alice
+        .rpc("sync", json!({"rooms": {"v1": 0}, "view": "readable"}))
+        .await?;
+    let folded = s["rooms"]["v1"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let root_in_sync = folded
+        .iter()
+        .find(|e| e["msg_id"] == "root")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(root_in_sync["body"], "lunch at 12?", "{s}");
+    assert_eq!(root_in_sync["replies"], json!(2), "{s}");
+    assert!(folded.iter().all(|e| e["type"] != "reaction"), "{s}");
+    let raw_sync = alice.rpc("sync", json!({"rooms": {"v1": 0}})).await?;
+    assert!(
+        raw_sync["rooms"]["v1"]["events"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["type"] == "reaction")),
+        "a plain sync keeps every event: {raw_sync}"
+    );
+    let bad = alice
+        .rpc_err("sync", json!({"rooms": {}, "view": "pretty"}))
+        .await?;
+    assert_eq!(bad, "bad_request");
     let bad = alice
         .rpc_err("history", json!({"room": "v1", "view": "pretty"}))
         .await?;

@@ -92,6 +92,11 @@ impl Chat {
         p: Sync,
         max: usize,
     ) -> Result<SyncResult<Box<RawValue>>, Refusal> {
+        let readable = match p.view.as_deref() {
+            None | Some("events") => false,
+            Some("readable") => true,
+            Some(_) => return Err(Refusal::bad("view must be \"events\" or \"readable\"")),
+        };
         // each cursor is an unsigned integer: `wire::params` saw to it
         let cursors = p.rooms.unwrap_or_default();
         if cursors.len() > 1000 {
@@ -139,13 +144,18 @@ impl Chat {
                     };
                     let from = read.max(cursor);
                     let unread = self.unread(room, user, from, page.head).await?;
-                    SyncRoom::Page {
+                    let events = if readable {
+                        self.readable_events(room, user, events, page.head).await?
+                    } else {
                         // the stored bytes as they are (a copy, not a parse)
-                        events: events
+                        events
                             .iter()
                             .filter_map(raw_event)
                             .map(ToOwned::to_owned)
-                            .collect(),
+                            .collect()
+                    };
+                    SyncRoom::Page {
+                        events,
                         head: page.head,
                         has_more: page.has_more || cut,
                         unread,

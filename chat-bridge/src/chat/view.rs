@@ -11,8 +11,9 @@
 //!
 //! and no edit, reaction or delete events of their own. The fold reads the
 //! page and up to [`FOLD_SCAN`] events after it; `folded_to` says how far
-//! (the head when it saw everything). `thread` returns a message and its
-//! replies, folded the same way.
+//! (the head when it saw everything). `sync` takes the same `view` for each
+//! room's events. `thread` returns a message and its replies, folded the
+//! same way.
 
 use super::{raw_event, Chat};
 use crate::store::{Range, StoredEvent};
@@ -127,6 +128,30 @@ pub(super) fn fold(shown: &[StoredEvent], later: &[StoredEvent], user: &str) -> 
 }
 
 impl Chat {
+    /// `shown` (a page of `room`, ascending) as the readable view, folding
+    /// up to [`FOLD_SCAN`] events after it: for `sync`'s readable view.
+    pub(super) async fn readable_events(
+        &self,
+        room: &str,
+        user: &str,
+        shown: &[StoredEvent],
+        head: u64,
+    ) -> Result<Vec<Box<RawValue>>, Refusal> {
+        let last = shown.last().map_or(0, |e| e.seq);
+        let later = if last > 0 && last < head {
+            self.store
+                .read(room, Range::After(last), FOLD_SCAN)
+                .await?
+                .events
+        } else {
+            Vec::new()
+        };
+        Ok(fold(shown, &later, user)
+            .iter()
+            .filter_map(|v| serde_json::value::to_raw_value(v).ok())
+            .collect())
+    }
+
     /// `history` with `"view": "readable"` (see the module).
     pub(super) async fn readable_history(
         &self,
