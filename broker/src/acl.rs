@@ -210,13 +210,18 @@ impl Access {
             .is_some_and(|r| r.0 || r.1.contains(user))
     }
 
-    /// True when both users are joined members of at least one common room.
+    /// True when both users are joined members of at least one common room
+    /// that is not a channel: presence is shared in groups and direct
+    /// rooms, never across a channel (a channel of 10,000 members would let
+    /// each watch all the others).
     pub fn share_room(&self, a: &str, b: &str) -> bool {
         let g = self.inner.read();
         match (g.user_rooms.get(a), g.user_rooms.get(b)) {
             (Some(x), Some(y)) => {
                 let (small, big) = if x.len() <= y.len() { (x, y) } else { (y, x) };
-                small.iter().any(|r| big.contains(r))
+                small
+                    .iter()
+                    .any(|r| big.contains(r) && !g.rooms.get(r).is_some_and(|room| room.0))
             }
             _ => false,
         }

@@ -78,7 +78,14 @@ pub(crate) fn shared_loader(store: Arc<dyn Store>) -> broker::acl::SharedLoader 
             };
             let ra = joined(store.user_rooms(&a).await.map_err(|e| e.to_string())?);
             let rb = joined(store.user_rooms(&b).await.map_err(|e| e.to_string())?);
-            Ok(ra.intersection(&rb).next().cloned())
+            // a channel shares no presence (Access::share_room)
+            for room in ra.intersection(&rb) {
+                let info = store.room(room).await.map_err(|e| e.to_string())?;
+                if info.is_some_and(|i| i.kind != RoomKind::Channel) {
+                    return Ok(Some(room.clone()));
+                }
+            }
+            Ok(None)
         })
     })
 }

@@ -190,3 +190,37 @@ async fn presence_after_a_restart_at_qos_1() -> Result<()> {
     );
     Ok(())
 }
+
+/// A channel shares no presence: two members of a channel (which may have
+/// thousands) cannot watch each other through it, while a group does
+/// allow it. Presence is never fanned out to a large channel's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_shares_no_presence() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-ch").await?;
+    let mut bob = srv.user_v4("bob", "bob-ch").await?;
+    alice
+        .rpc(
+            "rooms.create",
+            serde_json::json!({"room": "big", "kind": "channel", "title": "everyone"}),
+        )
+        .await?;
+    bob.rpc("rooms.join", serde_json::json!({"room": "big"}))
+        .await?;
+    assert!(
+        !bob.subscribe("chat/presence/alice").await?,
+        "a channel in common does not share presence"
+    );
+    group_room(&mut alice, "small", &mut [&mut bob]).await?;
+    assert!(
+        bob.subscribe("chat/presence/alice").await?,
+        "a group in common does"
+    );
+    let m = bob
+        .recv_until("alice's presence", TIMEOUT, |m| {
+            m.topic == "chat/presence/alice"
+        })
+        .await?;
+    assert_eq!(m.json()["online"], true);
+    Ok(())
+}
