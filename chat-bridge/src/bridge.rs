@@ -100,6 +100,25 @@ pub struct Taken {
     pub origin: u64,
 }
 
+impl Taken {
+    /// A publish rumqttc received on broker connection `origin`.
+    pub(crate) fn from_publish(p: Publish, origin: u64) -> Taken {
+        let (response_topic, corr) = match p.properties {
+            Some(props) => (props.response_topic, props.correlation_data),
+            None => (None, None),
+        };
+        Taken {
+            topic: p.topic,
+            payload: p.payload,
+            response_topic,
+            corr,
+            qos: p.qos as u8,
+            pkid: p.pkid,
+            origin,
+        }
+    }
+}
+
 /// Where the bridge's messages go: its publishes and its acknowledgements.
 #[async_trait]
 pub trait Outlet: Send + Sync + 'static {
@@ -230,19 +249,7 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.backlog.inc();
-                let (response_topic, corr) = match p.properties {
-                    Some(props) => (props.response_topic, props.correlation_data),
-                    None => (None, None),
-                };
-                let t = Taken {
-                    topic: p.topic,
-                    payload: p.payload,
-                    response_topic,
-                    corr,
-                    qos: p.qos as u8,
-                    pkid: p.pkid,
-                    origin: 0,
-                };
+                let t = Taken::from_publish(p, 0);
                 if tx.send(t).await.is_err() {
                     break;
                 }

@@ -500,13 +500,21 @@ impl Session {
             conn.push(Packet::Publish(publish, props));
             return;
         }
+        let pkid = self.next_direct_pkid();
+        conn.push_qos1(publish, props, pkid);
+    }
+
+    /// The packet id of the next QoS 1 publish the connection layer sends
+    /// itself (direct deliveries, current presence): from [`DIRECT_PKIDS`]
+    /// up, so their PUBACKs never reach the router.
+    fn next_direct_pkid(&mut self) -> u16 {
         let pkid = self.direct_pkid;
         self.direct_pkid = if pkid == u16::MAX {
             DIRECT_PKIDS
         } else {
             pkid + 1
         };
-        conn.push_qos1(publish, props, pkid);
+        pkid
     }
 
     /// The session ended: a persistent one keeps its direct topics (and
@@ -543,13 +551,7 @@ impl Session {
                     continue;
                 }
                 // at the subscription's QoS, numbered like direct deliveries
-                // (their PUBACKs never reach the router)
-                let pkid = self.direct_pkid;
-                self.direct_pkid = if pkid == u16::MAX {
-                    DIRECT_PKIDS
-                } else {
-                    pkid + 1
-                };
+                let pkid = self.next_direct_pkid();
                 conn.push_qos1(publish, None, pkid);
             }
         }

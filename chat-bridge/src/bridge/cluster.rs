@@ -549,16 +549,12 @@ async fn connection(
                 tokio::spawn(async move { brokers.publish_on(&c, outs).await });
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let Some((_, topic)) = std::str::from_utf8(&p.topic)
+                let topic = std::str::from_utf8(&p.topic)
                     .ok()
                     .and_then(|t| schema::cluster::unpart(&ctx.prefix, t))
-                    .or_else(|| {
-                        // the drain request is not a partition topic
-                        Some((0, String::from_utf8_lossy(&p.topic).into_owned()))
-                    })
-                else {
-                    continue;
-                };
+                    .map(|(_, t)| t)
+                    // the drain request is not a partition topic
+                    .unwrap_or_else(|| String::from_utf8_lossy(&p.topic).into_owned());
                 if p.qos == QoS::AtMostOnce {
                     // typing: relayed to every broker at once, never acked
                     for c in ctx.brokers.up() {
@@ -576,19 +572,9 @@ async fn connection(
                     continue;
                 };
                 ctx.brokers.metrics.backlog.inc();
-                let (response_topic, corr) = match p.properties {
-                    Some(props) => (props.response_topic, props.correlation_data),
-                    None => (None, None),
-                };
-                let t = Taken {
-                    topic: Bytes::from(topic),
-                    payload: p.payload,
-                    response_topic,
-                    corr,
-                    qos: p.qos as u8,
-                    pkid: p.pkid,
-                    origin: id,
-                };
+                let mut p = p;
+                p.topic = Bytes::from(topic);
+                let t = Taken::from_publish(p, id);
                 if sender.send(t).await.is_err() {
                     tx = None;
                 }

@@ -11,7 +11,7 @@ use crate::store::{MemberChange, MemberState, Role, RoomInfo, RoomKind};
 use crate::wire::{self, Code, Refusal};
 use schema::request::Create;
 use schema::result::Created;
-use schema::{AccessHook, Inbox, RawValue};
+use schema::{AccessHook, RawValue};
 
 impl Chat {
     /// `rooms.create`: `kind` (`group` by default, `direct`, `channel`),
@@ -147,21 +147,7 @@ impl Chat {
                 }
                 continue;
             }
-            let invite = MemberChange {
-                user: m.clone(),
-                role: Role::Member,
-                state: MemberState::Invited,
-                muted: false,
-            };
-            self.member_event(id, user, m, "invite", invite, out)
-                .await?;
-            out.push(self.inbox_out(
-                m,
-                &Inbox::Invited {
-                    room: id.clone(),
-                    by: user.to_owned(),
-                },
-            ));
+            self.invite_member(id, user, m, Role::Member, out).await?;
         }
         Ok(())
     }

@@ -124,18 +124,8 @@ impl Chat {
         if !self.direct_acceptance {
             return self.direct_join(room, actor, target, out).await;
         }
-        let change = owner(target, MemberState::Invited);
-        let seq = self
-            .member_event(room, actor, target, "invite", change, out)
-            .await?;
-        out.push(self.inbox_out(
-            target,
-            &schema::Inbox::Invited {
-                room: room.to_owned(),
-                by: actor.to_owned(),
-            },
-        ));
-        Ok(seq)
+        self.invite_member(room, actor, target, Role::Owner, out)
+            .await
     }
 
     /// `target` joins the direct room `room` as one of its two owners.
@@ -146,19 +136,14 @@ impl Chat {
         target: &str,
         out: &mut Vec<Out>,
     ) -> Result<u64, Refusal> {
-        let change = owner(target, MemberState::Joined);
+        let change = MemberChange {
+            user: target.into(),
+            role: Role::Owner,
+            state: MemberState::Joined,
+            muted: false,
+        };
         self.member_event(room, actor, target, "join", change, out)
             .await
-    }
-}
-
-/// `user` as one of a direct room's two owners, in `state`.
-fn owner(user: &str, state: MemberState) -> MemberChange {
-    MemberChange {
-        user: user.into(),
-        role: Role::Owner,
-        state,
-        muted: false,
     }
 }
 

@@ -180,28 +180,38 @@ impl Chat {
             _ => {}
         }
         let seq = self
-            .member_event(
-                &room,
-                user,
-                &target,
-                "invite",
-                MemberChange {
-                    user: target.clone(),
-                    role: Role::Member,
-                    state: MemberState::Invited,
-                    muted: false,
-                },
-                out,
-            )
+            .invite_member(&room, user, &target, Role::Member, out)
+            .await?;
+        wire::result(&SeqResult::new(seq))
+    }
+
+    /// `actor` invites `target` to `room` with `role`: the membership event
+    /// and an `invited` notice in the target's inbox.
+    pub(super) async fn invite_member(
+        &self,
+        room: &str,
+        actor: &str,
+        target: &str,
+        role: Role,
+        out: &mut Vec<Out>,
+    ) -> Result<u64, Refusal> {
+        let change = MemberChange {
+            user: target.to_owned(),
+            role,
+            state: MemberState::Invited,
+            muted: false,
+        };
+        let seq = self
+            .member_event(room, actor, target, "invite", change, out)
             .await?;
         out.push(self.inbox_out(
-            &target,
+            target,
             &Inbox::Invited {
-                room,
-                by: user.to_owned(),
+                room: room.to_owned(),
+                by: actor.to_owned(),
             },
         ));
-        wire::result(&SeqResult::new(seq))
+        Ok(seq)
     }
 
     pub(super) async fn members(&self, user: &str, p: Members) -> Result<Box<RawValue>, Refusal> {
