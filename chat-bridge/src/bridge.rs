@@ -61,6 +61,8 @@ pub struct BridgeConfig {
     /// `true` invites them (an inbox notice) and they accept with
     /// `rooms.join`, so nobody is put in a conversation without consent.
     pub direct_needs_acceptance: bool,
+    /// `[bridge.retention]`: how long events and idempotency keys are kept.
+    pub retention: crate::chat::retention::RetentionConfig,
 }
 
 impl Default for BridgeConfig {
@@ -80,6 +82,7 @@ impl Default for BridgeConfig {
             history_limit_default: l.history_default,
             history_limit_max: l.history_max,
             direct_needs_acceptance: false,
+            retention: Default::default(),
         }
     }
 }

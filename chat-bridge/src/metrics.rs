@@ -39,6 +39,10 @@ pub const METHODS: &[&str] = &[
     "rooms.members",
     "read",
     "delivered",
+    "thread",
+    "users.block",
+    "users.unblock",
+    "users.blocks",
 ];
 
 /// The bridge's meters.
@@ -75,6 +79,10 @@ pub struct BridgeMetrics {
     pub store_read_seconds: HistogramVec,
     /// Store calls that failed, by operation.
     pub store_errors: IntCounterVec,
+    /// Events retention removed.
+    pub retention_events: IntCounter,
+    /// Idempotency keys the sweep forgot.
+    pub retention_keys: IntCounter,
 }
 
 /// Registers `c` in `r` and returns it.
@@ -225,6 +233,16 @@ impl BridgeMetrics {
                 "Store calls that failed, by operation",
                 &["op"],
             ),
+            retention_events: counter(
+                r,
+                "chatmq_retention_events_removed_total",
+                "Events removed by retention ([bridge.retention])",
+            ),
+            retention_keys: counter(
+                r,
+                "chatmq_retention_keys_forgotten_total",
+                "Idempotency keys forgotten by the retention sweep",
+            ),
         })
     }
 
@@ -372,6 +390,45 @@ impl Store for MeteredStore {
             .await
     }
 
+    async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError> {
+        self.read_op("is_blocked", self.inner.is_blocked(user, target))
+            .await
+    }
+
+    async fn set_blocked(&self, user: &str, target: &str, on: bool) -> Result<(), StoreError> {
+        self.read_op("set_blocked", self.inner.set_blocked(user, target, on))
+            .await
+    }
+
+    async fn blocked_users(&self, user: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.read_op("blocked_users", self.inner.blocked_users(user, limit))
+            .await
+    }
+
+    async fn rooms_page(
+        &self,
+        cursor: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<crate::store::RoomsPage, StoreError> {
+        self.read_op("rooms_page", self.inner.rooms_page(cursor, limit))
+            .await
+    }
+
+    async fn expired(&self, room: &str) -> Result<crate::store::Expired, StoreError> {
+        self.read_op("expired", self.inner.expired(room)).await
+    }
+
+    async fn expire(
+        &self,
+        room: &str,
+        keys: Vec<crate::store::KeyAt>,
+        keys_before: u64,
+        events_before: u64,
+    ) -> Result<crate::store::Expired, StoreError> {
+        let f = self.inner.expire(room, keys, keys_before, events_before);
+        self.read_op("expire", f).await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.read_op("flush", self.inner.flush()).await
     }
@@ -399,7 +456,7 @@ mod tests {
         m.store_errors.with_label_values(&["append"]).inc();
         m.received.with_label_values(&["send"]).inc();
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert_eq!(names.len(), 15, "{names:?}");
+        assert_eq!(names.len(), 17, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("chatmq_")));
         assert_eq!(BridgeMetrics::method_label("rooms.join"), "rooms.join");
         assert_eq!(BridgeMetrics::method_label("x.evil/room-id"), "other");

@@ -215,8 +215,26 @@ impl Server {
             Chat::new(store.clone(), &cfg.broker.prefix, sink, limits)
                 .with_limits(cfg.bridge.limits())
                 .with_direct_acceptance(cfg.bridge.direct_needs_acceptance)
+                .with_retention(cfg.bridge.retention.clone())
                 .with_metrics(bridge_metrics),
         );
+        // retention's sweep: a cluster's bridge sweeps its partitions' rooms
+        let owns: Box<dyn Fn(&str) -> bool + Send + Sync> = if cfg.cluster.enabled() {
+            let hostname = std::env::var("HOSTNAME").ok();
+            let ordinal = cfg
+                .cluster
+                .ordinal(hostname.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let (parts, bridges) = (cfg.cluster.partitions, cfg.cluster.bridges.max(1));
+            Box::new(move |room| schema::cluster::partition(room, parts) % bridges == ordinal)
+        } else {
+            Box::new(|_| true)
+        };
+        tokio::spawn(chat_bridge::chat::retention::run_sweeper(
+            chat.clone(),
+            owns,
+            bridge_stop_rx.clone(),
+        ));
         ready_tx.send_replace(false);
         let mut bridge_ready = ready_tx.subscribe();
         let ready_probe = ready_tx.subscribe();

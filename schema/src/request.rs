@@ -289,6 +289,12 @@ pub struct Members {
     pub after: Option<String>,
 }
 
+/// `users.block`, `users.unblock`: the other `user`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserParam {
+    pub user: Option<String>,
+}
+
 /// `read`, `delivered`: the `room` and the `seq` the marker moves to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marker {

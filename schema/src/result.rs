@@ -48,6 +48,10 @@ pub struct HistoryResult<E> {
     pub events: Vec<E>,
     pub head: u64,
     pub has_more: bool,
+    /// Retention removed the events before these: there is nothing older
+    /// to page back to, though the stream did not start here.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
 }
 
 /// `sync`: per named room its [`SyncRoom`]; a page of the rooms the user is
@@ -73,6 +77,10 @@ pub enum SyncRoom<E> {
         head: u64,
         has_more: bool,
         unread: u64,
+        /// Retention removed events after the cursor: `events` starts
+        /// later than the cursor's next seq, and what lies between is gone.
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncated: bool,
     },
     /// `{"left":true,"error":{..}}`
     Left { left: bool, error: ErrorBody },
@@ -156,8 +164,10 @@ mod tests {
             events: vec![raw],
             head: 1,
             has_more: false,
+            truncated: false,
         };
         let s = serde_json::to_string(&h)?;
+        assert!(!s.contains("truncated"), "only said when true: {s}");
         // the stored bytes, as they are
         assert!(s.contains(EV), "{s}");
         let back: HistoryResult<Event> = serde_json::from_str(&s)?;
@@ -171,6 +181,7 @@ mod tests {
                 head: 1,
                 has_more: false,
                 unread: 1,
+                truncated: true,
             },
         );
         rooms.insert(
@@ -263,4 +274,18 @@ mod tests {
             moved: true,
         })
     }
+}
+
+/// `users.block`, `users.unblock`: the other user and whether the caller
+/// blocks them now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockResult {
+    pub user: String,
+    pub blocked: bool,
+}
+
+/// `users.blocks`: the users the caller blocks, in id order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlocksResult {
+    pub users: Vec<String>,
 }

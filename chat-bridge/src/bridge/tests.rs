@@ -106,6 +106,36 @@ impl Store for Gate {
     async fn markers(&self, room: &str, user: &str) -> Result<Markers, StoreError> {
         self.inner.markers(room, user).await
     }
+    async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError> {
+        self.inner.is_blocked(user, target).await
+    }
+    async fn set_blocked(&self, user: &str, target: &str, on: bool) -> Result<(), StoreError> {
+        self.inner.set_blocked(user, target, on).await
+    }
+    async fn blocked_users(&self, user: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.inner.blocked_users(user, limit).await
+    }
+    async fn rooms_page(
+        &self,
+        cursor: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<crate::store::RoomsPage, StoreError> {
+        self.inner.rooms_page(cursor, limit).await
+    }
+    async fn expired(&self, room: &str) -> Result<crate::store::Expired, StoreError> {
+        self.inner.expired(room).await
+    }
+    async fn expire(
+        &self,
+        room: &str,
+        keys: Vec<crate::store::KeyAt>,
+        keys_before: u64,
+        events_before: u64,
+    ) -> Result<crate::store::Expired, StoreError> {
+        self.inner
+            .expire(room, keys, keys_before, events_before)
+            .await
+    }
     async fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush().await
     }

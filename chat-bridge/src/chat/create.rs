@@ -34,6 +34,14 @@ impl Chat {
         if members.len() > 1000 {
             return Err(Refusal::bad("at most 1000 members at creation"));
         }
+        // nobody who blocks the creator (or whom the creator blocks) is
+        // made a member: refused before anything is created
+        for chunk in members.chunks(64) {
+            futures_util::future::try_join_all(
+                chunk.iter().map(|m| self.check_not_blocked(user, m)),
+            )
+            .await?;
+        }
         let title = p.title.map(|t| t.chars().take(256).collect::<String>());
         let id = match kind {
             RoomKind::Direct => {

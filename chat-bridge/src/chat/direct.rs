@@ -121,6 +121,7 @@ impl Chat {
         target: &str,
         out: &mut Vec<Out>,
     ) -> Result<u64, Refusal> {
+        self.check_not_blocked(actor, target).await?;
         if !self.direct_acceptance {
             return self.direct_join(room, actor, target, out).await;
         }

@@ -17,11 +17,13 @@ use schema::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod block;
 mod create;
 mod direct;
 mod page;
 mod rate;
 mod read;
+pub mod retention;
 mod rooms;
 mod send;
 mod target;
@@ -98,6 +100,8 @@ pub struct Chat {
     metrics: Arc<BridgeMetrics>,
     /// Direct rooms invite the other user instead of joining them.
     direct_acceptance: bool,
+    /// Retention of events and idempotency keys.
+    retention: retention::RetentionConfig,
 }
 
 pub fn now_ms() -> u64 {
@@ -125,6 +129,7 @@ impl Chat {
             sizes: wire::Limits::default(),
             send_rate: rate::SendRate::new(limits),
             direct_acceptance: false,
+            retention: Default::default(),
             counter: Default::default(),
             metrics: BridgeMetrics::unregistered(),
         }
@@ -139,6 +144,12 @@ impl Chat {
     /// Direct rooms invite the other user, who accepts with `rooms.join`.
     pub fn with_direct_acceptance(mut self, on: bool) -> Self {
         self.direct_acceptance = on;
+        self
+    }
+
+    /// Removes old events and forgets old idempotency keys (see `retention`).
+    pub fn with_retention(mut self, r: retention::RetentionConfig) -> Self {
+        self.retention = r;
         self
     }
 
@@ -393,6 +404,9 @@ impl Chat {
                     .await
             }
             "rooms.list" => self.list(user, params(payload)?).await,
+            "users.block" => self.block(user, params(payload)?, true).await,
+            "users.unblock" => self.block(user, params(payload)?, false).await,
+            "users.blocks" => self.blocks(user).await,
             "rooms.members" => self.members(user, params(payload)?).await,
             "read" => {
                 self.marker(user, params(payload)?, MarkerKind::Read, out)

@@ -62,16 +62,53 @@ impl Chat {
             }
             Some(_) => return Err(Refusal::bad("view must be \"events\" or \"readable\"")),
         }
-        let page = self.store.read(&room, range, limit).await?;
+        let (page, truncated) = self.retained_read(&room, range, limit).await?;
         let mut budget = wire::REPLY_EVENTS_MAX;
         let (events, cut) = fit(&page.events, range, &mut budget);
+        let has_more = page.has_more || cut;
         // the stored bytes go into the reply as they are
         wire::result(&HistoryResult {
             room,
             events: raw_events(events),
             head: page.head,
-            has_more: page.has_more || cut,
+            has_more,
+            truncated: truncated && (matches!(range, Range::After(_)) || !has_more),
         })
+    }
+
+    /// A page of `room`'s stream as retention left it, and whether it is
+    /// `truncated`: for `after` a cursor whose next events are gone (the
+    /// page starts at the first one kept), else a page that reaches the
+    /// first event kept while older ones existed (`has_more` is then false).
+    pub(super) async fn retained_read(
+        &self,
+        room: &str,
+        range: Range,
+        limit: usize,
+    ) -> Result<(crate::store::Page, bool), Refusal> {
+        if !self.retention.any() {
+            return Ok((self.store.read(room, range, limit).await?, false));
+        }
+        let floor = self.store.expired(room).await?.events_before;
+        if floor <= 1 {
+            return Ok((self.store.read(room, range, limit).await?, false));
+        }
+        if let Range::After(a) = range {
+            if a.saturating_add(1) < floor {
+                let page = self
+                    .store
+                    .read(room, Range::After(floor - 1), limit)
+                    .await?;
+                return Ok((page, true));
+            }
+            return Ok((self.store.read(room, range, limit).await?, false));
+        }
+        let mut page = self.store.read(room, range, limit).await?;
+        let reaches = page.events.first().is_none_or(|e| e.seq <= floor);
+        if reaches {
+            page.has_more = false;
+        }
+        Ok((page, reaches))
     }
 
     /// `sync`: per named room (`rooms`: `{room: cursor}`) the events after
@@ -135,7 +172,7 @@ impl Chat {
             let entry = match self.readable_room(user, room).await {
                 Ok((_, m)) => {
                     let range = Range::After(cursor);
-                    let page = self.store.read(room, range, limit).await?;
+                    let (page, truncated) = self.retained_read(room, range, limit).await?;
                     let mut budget = max.saturating_sub(used);
                     let (events, cut) = fit(&page.events, range, &mut budget);
                     let read = match m {
@@ -159,6 +196,7 @@ impl Chat {
                         head: page.head,
                         has_more: page.has_more || cut,
                         unread,
+                        truncated,
                     }
                 }
                 Err(r) if r.code == Code::Unavailable => return Err(r),
@@ -279,6 +317,7 @@ mod tests {
             head: u64::MAX,
             has_more: true,
             unread: u64::MAX,
+            truncated: true,
         }];
         for message in [
             format!("you are not a member of {room}"),

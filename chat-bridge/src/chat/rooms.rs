@@ -195,6 +195,7 @@ impl Chat {
         role: Role,
         out: &mut Vec<Out>,
     ) -> Result<u64, Refusal> {
+        self.check_not_blocked(actor, target).await?;
         let change = MemberChange {
             user: target.to_owned(),
             role,

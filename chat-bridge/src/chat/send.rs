@@ -23,6 +23,8 @@ pub(super) struct SendCache {
     pub(super) members: HashMap<String, Option<Member>>,
     /// seq -> the message there (`None`: no message of this room there).
     pub(super) targets: HashMap<u64, Option<Target>>,
+    /// Whether a block stands between a direct room's two users.
+    blocked: Option<bool>,
 }
 
 /// What a send's answer needs once the store has spoken.
@@ -126,12 +128,18 @@ impl Chat {
                 .await,
             );
         }
-        // the events move to the store; `prepared` keeps whether each was valid
+        // the events move to the store; `prepared` keeps whether each was
+        // valid (and, with an idempotency window, a copy for a renewed send)
+        let window = self.retention.window().map(|w| w.as_millis() as u64);
         let mut events = Vec::with_capacity(prepared.len());
+        let mut copies = Vec::new();
         let prepared: Vec<(SendCtx, Result<(), Refusal>)> = prepared
             .into_iter()
             .map(|(ctx, r)| match r {
                 Ok(ev) => {
+                    if window.is_some() {
+                        copies.push(ev.clone());
+                    }
                     events.push(ev);
                     (ctx, Ok(()))
                 }
@@ -148,23 +156,53 @@ impl Chat {
                     .collect();
             }
         };
-        prepared
-            .into_iter()
-            .map(|(ctx, res)| {
-                let res = match res {
-                    Ok(_) => match appended.next() {
-                        Some(Ok(a)) => Ok(a.event),
+        let mut copies = copies.into_iter();
+        let mut out = Vec::with_capacity(prepared.len());
+        for (ctx, res) in prepared {
+            let res = match res {
+                Ok(_) => {
+                    let copy = copies.next();
+                    match appended.next() {
+                        Some(Ok(a)) => match (window, copy) {
+                            (Some(w), Some(ev)) if a.duplicate => {
+                                self.within_window(a, ev, w).await
+                            }
+                            _ => Ok(a.event),
+                        },
                         Some(Err(e)) => Err(Refusal::from(e)),
                         None => Err(Refusal::new(
                             Code::Unavailable,
                             "storage unavailable, retry later",
                         )),
-                    },
-                    Err(r) => Err(r),
-                };
-                self.finish_send(ctx, res)
-            })
-            .collect()
+                    }
+                }
+                Err(r) => Err(r),
+            };
+            out.push(self.finish_send(ctx, res));
+        }
+        out
+    }
+
+    /// A duplicate send under an idempotency window of `window` ms: the
+    /// original event while it is within the window; past it, the key is
+    /// forgotten and the send stored as a new event.
+    async fn within_window(
+        &self,
+        dup: crate::store::Appended,
+        ev: NewEvent,
+        window: u64,
+    ) -> Result<StoredEvent, Refusal> {
+        if super::retention::ts_of(&dup.event).saturating_add(window) > super::now_ms() {
+            return Ok(dup.event);
+        }
+        let key = crate::store::KeyAt {
+            from: ev.from.clone(),
+            msg_id: ev.msg_id.clone(),
+            seq: dup.event.seq,
+        };
+        // 0, 0: moves no retention bound, only forgets this key
+        self.store.expire(&ev.room, vec![key], 0, 0).await?;
+        Ok(self.store.append(ev).await?.event)
     }
 
     /// Validates a send and checks membership, mute/ban and rate; the event to append.
@@ -282,6 +320,20 @@ impl Chat {
                     format!("you are not a member of {room}"),
                 ))
             }
+        }
+        if cache.blocked.is_none() {
+            let kind = cache.room.as_ref().and_then(Option::as_ref).map(|r| r.kind);
+            let blocked = match kind {
+                Some(k) => self.direct_blocked(room, k).await?,
+                None => false,
+            };
+            cache.blocked = Some(blocked);
+        }
+        if cache.blocked == Some(true) {
+            return Err(Refusal::new(
+                Code::Forbidden,
+                "one of you blocks the other: no messages in this direct room",
+            ));
         }
         if !self.send_rate.take(user, room) {
             return Err(Refusal::new(

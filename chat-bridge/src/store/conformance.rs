@@ -8,8 +8,8 @@
 //! multi-thread runtime to exercise real concurrency.
 
 use super::{
-    Appended, MarkerKind, Markers, Member, MemberChange, MemberState, NewEvent, Page, Range, Role,
-    RoomInfo, RoomKind, Store, PAGE_MAX,
+    Appended, Expired, KeyAt, MarkerKind, Markers, Member, MemberChange, MemberState, NewEvent,
+    Page, Range, Role, RoomInfo, RoomKind, Store, PAGE_MAX,
 };
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +38,9 @@ macro_rules! for_each_conformance_check {
             flush_works,
             append_many_keeps_order,
             deletes_redact,
+            blocks,
+            rooms_pages_list_every_room,
+            retention_expires_oldest,
         );
     };
 }
@@ -898,4 +901,155 @@ pub async fn flush_works(store: Arc<dyn Store>) {
     assert_eq!(head(&store, &room).await, 3);
     let page = read(&store, &room, Range::Latest, 10).await;
     expect_page(&page, "after flush", 1..=3, false, 3);
+}
+
+/// Blocking: per ordered pair, idempotent both ways, listed in id order.
+pub async fn blocks(store: Arc<dyn Store>) {
+    let (a, b, c) = (uid("blocker"), uid("b"), uid("c"));
+    let is = |u: String, t: String| {
+        let store = store.clone();
+        async move {
+            store
+                .is_blocked(&u, &t)
+                .await
+                .unwrap_or_else(|e| panic!("is_blocked: {e}"))
+        }
+    };
+    assert!(!is(a.clone(), b.clone()).await, "nobody blocks at first");
+    for (t, on) in [(&b, true), (&b, true), (&c, true)] {
+        store
+            .set_blocked(&a, t, on)
+            .await
+            .unwrap_or_else(|e| panic!("set_blocked: {e}"));
+    }
+    assert!(is(a.clone(), b.clone()).await && is(a.clone(), c.clone()).await);
+    assert!(!is(b.clone(), a.clone()).await, "a block has a direction");
+    let listed = store.blocked_users(&a, 10).await.ok();
+    assert_eq!(listed, Some(vec![b.clone(), c.clone()]), "listed in order");
+    assert_eq!(
+        store.blocked_users(&a, 1).await.ok().map(|v| v.len()),
+        Some(1)
+    );
+    for _ in 0..2 {
+        store
+            .set_blocked(&a, &b, false)
+            .await
+            .unwrap_or_else(|e| panic!("unblock: {e}"));
+    }
+    assert!(!is(a.clone(), b.clone()).await, "unblocked");
+    assert_eq!(store.blocked_users(&a, 10).await.ok(), Some(vec![c]));
+}
+
+/// `rooms_page` walks every room once, with its kind.
+pub async fn rooms_pages_list_every_room(store: Arc<dyn Store>) {
+    let mut want = std::collections::HashMap::new();
+    for kind in [RoomKind::Group, RoomKind::Channel, RoomKind::Direct] {
+        let id = uid("listed");
+        let info = RoomInfo {
+            id: id.clone(),
+            kind,
+            title: None,
+            created_by: "u".into(),
+            created_ts: 1,
+        };
+        assert_eq!(store.create_room(info).await.ok(), Some(true));
+        want.insert(id, kind);
+    }
+    let mut cursor = None;
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..100_000 {
+        let page = store
+            .rooms_page(cursor, 2)
+            .await
+            .unwrap_or_else(|e| panic!("rooms_page: {e}"));
+        for (id, kind) in page.rooms {
+            assert!(seen.insert(id.clone(), kind).is_none(), "{id} listed twice");
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert!(cursor.is_none(), "the pages end");
+    for (id, kind) in want {
+        assert_eq!(seen.get(&id), Some(&kind), "{id}");
+    }
+}
+
+/// Retention removes the oldest events and their keys, never the head,
+/// never moves back, and forgets a key only while it points at its event.
+pub async fn retention_expires_oldest(store: Arc<dyn Store>) {
+    let room = uid("retain");
+    fill(&store, &room, 10).await;
+    store.flush().await.unwrap_or_else(|e| panic!("flush: {e}"));
+    let expired = |store: Arc<dyn Store>, room: String| async move {
+        store
+            .expired(&room)
+            .await
+            .unwrap_or_else(|e| panic!("expired: {e}"))
+    };
+    assert_eq!(
+        expired(store.clone(), room.clone()).await,
+        Expired::default()
+    );
+    let key = |i: u64| KeyAt {
+        from: "filler".into(),
+        msg_id: format!("m{}", i - 1),
+        seq: i,
+    };
+    let expire = |keys: Vec<KeyAt>, k: u64, e: u64| {
+        let (store, room) = (store.clone(), room.clone());
+        async move {
+            store
+                .expire(&room, keys, k, e)
+                .await
+                .unwrap_or_else(|err| panic!("expire: {err}"))
+        }
+    };
+    let got = expire((1..6).map(key).collect(), 6, 4).await;
+    let want = Expired {
+        events_before: 4,
+        keys_before: 6,
+    };
+    assert_eq!(got, want);
+    assert_eq!(expired(store.clone(), room.clone()).await, want);
+    let page = read(&store, &room, Range::After(0), 100).await;
+    assert_eq!(
+        seqs(&page),
+        (4..=10).collect::<Vec<_>>(),
+        "events 1..=3 are gone"
+    );
+    let page = read(&store, &room, Range::Latest, 100).await;
+    assert_eq!(seqs(&page), (4..=10).collect::<Vec<_>>());
+    assert_eq!(head(&store, &room).await, 10, "the head stays");
+    // m0's key (seq 1) is forgotten: the same msg_id is a new event
+    let again = append(&store, event(&room, "filler", "m0")).await;
+    assert_eq!((again.event.seq, again.duplicate), (11, false));
+    // m6's key (seq 7) is kept
+    let dup = append(&store, event(&room, "filler", "m6")).await;
+    assert_eq!((dup.event.seq, dup.duplicate), (7, true));
+    assert_eq!(
+        store
+            .lookup(&room, "filler", "m6")
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.seq),
+        Some(7)
+    );
+    // a key that points at a newer event is not forgotten with the old one
+    expire(vec![key(1)], 6, 4).await;
+    let dup = append(&store, event(&room, "filler", "m0")).await;
+    assert_eq!((dup.event.seq, dup.duplicate), (11, true));
+    // nothing moves back
+    assert_eq!(expire(Vec::new(), 1, 1).await, want);
+    // everything old, asked for: the head event stays
+    store.flush().await.unwrap_or_else(|e| panic!("flush: {e}"));
+    let all = expire((6..=10).map(key).collect(), 1000, 1000).await;
+    assert_eq!(all.events_before, 11, "up to the head, not past it");
+    assert!(all.keys_before >= all.events_before);
+    let page = read(&store, &room, Range::Latest, 100).await;
+    assert_eq!(seqs(&page), vec![11]);
+    let next = append(&store, event(&room, "filler", "after")).await;
+    assert_eq!((next.event.seq, next.duplicate), (12, false), "seq goes on");
 }

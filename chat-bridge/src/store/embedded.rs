@@ -30,6 +30,8 @@
 //! | `members`    | `lp(room) ++ user`               | `Member` JSON                   |
 //! | `user_rooms` | `lp(user) ++ room`               | `Member` JSON (same row)        |
 //! | `markers`    | `lp(room) ++ user`               | `read ++ delivered`             |
+//! | `blocks`     | `lp(user) ++ target`             | empty                           |
+//! | `expired`    | `room`                           | `events_before ++ keys_before`  |
 //!
 //! `members` and `user_rooms` are written in the same batch as the event
 //! that carries the change, so they never disagree; likewise the tombstone
@@ -40,8 +42,8 @@ mod keys;
 mod writer;
 
 use super::{
-    Appended, MarkerKind, Markers, Member, NewEvent, Page, Range, RoomInfo, Store, StoreError,
-    StoredEvent, PAGE_MAX,
+    Appended, Expired, KeyAt, MarkerKind, Markers, Member, NewEvent, Page, Range, RoomInfo,
+    RoomsPage, Store, StoreError, StoredEvent, PAGE_MAX,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -95,6 +97,8 @@ struct Tables {
     members: Keyspace,
     user_rooms: Keyspace,
     markers: Keyspace,
+    blocks: Keyspace,
+    expired: Keyspace,
 }
 
 /// The default [`Store`]: fjall on local disk, one writer thread with group commit.
@@ -124,6 +128,14 @@ fn head_in(snap: &Snapshot, events: &Keyspace, room: &str) -> Result<u64, StoreE
     }
 }
 
+/// What retention removed from a room, in a snapshot.
+fn expired_in(snap: &Snapshot, expired: &Keyspace, room: &str) -> Result<Expired, StoreError> {
+    match snap.get(expired, room.as_bytes()).map_err(engine_err)? {
+        Some(v) => keys::expired_of(&v),
+        None => Ok(Expired::default()),
+    }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store in `cfg.path` and starts its writer
     /// thread. Blocking (recovery reads the journal): call it once at
@@ -144,6 +156,8 @@ impl EmbeddedStore {
             members: ks("members")?,
             user_rooms: ks("user_rooms")?,
             markers: ks("markers")?,
+            blocks: ks("blocks")?,
+            expired: ks("expired")?,
             db: db.clone(),
         };
         let (tx, rx) = mpsc::channel();
@@ -309,15 +323,11 @@ impl Store for EmbeddedStore {
             return Ok(None);
         };
         let seq = keys::get_u64(&v)?;
+        // a key whose event retention removed is no key (see `expire`)
         let json = snap
             .get(&self.t.events, keys::event(room, seq)?)
-            .map_err(engine_err)?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "{room}: idempotency key points at missing seq {seq}"
-                ))
-            })?;
-        Ok(Some(StoredEvent {
+            .map_err(engine_err)?;
+        Ok(json.map(|json| StoredEvent {
             seq,
             json: Bytes::copy_from_slice(&json),
         }))
@@ -405,6 +415,90 @@ impl Store for EmbeddedStore {
             Some(v) => keys::markers_of(&v),
             None => Ok(Markers::default()),
         }
+    }
+
+    async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError> {
+        self.t
+            .db
+            .snapshot()
+            .contains_key(&self.t.blocks, keys::pair(user, target)?)
+            .map_err(engine_err)
+    }
+
+    async fn set_blocked(&self, user: &str, target: &str, on: bool) -> Result<(), StoreError> {
+        let (user, target) = (user.to_owned(), target.to_owned());
+        self.call(|reply| Cmd::Block {
+            user,
+            target,
+            on,
+            reply,
+        })
+        .await
+    }
+
+    async fn blocked_users(&self, user: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let prefix = keys::prefix(user)?;
+        self.blocking(move |t| {
+            let mut out = Vec::new();
+            for g in t.db.snapshot().prefix(&t.blocks, &prefix).take(limit) {
+                let k = g.key().map_err(engine_err)?;
+                let rest = k.get(prefix.len()..).unwrap_or_default();
+                out.push(String::from_utf8_lossy(rest).into_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn rooms_page(
+        &self,
+        cursor: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<RoomsPage, StoreError> {
+        let limit = limit.max(1);
+        self.blocking(move |t| {
+            let start = match cursor {
+                Some(c) => std::ops::Bound::Excluded(c),
+                None => std::ops::Bound::Unbounded,
+            };
+            let mut page = RoomsPage::default();
+            for g in
+                t.db.snapshot()
+                    .range(&t.rooms, (start, std::ops::Bound::Unbounded))
+            {
+                if page.rooms.len() == limit {
+                    page.next = page.rooms.last().map(|(id, _)| id.as_bytes().to_vec());
+                    break;
+                }
+                let (_, v) = g.into_inner().map_err(engine_err)?;
+                let info: RoomInfo = decode("room", &v)?;
+                page.rooms.push((info.id, info.kind));
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn expired(&self, room: &str) -> Result<Expired, StoreError> {
+        expired_in(&self.t.db.snapshot(), &self.t.expired, room)
+    }
+
+    async fn expire(
+        &self,
+        room: &str,
+        keys: Vec<KeyAt>,
+        keys_before: u64,
+        events_before: u64,
+    ) -> Result<Expired, StoreError> {
+        let room = room.to_owned();
+        self.call(|reply| Cmd::Expire {
+            room,
+            keys,
+            keys_before,
+            events_before,
+            reply,
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -157,6 +157,42 @@ pub enum MarkerKind {
     Delivered,
 }
 
+/// What retention has removed from a room so far ([`Store::expire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expired {
+    /// Events with a lower seq are gone: the first seq still stored (1 when
+    /// nothing expired).
+    pub events_before: u64,
+    /// Idempotency keys of events with a lower seq are gone (never below
+    /// `events_before`).
+    pub keys_before: u64,
+}
+
+impl Default for Expired {
+    fn default() -> Self {
+        Self {
+            events_before: 1,
+            keys_before: 1,
+        }
+    }
+}
+
+/// One idempotency key to forget, and the seq it must still point at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAt {
+    pub from: String,
+    pub msg_id: String,
+    pub seq: u64,
+}
+
+/// A page of [`Store::rooms_page`]: room ids and kinds, and where the next
+/// page starts (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoomsPage {
+    pub rooms: Vec<(String, RoomKind)>,
+    pub next: Option<Vec<u8>>,
+}
+
 /// Durable storage behind the bridge. Shared as `Arc<dyn Store>`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -225,6 +261,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user's markers in a room.
     async fn markers(&self, room: &str, user: &str) -> Result<Markers, StoreError>;
+
+    /// Whether `user` blocks `target`.
+    async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError>;
+
+    /// `user` blocks (`on`) or unblocks `target`; idempotent.
+    async fn set_blocked(&self, user: &str, target: &str, on: bool) -> Result<(), StoreError>;
+
+    /// The users `user` blocks, ordered by id, at most `limit`.
+    async fn blocked_users(&self, user: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Every room's id and kind, a page at a time, for retention's sweep:
+    /// `cursor` is the `next` of the previous page (`None`: the first).
+    async fn rooms_page(
+        &self,
+        cursor: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<RoomsPage, StoreError>;
+
+    /// What retention has removed from `room` so far.
+    async fn expired(&self, room: &str) -> Result<Expired, StoreError>;
+
+    /// Retention: forgets the idempotency keys `keys` (each only while it
+    /// still points at its `seq`) and deletes the events with seq below
+    /// `events_before`, then records the new [`Expired`] with `keys_before`.
+    /// The room's head event is never deleted (the head, and so the next
+    /// seq, must survive), and nothing moves back: the result is the
+    /// stored state after the call. The caller passes the keys of every
+    /// event in `[expired.keys_before, keys_before)`, with
+    /// `events_before <= keys_before`.
+    async fn expire(
+        &self,
+        room: &str,
+        keys: Vec<KeyAt>,
+        keys_before: u64,
+        events_before: u64,
+    ) -> Result<Expired, StoreError>;
 
     /// Makes everything appended so far durable regardless of the fsync policy
     /// (used on shutdown).

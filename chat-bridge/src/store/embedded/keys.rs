@@ -1,6 +1,6 @@
 //! Key and value encodings of the embedded store (layout: see `embedded.rs`).
 
-use super::super::{Markers, StoreError};
+use super::super::{Expired, Markers, StoreError};
 
 /// Appends `s` as a u16 big-endian length followed by its bytes, so a
 /// component followed by more key bytes is unambiguous and a prefix scan on
@@ -75,6 +75,27 @@ pub(super) fn markers_of(v: &[u8]) -> Result<Markers, StoreError> {
         }),
         _ => Err(StoreError::Corrupt(format!(
             "markers: expected 16 bytes, got {}",
+            v.len()
+        ))),
+    }
+}
+
+/// Retention value: `events_before (u64 BE) ++ keys_before (u64 BE)`.
+pub(super) fn expired_value(e: Expired) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&e.events_before.to_be_bytes());
+    v[8..].copy_from_slice(&e.keys_before.to_be_bytes());
+    v
+}
+
+pub(super) fn expired_of(v: &[u8]) -> Result<Expired, StoreError> {
+    match (v.get(..8), v.get(8..)) {
+        (Some(e), Some(k)) if v.len() == 16 => Ok(Expired {
+            events_before: get_u64(e)?,
+            keys_before: get_u64(k)?,
+        }),
+        _ => Err(StoreError::Corrupt(format!(
+            "expired: expected 16 bytes, got {}",
             v.len()
         ))),
     }

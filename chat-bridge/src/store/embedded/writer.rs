@@ -8,7 +8,8 @@
 //! and forgets the cached heads it touched.
 
 use super::super::{
-    Appended, MarkerKind, Markers, Member, NewEvent, RoomInfo, StoreError, StoredEvent,
+    Appended, Expired, KeyAt, MarkerKind, Markers, Member, NewEvent, RoomInfo, StoreError,
+    StoredEvent,
 };
 use super::{engine_err, keys, FsyncPolicy, Tables};
 use bytes::Bytes;
@@ -34,6 +35,19 @@ pub(super) enum Cmd {
         seq: u64,
         reply: Reply<(Markers, bool)>,
     },
+    Block {
+        user: String,
+        target: String,
+        on: bool,
+        reply: Reply<()>,
+    },
+    Expire {
+        room: String,
+        keys: Vec<KeyAt>,
+        keys_before: u64,
+        events_before: u64,
+        reply: Reply<Expired>,
+    },
     Flush(Reply<()>),
 }
 
@@ -42,6 +56,8 @@ enum Done {
     Append(Reply<Appended>, Result<Appended, StoreError>),
     Room(Reply<bool>, Result<bool, StoreError>),
     Marker(Reply<(Markers, bool)>, Result<(Markers, bool), StoreError>),
+    Unit(Reply<()>, Result<(), StoreError>),
+    Expired(Reply<Expired>, Result<Expired, StoreError>),
     Flush(Reply<()>),
 }
 
@@ -59,6 +75,8 @@ impl Done {
             Done::Append(tx, r) => drop(tx.send(pick(r, failed))),
             Done::Room(tx, r) => drop(tx.send(pick(r, failed))),
             Done::Marker(tx, r) => drop(tx.send(pick(r, failed))),
+            Done::Unit(tx, r) => drop(tx.send(pick(r, failed))),
+            Done::Expired(tx, r) => drop(tx.send(pick(r, failed))),
             Done::Flush(tx) => drop(tx.send(pick(Ok(()), failed))),
         }
     }
@@ -71,6 +89,8 @@ struct Pending {
     idem: HashMap<Vec<u8>, StoredEvent>,
     rooms: HashSet<String>,
     markers: HashMap<Vec<u8>, Markers>,
+    /// Retention state written in this batch, by room.
+    expired: HashMap<String, Expired>,
     /// Tombstones written in this batch, by event key (rare: deletes only).
     redacted: HashMap<Vec<u8>, Bytes>,
     /// Rooms whose cached head moved in this batch.
@@ -178,6 +198,30 @@ impl Writer {
                     reply,
                     self.marker(&snap, &mut batch, &mut p, &room, &user, kind, seq),
                 ),
+                Cmd::Block {
+                    user,
+                    target,
+                    on,
+                    reply,
+                } => Done::Unit(reply, self.block(&mut batch, &user, &target, on)),
+                Cmd::Expire {
+                    room,
+                    keys,
+                    keys_before,
+                    events_before,
+                    reply,
+                } => Done::Expired(
+                    reply,
+                    self.expire(
+                        &snap,
+                        &mut batch,
+                        &mut p,
+                        &room,
+                        &keys,
+                        keys_before,
+                        events_before,
+                    ),
+                ),
                 Cmd::Flush(tx) => {
                     flush = true;
                     Done::Flush(tx)
@@ -232,23 +276,20 @@ impl Writer {
         }
         if let Some(v) = snap.get(&self.t.idem, &ik).map_err(engine_err)? {
             let seq = keys::get_u64(&v)?;
-            let json = snap
+            // a key whose event retention removed is no key (see `expire`)
+            if let Some(json) = snap
                 .get(&self.t.events, keys::event(&ev.room, seq)?)
                 .map_err(engine_err)?
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "{}: idempotency key points at missing seq {seq}",
-                        ev.room
-                    ))
-                })?;
-            let event = StoredEvent {
-                seq,
-                json: Bytes::copy_from_slice(&json),
-            };
-            return Ok(Appended {
-                event,
-                duplicate: true,
-            });
+            {
+                let event = StoredEvent {
+                    seq,
+                    json: Bytes::copy_from_slice(&json),
+                };
+                return Ok(Appended {
+                    event,
+                    duplicate: true,
+                });
+            }
         }
         let seq = self
             .head(snap, &ev.room)?
@@ -396,5 +437,75 @@ impl Writer {
         );
         p.markers.insert(key, m);
         Ok((m, true))
+    }
+
+    fn block(
+        &mut self,
+        batch: &mut fjall::OwnedWriteBatch,
+        user: &str,
+        target: &str,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        let key = keys::pair(user, target)?;
+        if on {
+            batch.insert(&self.t.blocks, key, b"".as_slice());
+        } else {
+            batch.remove(&self.t.blocks, key);
+        }
+        Ok(())
+    }
+
+    /// See [`crate::store::Store::expire`]. Events are deleted up to the
+    /// committed head (exclusive) only; keys only while they point at their seq.
+    #[allow(clippy::too_many_arguments)]
+    fn expire(
+        &mut self,
+        snap: &Snapshot,
+        batch: &mut fjall::OwnedWriteBatch,
+        p: &mut Pending,
+        room: &str,
+        forget: &[KeyAt],
+        keys_before: u64,
+        events_before: u64,
+    ) -> Result<Expired, StoreError> {
+        let cur = match p.expired.get(room) {
+            Some(e) => *e,
+            None => super::expired_in(snap, &self.t.expired, room)?,
+        };
+        let head = super::head_in(snap, &self.t.events, room)?;
+        let events_before = events_before.min(head).max(cur.events_before);
+        let next = Expired {
+            events_before,
+            keys_before: keys_before.max(cur.keys_before).max(events_before),
+        };
+        for k in forget {
+            let ik = keys::idem(room, &k.from, &k.msg_id)?;
+            let points_at = match p.idem.get(&ik) {
+                Some(e) => Some(e.seq),
+                None => match snap.get(&self.t.idem, &ik).map_err(engine_err)? {
+                    Some(v) => Some(keys::get_u64(&v)?),
+                    None => None,
+                },
+            };
+            if points_at == Some(k.seq) {
+                batch.remove(&self.t.idem, ik.clone());
+                p.idem.remove(&ik);
+            }
+        }
+        if events_before > cur.events_before {
+            let r = keys::event(room, cur.events_before)?..keys::event(room, events_before)?;
+            for g in snap.range(&self.t.events, r) {
+                batch.remove(&self.t.events, g.key().map_err(engine_err)?);
+            }
+        }
+        if next != cur {
+            batch.insert(
+                &self.t.expired,
+                room.as_bytes(),
+                keys::expired_value(next).as_slice(),
+            );
+            p.expired.insert(room.to_owned(), next);
+        }
+        Ok(next)
     }
 }

@@ -12,10 +12,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Every migration, in order: (version, CQL text). Never edit a released one.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "001_init",
-    include_str!("../../../../schema/cql/001_init.cql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "001_init",
+        include_str!("../../../../schema/cql/001_init.cql"),
+    ),
+    (
+        "002_blocks_retention",
+        include_str!("../../../../schema/cql/002_blocks_retention.cql"),
+    ),
+];
 
 /// What `${tablets}` becomes on ScyllaDB versions that know tablets.
 const NO_TABLETS: &str = "AND tablets = {'enabled': false}";
@@ -274,6 +280,12 @@ mod tests {
                 "room_index"
             ]
         );
+        let later: Vec<String> = MIGRATIONS[1..]
+            .iter()
+            .flat_map(|(_, text)| statements(text, "ks_test", "{}"))
+            .collect();
+        assert!(later.iter().all(|s| s.contains("IF NOT EXISTS")));
+        assert_eq!(later.len(), 2, "{later:?}");
         let messages = all
             .iter()
             .find(|s| s.contains(".messages ("))

@@ -13,6 +13,8 @@
 //! | `user_rooms`   | `member`                | `room`        | `Member` (same row)                    |
 //! | `markers`      | `(room, member)`        |               | `read_seq`, `delivered_seq`            |
 //! | `room_index`   | `room`                  |               | `indexed` (see Repair)                 |
+//! | `user_blocks`  | `member`                | `blocked`     | who `member` blocks                    |
+//! | `room_expired` | `room`                  |               | what retention removed (`retain.rs`)   |
 //!
 //! `bucket = seq / BUCKET_SIZE`: a partition holds at most [`BUCKET_SIZE`] events.
 //!
@@ -97,6 +99,7 @@ mod lwt;
 mod migrate;
 mod place;
 mod read;
+mod retain;
 mod stmts;
 mod tls;
 
@@ -104,8 +107,8 @@ pub use config::{ScyllaConfig, DEFAULT_REPLICATION};
 pub use migrate::{detect, migrate, Migrated, Server, MIGRATIONS};
 
 use super::{
-    Appended, MarkerKind, Markers, Member, NewEvent, Page, Range, RoomInfo, Store, StoreError,
-    StoredEvent,
+    Appended, Expired, KeyAt, MarkerKind, Markers, Member, NewEvent, Page, Range, RoomInfo,
+    RoomsPage, Store, StoreError, StoredEvent,
 };
 use async_trait::async_trait;
 use scylla::client::session::Session;
@@ -281,6 +284,42 @@ impl Store for ScyllaStore {
 
     async fn markers(&self, room: &str, user: &str) -> Result<Markers, StoreError> {
         read::markers(&self.inner, room, user).await
+    }
+
+    async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError> {
+        retain::is_blocked(&self.inner, user, target).await
+    }
+
+    async fn set_blocked(&self, user: &str, target: &str, on: bool) -> Result<(), StoreError> {
+        retain::set_blocked(&self.inner, user, target, on).await
+    }
+
+    async fn blocked_users(&self, user: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        retain::blocked_users(&self.inner, user, limit).await
+    }
+
+    /// A page is the driver's page (up to 1,000 rooms, token order);
+    /// `limit` is not used.
+    async fn rooms_page(
+        &self,
+        cursor: Option<Vec<u8>>,
+        _limit: usize,
+    ) -> Result<RoomsPage, StoreError> {
+        retain::rooms_page(&self.inner, cursor).await
+    }
+
+    async fn expired(&self, room: &str) -> Result<Expired, StoreError> {
+        retain::expired(&self.inner, room).await
+    }
+
+    async fn expire(
+        &self,
+        room: &str,
+        keys: Vec<KeyAt>,
+        keys_before: u64,
+        events_before: u64,
+    ) -> Result<Expired, StoreError> {
+        retain::expire(&self.inner, room, keys, keys_before, events_before).await
     }
 
     /// A point read of `room_index` at a key no room has (room ids are

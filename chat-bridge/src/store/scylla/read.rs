@@ -264,7 +264,7 @@ pub(super) fn enum_str<T: serde::Serialize>(v: &T) -> Result<String, StoreError>
     }
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(
+pub(super) fn parse_enum<T: serde::de::DeserializeOwned>(
     what: &str,
     s: Option<String>,
 ) -> Result<T, StoreError> {

@@ -61,6 +61,22 @@ pub(super) type PayloadRow = (Option<Vec<u8>>, Option<i64>);
 /// `payload_put`: timestamp, payload, room, bucket, seq.
 pub(super) type PayloadPut<'a> = (i64, &'a [u8], &'a str, i64, i64);
 
+/// `expired_put_*`: timestamp, value, room.
+pub(super) type ExpiredPut<'a> = (i64, i64, &'a str);
+/// `expired_get`: events_before, keys_before.
+pub(super) type ExpiredRow = (Option<i64>, Option<i64>);
+/// `idem_del`: room, sender, msg_id.
+pub(super) type IdemDel<'a> = (&'a str, &'a str, &'a str);
+/// `events_del`: room, bucket, seq below.
+pub(super) type EventsDel<'a> = (&'a str, i64, i64);
+/// `rooms_all`: room, kind.
+pub(super) type RoomKindRow = (String, Option<String>);
+/// `blocks_list`: member, limit.
+pub(super) type BlocksPage<'a> = (&'a str, i32);
+
+/// Rows per page when retention lists every room.
+pub(super) const ROOMS_PAGE_ROWS: i32 = 1000;
+
 /// Rows per page of a history or repair read (a page holds at most
 /// `PAGE_MAX` events anyway; this bounds one response to ~200 payloads).
 pub(super) const EVENT_PAGE_ROWS: i32 = 200;
@@ -102,10 +118,20 @@ pub(super) struct Stmts {
     pub(super) marker_delivered_put: PreparedStatement,
     pub(super) payload_get: PreparedStatement,
     pub(super) payload_put: PreparedStatement,
+    pub(super) block_get: PreparedStatement,
+    pub(super) block_put: PreparedStatement,
+    pub(super) block_del: PreparedStatement,
+    pub(super) blocks_list: PreparedStatement,
+    pub(super) rooms_all: PreparedStatement,
+    pub(super) expired_get: PreparedStatement,
+    pub(super) expired_put_events: PreparedStatement,
+    pub(super) expired_put_keys: PreparedStatement,
+    pub(super) idem_del: PreparedStatement,
+    pub(super) events_del: PreparedStatement,
 }
 
 /// (CQL with `{ks}` for the keyspace, how it runs, page size).
-const CQL: [(&str, Kind, i32); 22] = [
+const CQL: [(&str, Kind, i32); 32] = [
     (
         "INSERT INTO {ks}.messages (room, bucket, seq, sender, msg_id, ts, payload, member_change) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
@@ -230,6 +256,58 @@ const CQL: [(&str, Kind, i32); 22] = [
         Kind::Idempotent,
         0,
     ),
+    (
+        "SELECT blocked FROM {ks}.user_blocks WHERE member = ? AND blocked = ?",
+        Kind::Idempotent,
+        0,
+    ),
+    (
+        "INSERT INTO {ks}.user_blocks (member, blocked) VALUES (?, ?)",
+        Kind::Idempotent,
+        0,
+    ),
+    (
+        "DELETE FROM {ks}.user_blocks WHERE member = ? AND blocked = ?",
+        Kind::Idempotent,
+        0,
+    ),
+    (
+        "SELECT blocked FROM {ks}.user_blocks WHERE member = ? LIMIT ?",
+        Kind::Idempotent,
+        0,
+    ),
+    (
+        "SELECT room, kind FROM {ks}.rooms",
+        Kind::Idempotent,
+        ROOMS_PAGE_ROWS,
+    ),
+    (
+        "SELECT events_before, keys_before FROM {ks}.room_expired WHERE room = ?",
+        Kind::Idempotent,
+        0,
+    ),
+    // Each cell only moves forward: written with its value as its timestamp.
+    (
+        "UPDATE {ks}.room_expired USING TIMESTAMP ? SET events_before = ? WHERE room = ?",
+        Kind::Idempotent,
+        0,
+    ),
+    (
+        "UPDATE {ks}.room_expired USING TIMESTAMP ? SET keys_before = ? WHERE room = ?",
+        Kind::Idempotent,
+        0,
+    ),
+    (
+        "DELETE FROM {ks}.idempotency WHERE room = ? AND sender = ? AND msg_id = ?",
+        Kind::Idempotent,
+        0,
+    ),
+    // A range delete: one range tombstone per bucket, never row by row.
+    (
+        "DELETE FROM {ks}.messages WHERE room = ? AND bucket = ? AND seq < ?",
+        Kind::Idempotent,
+        0,
+    ),
 ];
 
 impl Stmts {
@@ -284,6 +362,16 @@ impl Stmts {
             marker_delivered_put: next()?,
             payload_get: next()?,
             payload_put: next()?,
+            block_get: next()?,
+            block_put: next()?,
+            block_del: next()?,
+            blocks_list: next()?,
+            rooms_all: next()?,
+            expired_get: next()?,
+            expired_put_events: next()?,
+            expired_put_keys: next()?,
+            idem_del: next()?,
+            events_del: next()?,
         })
     }
 }
@@ -425,7 +513,7 @@ mod tests {
     #[test]
     fn statements_match_the_schema() {
         let s = schema();
-        assert_eq!(s.len(), 8, "tables: {:?}", s.keys());
+        assert_eq!(s.len(), 10, "tables: {:?}", s.keys());
         check::<InsertEvent<'_>, ()>(0, &s);
         check::<SeqRange<'_>, SlotRow>(1, &s);
         check::<Bucket<'_>, (i64,)>(2, &s);
@@ -448,5 +536,15 @@ mod tests {
         check::<MarkerPut<'_>, ()>(19, &s);
         check::<EventAt<'_>, PayloadRow>(20, &s);
         check::<PayloadPut<'_>, ()>(21, &s);
+        check::<Key2<'_>, (String,)>(22, &s);
+        check::<Key2<'_>, ()>(23, &s);
+        check::<Key2<'_>, ()>(24, &s);
+        check::<BlocksPage<'_>, (String,)>(25, &s);
+        check::<(), RoomKindRow>(26, &s);
+        check::<Key1<'_>, ExpiredRow>(27, &s);
+        check::<ExpiredPut<'_>, ()>(28, &s);
+        check::<ExpiredPut<'_>, ()>(29, &s);
+        check::<IdemDel<'_>, ()>(30, &s);
+        check::<EventsDel<'_>, ()>(31, &s);
     }
 }
