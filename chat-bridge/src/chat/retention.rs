@@ -112,7 +112,7 @@ impl Chat {
     pub async fn sweep(
         &self,
         now_ms: u64,
-        owns: &dyn Fn(&str) -> bool,
+        owns: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<Swept, StoreError> {
         let mut total = Swept::default();
         if !self.retention.any() {
