@@ -967,9 +967,224 @@ pub(crate) async fn direct_rooms_can_need_acceptance(store: Store) -> Result<()>
     Ok(())
 }
 
+/// Blocking keeps a user away from the blocker: no direct room, no
+/// invitation, no membership at creation, no message in an existing direct
+/// room (either way); unblocking lifts it.
+pub(crate) async fn blocking_keeps_a_user_away(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder.start().await?;
+    let mut alice = srv.user_v4("alice", "alice-block").await?;
+    let mut bob = srv.user_v4("bob", "bob-block").await?;
+    alice.subscribe_own().await?;
+    bob.subscribe_own().await?;
+    // a direct room from before the block
+    let dm = alice
+        .rpc(
+            "rooms.create",
+            json!({"kind": "direct", "members": ["bob"]}),
+        )
+        .await?["room"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    alice
+        .subscribe_ok(&format!("chat/rooms/{dm}/events"))
+        .await?;
+    bob.subscribe_ok(&format!("chat/rooms/{dm}/events")).await?;
+    bob.send(&dm, "before", "hi alice").await?;
+    alice.recv_msg(&dm, "bob", "before").await?;
+
+    let r = alice.rpc("users.block", json!({"user": "bob"})).await?;
+    assert_eq!(r, json!({"user": "bob", "blocked": true}));
+    alice.rpc("users.block", json!({"user": "bob"})).await?; // idempotent
+    assert_eq!(
+        alice.rpc("users.blocks", json!({})).await?,
+        json!({"users": ["bob"]})
+    );
+    assert_eq!(
+        bob.rpc("users.blocks", json!({})).await?,
+        json!({"users": []})
+    );
+    for bad in [
+        json!({"user": "alice"}),
+        json!({"user": "no/such"}),
+        json!({}),
+    ] {
+        assert_eq!(alice.rpc_err("users.block", bad).await?, "bad_request");
+    }
+
+    // bob cannot reach alice
+    let e = bob
+        .rpc_err(
+            "rooms.create",
+            json!({"kind": "direct", "members": ["alice"]}),
+        )
+        .await?;
+    assert_eq!(e, "forbidden", "a direct room with the blocker");
+    let e = bob
+        .rpc_err(
+            "rooms.create",
+            json!({"room": "bg1", "members": ["alice", "carol"]}),
+        )
+        .await?;
+    assert_eq!(e, "forbidden", "the blocker as a member at creation");
+    let again = bob.rpc("rooms.create", json!({"room": "bg1"})).await?;
+    assert_eq!(
+        again["created"], true,
+        "the refused create made nothing: {again}"
+    );
+    let e = bob
+        .rpc_err("rooms.invite", json!({"room": "bg1", "user": "alice"}))
+        .await?;
+    assert_eq!(e, "forbidden", "an invitation of the blocker");
+    bob.rpc("rooms.invite", json!({"room": "bg1", "user": "carol"}))
+        .await?;
+    // ... and neither can message the other in their direct room
+    bob.send(&dm, "blocked-1", "still there?").await?;
+    let err = bob
+        .recv_inbox("the refusal of a blocked send", |v| {
+            v["type"] == "error" && v["msg_id"] == "blocked-1"
+        })
+        .await?;
+    assert_eq!(err["code"], "forbidden", "{err}");
+    alice.send(&dm, "blocked-2", "bye").await?;
+    let err = alice
+        .recv_inbox("the blocker's own refusal", |v| {
+            v["type"] == "error" && v["msg_id"] == "blocked-2"
+        })
+        .await?;
+    assert_eq!(err["code"], "forbidden", "{err}");
+    alice
+        .expect_none("a blocked message", Duration::from_millis(300), |m| {
+            m.json()["msg_id"] == "blocked-1"
+        })
+        .await?;
+    // the blocker is told to unblock first
+    let e = alice
+        .rpc_err("rooms.invite", json!({"room": "nope", "user": "bob"}))
+        .await?;
+    assert_eq!(e, "not_member", "a room alice is not in says so first");
+    alice.rpc("rooms.create", json!({"room": "ag1"})).await?;
+    let e = alice
+        .rpc_err("rooms.invite", json!({"room": "ag1", "user": "bob"}))
+        .await?;
+    assert_eq!(e, "forbidden");
+
+    // unblocked: all is as before
+    let r = alice.rpc("users.unblock", json!({"user": "bob"})).await?;
+    assert_eq!(r, json!({"user": "bob", "blocked": false}));
+    assert_eq!(
+        alice.rpc("users.blocks", json!({})).await?,
+        json!({"users": []})
+    );
+    bob.send(&dm, "after", "friends again").await?;
+    alice.recv_msg(&dm, "bob", "after").await?;
+    bob.rpc("rooms.invite", json!({"room": "bg1", "user": "alice"}))
+        .await?;
+    Ok(())
+}
+
+/// `[bridge.retention]`: a retry within the idempotency window is the
+/// original event, one after it a new event; events older than their room
+/// kind's retention go, oldest first, the head stays and seq goes on;
+/// `history` and `sync` say `truncated` where the stream no longer reaches.
+pub(crate) async fn retention_and_the_idempotency_window(store: Store) -> Result<()> {
+    let Some(builder) = store.builder()? else {
+        return Ok(());
+    };
+    let srv = builder
+        .toml(
+            "[bridge.retention]\nidempotency_window_secs = 1\ngroup_secs = 3\n\
+             sweep_interval_ms = 200\n",
+        )
+        .start()
+        .await?;
+    let mut alice = srv.user_v4("alice", "alice-retain").await?;
+    alice.subscribe_own().await?;
+    alice.rpc("rooms.create", json!({"room": "ret"})).await?;
+    alice.subscribe_ok("chat/rooms/ret/events").await?;
+    for i in 1..=5 {
+        alice.send("ret", &format!("m{i}"), "old").await?;
+    }
+    let first = seq_of(&alice.recv_msg("ret", "alice", "m1").await?);
+    alice.recv_msg("ret", "alice", "m5").await?;
+    // within the window: the original
+    alice.send("ret", "m1", "retry").await?;
+    let retry = alice.recv_msg("ret", "alice", "m1").await?;
+    assert_eq!(seq_of(&retry), first, "a retry within the window: {retry}");
+    assert_eq!(retry["body"], "old");
+    // past it: a new event
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    alice.send("ret", "m1", "renewed").await?;
+    let renewed = alice.recv_msg("ret", "alice", "m1").await?;
+    assert_eq!(renewed["body"], "renewed", "past the window: {renewed}");
+    let renewed_seq = seq_of(&renewed);
+    assert!(renewed_seq > first + 4, "{renewed}");
+
+    // the old events go; the history says so
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let h = loop {
+        let h = alice.rpc("history", json!({"room": "ret"})).await?;
+        if h["truncated"] == true {
+            break h;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("history never truncated: {h}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let got = seqs(&h["events"]);
+    let head = h["head"].as_u64().unwrap_or(0);
+    assert_eq!(h["has_more"], false, "{h}");
+    assert_eq!(got.last(), Some(&head), "the head event stays: {h}");
+    assert!(got.first().is_some_and(|s| *s > 1), "the oldest went: {h}");
+    let floor = got.first().copied().unwrap_or(0);
+    assert_eq!(
+        got,
+        (floor..=head).collect::<Vec<_>>(),
+        "what is kept has no gap"
+    );
+    // paging back from the first kept event: nothing, truncated
+    let back = alice
+        .rpc("history", json!({"room": "ret", "before": floor}))
+        .await?;
+    assert_eq!(seqs(&back["events"]), Vec::<u64>::new(), "{back}");
+    assert_eq!(
+        (back["has_more"].clone(), back["truncated"].clone()),
+        (json!(false), json!(true))
+    );
+    // a cursor from before the cut: sync starts at the first kept, truncated
+    let sync = alice.rpc("sync", json!({"rooms": {"ret": 0}})).await?;
+    let entry = &sync["rooms"]["ret"];
+    assert_eq!(entry["truncated"], true, "{sync}");
+    assert_eq!(seqs(&entry["events"]).first(), Some(&floor), "{sync}");
+    // a cursor past the cut: nothing is missing, nothing said
+    let sync = alice.rpc("sync", json!({"rooms": {"ret": head}})).await?;
+    assert!(sync["rooms"]["ret"].get("truncated").is_none(), "{sync}");
+    // seq goes on from the head; a fresh event is kept
+    alice.send("ret", "fresh", "new").await?;
+    let fresh = alice.recv_msg("ret", "alice", "fresh").await?;
+    assert_eq!(seq_of(&fresh), head + 1, "{fresh}");
+    let h = alice
+        .rpc("history", json!({"room": "ret", "after": head}))
+        .await?;
+    assert_eq!(seqs(&h["events"]), vec![head + 1], "{h}");
+    Ok(())
+}
+
 /// One `#[tokio::test]` per check of this suite, each on `$store`.
 macro_rules! chat_suite {
     ($store:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn blocking_keeps_a_user_away() -> anyhow::Result<()> {
+            $crate::chat_suite::blocking_keeps_a_user_away($store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retention_and_the_idempotency_window() -> anyhow::Result<()> {
+            $crate::chat_suite::retention_and_the_idempotency_window($store).await
+        }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn direct_rooms_can_need_acceptance() -> anyhow::Result<()> {
             $crate::chat_suite::direct_rooms_can_need_acceptance($store).await
