@@ -85,6 +85,8 @@ export interface HistoryResult {
   events: RoomEvent[];
   head: number;
   has_more: boolean;
+  /** Retention removed older events (or, for `after`, events after the cursor). */
+  truncated?: boolean;
 }
 
 export interface ListEntry {
@@ -164,6 +166,8 @@ export interface ClientEvents {
   sent: { room: string; msg_id: string; seq: number };
   outbox: { pending: { room: string; msg_id: string; payload: Record<string, unknown> }[] };
   error: { error: Error | ChatError; room?: string; msg_id?: string };
+  /** Retention removed events after the cursor; the room goes on from `from`. */
+  truncated: { room: string; from?: number };
 }
 
 export interface ClientOptions {
@@ -209,6 +213,9 @@ export class ChatClient {
   invite(room: string, user: string): Promise<SeqResult>;
   kick(room: string, user: string): Promise<SeqResult>;
   ban(room: string, user: string): Promise<SeqResult>;
+  block(user: string): Promise<{ user: string; blocked: boolean }>;
+  unblock(user: string): Promise<{ user: string; blocked: boolean }>;
+  blocks(): Promise<{ users: string[] }>;
   listRooms(params?: { after?: string; limit?: number }): Promise<ListResult>;
   members(room: string, params?: { after?: string; limit?: number }): Promise<{ members: MemberEntry[]; has_more: boolean }>;
   refreshRooms(): Promise<ListEntry[]>;

@@ -290,6 +290,7 @@ export class ChatClient {
           this.forget(room);
           continue;
         }
+        if (page.truncated) this.truncated(room, page.events);
         for (const ev of page.events || []) this.apply(room, ev);
         if (page.has_more) await this.fillFrom(room);
       }
@@ -412,11 +413,19 @@ export class ChatClient {
     for (;;) {
       this.drainBuffer(room);
       const page = await this.request("history", { room, after: r.cursor, limit: 1000 });
+      if (page.truncated) this.truncated(room, page.events);
       for (const ev of page.events) this.apply(room, ev);
       this.drainBuffer(room);
       this.saveCursors();
       if (!page.has_more || page.events.length === 0) return;
     }
+  }
+
+  /** Retention removed events after the cursor: they are gone, the stream
+   * goes on from the first event kept (an app drops what it cached before). */
+  truncated(room, events) {
+    const from = events && events.length ? events[0].seq : undefined;
+    this.emit("truncated", { room, from });
   }
 
   drainBuffer(room) {
@@ -510,6 +519,16 @@ export class ChatClient {
   }
   ban(room, user) {
     return this.request("rooms.ban", { room, user });
+  }
+  /** Blocks `user`: no direct room, invitation or direct message between you. */
+  block(user) {
+    return this.request("users.block", { user });
+  }
+  unblock(user) {
+    return this.request("users.unblock", { user });
+  }
+  blocks() {
+    return this.request("users.blocks", {});
   }
   listRooms(params = {}) {
     return this.request("rooms.list", params);

@@ -97,6 +97,16 @@ test("errors carry PROTOCOL.md's codes", { skip }, async () => {
     await assert.rejects(carol.history(room), (e) => e.code === "not_member" || e.code === "forbidden");
     await assert.rejects(alice.request("history", { room, limit: "x" }), (e) => e.code === "bad_request");
     await assert.rejects(alice.request("no.such.method", {}), (e) => e.code === "bad_request");
+    // blocking: carol cannot open a direct room with alice until unblocked
+    assert.deepEqual(await alice.block("carol"), { user: "carol", blocked: true });
+    assert.deepEqual((await alice.blocks()).users, ["carol"]);
+    await assert.rejects(
+      carol.createRoom({ kind: "direct", members: ["alice"] }),
+      (e) => e instanceof ChatError && e.code === "forbidden",
+    );
+    await alice.unblock("carol");
+    const dm = await carol.createRoom({ kind: "direct", members: ["alice"] });
+    assert.ok(dm.room.id.startsWith("dm-"));
   } finally {
     await alice.close();
     await carol.close();

@@ -26,6 +26,10 @@ async function app(): Promise<number> {
   client.typing(id);
   await client.watchPresence("bob");
   const rooms = await client.listRooms();
+  const blocked: boolean = (await client.block("mallory")).blocked;
+  const blockedUsers: string[] = (await client.blocks()).users;
+  client.on("truncated", ({ room: r, from }) => r.length + (from ?? 0));
+  void (page.truncated === true || blocked || blockedUsers.length);
   void new LocalStorage();
   return page.events.length + unread + marks.read + rooms.rooms.length + msgId.length;
 }
