@@ -460,40 +460,47 @@ struct UnreadHead<'a> {
 impl Chat {
     /// `user`'s unread count in `room` after `after` (their read marker):
     /// others' messages (not deleted) after it and after `user`'s own last
-    /// message there (one's own send marks the room read up to it).
-    /// Membership events, edits, reactions and deletes do not count.
+    /// event there (one's own send, or join, marks the room read up to it).
+    /// Membership events, edits, reactions and deletes do not count. It
+    /// reads the newest [`UNREAD_SCAN`] events at most, back from the head,
+    /// so a large channel's thousands of joins cost one page; a marker
+    /// further back than that counts the messages among those events only
+    /// (a cap, shown by apps as "999+").
     async fn unread(&self, room: &str, user: &str, after: u64, head: u64) -> Result<u64, Refusal> {
         if head <= after {
             return Ok(0);
         }
+        let want = usize::try_from(head - after)
+            .unwrap_or(UNREAD_SCAN)
+            .min(UNREAD_SCAN);
         let page = self
             .store
-            .read(room, crate::store::Range::After(after), UNREAD_SCAN)
+            .read(room, crate::store::Range::Latest, want)
             .await?;
-        Ok(count_unread(&page.events, user, head))
+        Ok(count_unread(&page.events, user, after))
     }
 }
 
-/// The unread count over `events` (ascending, right after the marker): see
-/// [`Chat::unread`]. Events past the last one read count one each.
-fn count_unread(events: &[StoredEvent], user: &str, head: u64) -> u64 {
+/// The unread count over `events` (ascending, the newest of the room), back
+/// from the newest to the first of `user`'s own or to the marker `after`:
+/// see [`Chat::unread`].
+fn count_unread(events: &[StoredEvent], user: &str, after: u64) -> u64 {
     let mut n = 0u64;
-    let mut last = None;
-    for e in events {
-        last = Some(e.seq);
+    for e in events.iter().rev() {
+        if e.seq <= after {
+            break;
+        }
         let Ok(h) = serde_json::from_slice::<UnreadHead>(&e.json) else {
             continue;
         };
         if h.from == user {
-            n = 0;
-        } else if h.kind.as_deref().unwrap_or("message") == "message" && !h.deleted {
+            break;
+        }
+        if h.kind.as_deref().unwrap_or("message") == "message" && !h.deleted {
             n += 1;
         }
     }
-    match last {
-        Some(seq) => n + head.saturating_sub(seq),
-        None => n,
-    }
+    n
 }
 
 fn broker_client_id(s: &str) -> bool {

@@ -781,19 +781,24 @@ fn unread_counts_others_messages_after_ones_own_last() {
         ev(11, "carol", "message", false),
     ];
     assert_eq!(
-        super::count_unread(&events, "alice", 11),
+        super::count_unread(&events, "alice", 0),
         2,
         "bob's 8 and carol's 11"
     );
     assert_eq!(
-        super::count_unread(&events, "bob", 11),
+        super::count_unread(&events, "bob", 0),
         1,
         "carol's 11 after bob's own"
     );
     assert_eq!(
-        super::count_unread(&events[..2], "alice", 11),
-        1 + 5,
-        "beyond the scan (7..=11): every event counts"
+        super::count_unread(&events, "dave", 8),
+        1,
+        "after the marker only: carol's 11"
+    );
+    assert_eq!(
+        super::count_unread(&events, "dave", 0),
+        4,
+        "no own event: 6, 7, 8, 11 (not the join, reaction or deleted one)"
     );
     assert_eq!(super::count_unread(&[], "alice", 11), 0);
     let junk = StoredEvent {
