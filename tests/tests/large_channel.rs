@@ -52,8 +52,8 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_of_ten_thousand_members() -> Result<()> {
-    let mut b = TestServer::builder()
-        .broker_toml("\n[broker.limits]\nconnects_per_sec_per_ip = 1000000\n");
+    let mut b =
+        TestServer::builder().broker_toml("\n[broker.limits]\nconnects_per_sec_per_ip = 1000000\n");
     for i in 0..MEMBERS {
         b = b.user(&member(i), "pw");
     }
@@ -62,7 +62,10 @@ async fn a_channel_of_ten_thousand_members() -> Result<()> {
     let mut alice = srv.user_v4("alice", "alice-big").await?;
     alice.subscribe_own().await?;
     alice
-        .rpc("rooms.create", json!({"room": ROOM, "kind": "channel", "title": "Everyone"}))
+        .rpc(
+            "rooms.create",
+            json!({"room": ROOM, "kind": "channel", "title": "Everyone"}),
+        )
         .await?;
 
     // every member joins, over its own MQTT connection
@@ -87,7 +90,10 @@ async fn a_channel_of_ten_thousand_members() -> Result<()> {
         let page = alice.rpc("rooms.members", p).await?;
         let members = page["members"].as_array().cloned().unwrap_or_default();
         joined += members.iter().filter(|m| m["state"] == "joined").count();
-        after = members.last().and_then(|m| m["user"].as_str()).map(String::from);
+        after = members
+            .last()
+            .and_then(|m| m["user"].as_str())
+            .map(String::from);
         if page["has_more"] != true {
             break;
         }
@@ -102,14 +108,20 @@ async fn a_channel_of_ten_thousand_members() -> Result<()> {
         c.subscribe_ok(&format!("chat/rooms/{ROOM}/events")).await?;
         online.push(c);
     }
-    alice.subscribe_ok(&format!("chat/rooms/{ROOM}/events")).await?;
+    alice
+        .subscribe_ok(&format!("chat/rooms/{ROOM}/events"))
+        .await?;
     let sent = Instant::now();
     for k in 1..=3 {
-        alice.send(ROOM, &format!("all-{k}"), "hello everyone").await?;
+        alice
+            .send(ROOM, &format!("all-{k}"), "hello everyone")
+            .await?;
     }
     let mut seqs = Vec::new();
     for k in 1..=3 {
-        seqs.push(seq_of(&alice.recv_msg(ROOM, "alice", &format!("all-{k}")).await?));
+        seqs.push(seq_of(
+            &alice.recv_msg(ROOM, "alice", &format!("all-{k}")).await?,
+        ));
     }
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     for c in &mut online {
@@ -122,7 +134,10 @@ async fn a_channel_of_ten_thousand_members() -> Result<()> {
         })
         .await?;
     }
-    eprintln!("fan-out of 3 messages to {ONLINE} online members: {:?}", sent.elapsed());
+    eprintln!(
+        "fan-out of 3 messages to {ONLINE} online members: {:?}",
+        sent.elapsed()
+    );
     drop(online);
 
     // every member, online or not, sees the 3 unread

@@ -51,6 +51,9 @@ pub struct LoadParams {
     pub qos: QoS,
     /// Offered msgs/s over all publishers; `None` = closed loop.
     pub rate: Option<f64>,
+    /// On the chat path with one room: make it a channel with this many
+    /// more members (joined over MQTT, then offline); `None`: a group.
+    pub channel_members: Option<usize>,
 }
 
 // phase 0 (the default) is the warm-up

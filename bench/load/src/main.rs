@@ -76,7 +76,7 @@ struct Cli {
     #[arg(long, global = true)]
     work: Option<PathBuf>,
     /// Only these load scenarios, comma-separated: raw, chat, mosquitto,
-    /// chat-1room, fixed, fixed-1room, chat-cql, cluster (with --cql) [default: all]
+    /// chat-1room, fixed, fixed-1room, channel, chat-cql, cluster (with --cql) [default: all]
     #[arg(long, global = true, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Keep the scratch directory (server logs, configs) after the run
@@ -86,6 +86,15 @@ struct Cli {
     /// path on the ScyllaDB store, in a fresh keyspace, beside the embedded store
     #[arg(long, global = true)]
     cql: Option<String>,
+    /// `channel` scenario: members of the channel (offline but for --channel-online)
+    #[arg(long, global = true, default_value_t = 10_000)]
+    channel_members: usize,
+    /// `channel` scenario: members online, subscribed to the channel
+    #[arg(long, global = true, default_value_t = 1000)]
+    channel_online: usize,
+    /// `channel` scenario: offered messages/s into the channel
+    #[arg(long, global = true, default_value_t = 20.0)]
+    channel_rate: f64,
     /// With --cql: offered events/s of a fixed-rate chat run on both stores
     #[arg(long, global = true, default_value_t = 1000.0)]
     cql_rate: f64,
@@ -150,6 +159,7 @@ fn main() {
                 QoS::AtLeastOnce
             },
             rate: None,
+            channel_members: None,
         },
         rate: cli.rate,
         prefill: Prefill {
@@ -164,6 +174,7 @@ fn main() {
         only: cli.only.clone(),
         cql: cli.cql.clone().filter(|u| !u.trim().is_empty()),
         cql_rate: cli.cql_rate,
+        channel: (cli.channel_members, cli.channel_online, cli.channel_rate),
         command: std::iter::once("chatmq-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()

@@ -40,6 +40,8 @@ pub struct Settings {
     pub cql: Option<String>,
     /// Offered events/s of the fixed-rate run on both stores (with `cql`).
     pub cql_rate: f64,
+    /// The `channel` scenario: (members, online, offered msgs/s).
+    pub channel: (usize, usize, f64),
     pub command: String,
 }
 
@@ -136,6 +138,39 @@ async fn chatmq_cql_load(
     server.check_alive()?;
     res.server_log = server.log_problems();
     Ok(res)
+}
+
+/// A channel of `members` members, `online` of them subscribed, at a fixed
+/// offered rate, beside a channel of just the `online` members at the same
+/// rate, in one run: what a message costs in a large channel (server CPU
+/// per message, latency to every online member) against a small room.
+async fn channel_scenarios(s: &Settings, r: &mut Report) {
+    let (members, online, rate) = s.channel;
+    let base = LoadParams {
+        rooms: 1,
+        publishers: s.load.publishers.min(10).max(1),
+        subscribers: online.max(1),
+        rate: Some(rate),
+        channel_members: Some(0),
+        ..s.load.clone()
+    };
+    let runs = [
+        (
+            summary::channel_name(members, online, rate),
+            LoadParams {
+                channel_members: Some(members),
+                ..base.clone()
+            },
+        ),
+        (summary::channel_online_name(online, rate), base),
+    ];
+    for (i, (name, p)) in runs.into_iter().enumerate() {
+        let dir = format!("channel-{i}");
+        match chatmq_load(s, &dir, &name, &s.fsync, LoadPath::Chat, &p).await {
+            Ok(l) => r.fixed_rate.push(l),
+            Err(e) => r.errors.push(format!("{name}: {e:#}")),
+        }
+    }
 }
 
 /// Partitions of the benchmark's clusters.
@@ -334,6 +369,9 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
             Ok(l) => r.fixed_rate.push(l),
             Err(e) => r.errors.push(format!("{name}: {e:#}")),
         }
+    }
+    if want("channel") {
+        channel_scenarios(s, r).await;
     }
     match &s.cql {
         Some(uri) if want("cluster") => cluster_scenarios(s, uri, r).await,

@@ -33,6 +33,9 @@ pub async fn users(
     };
     let mut pubs = connect("p", p.publishers).await?;
     let mut subs = connect("s", p.subscribers).await?;
+    if let (true, Some(extra)) = (chat, p.channel_members) {
+        return channel(target, pubs, subs, p, extra, opts).await;
+    }
     if chat {
         // publisher r (r < rooms) owns room r
         for r in 0..p.rooms {
@@ -76,6 +79,53 @@ pub async fn users(
             c.subscribe(&[topic]).await?;
             Ok(c)
         }
+    }))
+    .await?;
+    Ok((pubs, subs))
+}
+
+/// One channel `r0`, owned by `p0`: every other publisher and subscriber
+/// joins it, and `extra` more users `c{i}` join it over their
+/// own connections (closed again: members who are offline), 100 at a time.
+async fn channel(
+    target: &Target,
+    mut pubs: Vec<Conn>,
+    subs: Vec<Conn>,
+    p: &LoadParams,
+    extra: usize,
+    opts: ConnOpts,
+) -> Result<(Vec<Conn>, Vec<Conn>)> {
+    let Some(owner) = pubs.first_mut() else {
+        anyhow::bail!("a channel needs a publisher");
+    };
+    owner
+        .call("rooms.create", json!({"room": "r0", "kind": "channel"}))
+        .await?;
+    let ids: Vec<usize> = (0..extra).collect();
+    for chunk in ids.chunks(100) {
+        spawn_all(chunk.iter().map(|&i| {
+            let target = target.clone();
+            async move {
+                let user = format!("c{i}");
+                let mut c = Conn::login(&target, &user, &user, opts).await?;
+                c.subscribe(&[c.reply_topic()]).await?;
+                c.call("rooms.join", json!({"room": "r0"})).await?;
+                Ok(())
+            }
+        }))
+        .await?;
+    }
+    let mut joined = Vec::new();
+    for mut c in pubs.drain(1..).chain(subs) {
+        c.call("rooms.join", json!({"room": "r0"})).await?;
+        joined.push(c);
+    }
+    let n_pubs = p.publishers.saturating_sub(1);
+    let rest = joined.split_off(n_pubs.min(joined.len()));
+    pubs.extend(joined);
+    let subs = spawn_all(rest.into_iter().map(|mut c| async move {
+        c.subscribe(&["chat/rooms/r0/events".to_string()]).await?;
+        Ok(c)
     }))
     .await?;
     Ok((pubs, subs))

@@ -22,6 +22,21 @@ pub fn fixed_name(rate: f64, rooms: usize) -> String {
     format!("chat path, chatmq, {rate:.0} msgs/s offered, {rooms} room(s)")
 }
 
+/// The `channel` scenario's channel run.
+pub fn channel_name(members: usize, online: usize, rate: f64) -> String {
+    format!("channel of {members} members, {online} online, {rate:.0} msgs/s offered")
+}
+
+/// The `channel` scenario's baseline: a channel of the online members only.
+pub fn channel_online_name(online: usize, rate: f64) -> String {
+    format!("channel of {online} members, all online, {rate:.0} msgs/s offered")
+}
+
+/// Server CPU time per published message, microseconds.
+fn cpu_us_per_msg(l: &LoadResult) -> Option<f64> {
+    (l.published_per_s > 0.0).then(|| l.server_cpu_pct / 100.0 / l.published_per_s * 1e6)
+}
+
 fn find<'a>(r: &'a Report, name: &str) -> Option<&'a LoadResult> {
     r.load.iter().find(|l| l.name == name)
 }
@@ -210,6 +225,31 @@ pub fn markdown(r: &Report) -> String {
     s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for l in r.load.iter().chain(&r.fixed_rate) {
         row(&mut s, l);
+    }
+    let channel = r
+        .fixed_rate
+        .iter()
+        .find(|l| l.name.starts_with("channel of ") && !l.name.contains("all online"));
+    let group = r
+        .fixed_rate
+        .iter()
+        .find(|l| l.name.starts_with("channel of ") && l.name.contains("all online"));
+    if let (Some(c), Some(g)) = (channel, group) {
+        if let (Some(cc), Some(gc)) = (cpu_us_per_msg(c), cpu_us_per_msg(g)) {
+            let _ = writeln!(
+                s,
+                "\nCost per message in a large channel (server CPU per message published, \
+                 side by side in this run): **{cc:.0} µs** in the `{}` run, {gc:.0} µs in the \
+                 `{}` run ({:.2}x; each message is delivered to the same online members in both). \
+                 p99 to every online member {:.1} ms vs {:.1} ms. Peak RSS includes the setup's \
+                 connections of every member.",
+                c.name,
+                g.name,
+                cc / gc.max(f64::MIN_POSITIVE),
+                c.latency.p99_ms,
+                g.latency.p99_ms
+            );
+        }
     }
     if let Some(h) = &r.history {
         let _ = writeln!(
