@@ -148,7 +148,7 @@ async fn channel_scenarios(s: &Settings, r: &mut Report) {
     let (members, online, rate) = s.channel;
     let base = LoadParams {
         rooms: 1,
-        publishers: s.load.publishers.min(10).max(1),
+        publishers: s.load.publishers.clamp(1, 10),
         subscribers: online.max(1),
         rate: Some(rate),
         channel_members: Some(0),
