@@ -63,6 +63,9 @@ pub struct BridgeConfig {
     pub direct_needs_acceptance: bool,
     /// `[bridge.retention]`: how long events and idempotency keys are kept.
     pub retention: crate::chat::retention::RetentionConfig,
+    /// Users whose `admin.*` requests are answered, who read and moderate
+    /// every room (the admin HTTP API's account is added by the server).
+    pub admin_users: Vec<String>,
 }
 
 impl Default for BridgeConfig {
@@ -83,6 +86,7 @@ impl Default for BridgeConfig {
             history_limit_max: l.history_max,
             direct_needs_acceptance: false,
             retention: Default::default(),
+            admin_users: Vec::new(),
         }
     }
 }

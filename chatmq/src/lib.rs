@@ -28,6 +28,7 @@
 //! | the command line and logging | [`cli`] |
 //! | the allocator's gauges | `alloc.rs` |
 
+pub mod admin;
 mod alloc;
 pub mod cli;
 pub mod demo;

@@ -134,8 +134,23 @@ impl Server {
         let (bridge_stop, bridge_stop_rx) = watch::channel(false);
         let (http_stop, http_stop_rx) = watch::channel(false);
         let ws_port = listeners.addrs().get("ws").map(|a| a.port());
+        // the admin API: routes now, its backend once the bridge is up
+        let admin = (!cfg.server.admin_token.is_empty() && role == Role::All).then(|| {
+            crate::admin::AdminState::new(&cfg.server.admin_token, &cfg.server.admin_user)
+        });
+        if !cfg.server.admin_token.is_empty() && role != Role::All {
+            tracing::warn!(
+                "server.admin_token is set, but the admin API runs in `chatmq all` only"
+            );
+        }
+        if admin.is_some() && !cfg.bridge.admin_users.contains(&cfg.server.admin_user) {
+            cfg.bridge.admin_users.push(cfg.server.admin_user.clone());
+        }
         if let Some(l) = listeners.http {
             let mut routes = broker::http::router(meters.registry.clone(), health.clone());
+            if let Some(a) = &admin {
+                routes = routes.merge(crate::admin::routes(a.clone()));
+            }
             match ws_port {
                 Some(ws_port) if cfg.server.demo && role.runs_broker() => {
                     let mqtt_js = crate::demo::Demo::find_mqtt_js(&cfg.server.demo_mqtt_js);
@@ -216,6 +231,7 @@ impl Server {
                 .with_limits(cfg.bridge.limits())
                 .with_direct_acceptance(cfg.bridge.direct_needs_acceptance)
                 .with_retention(cfg.bridge.retention.clone())
+                .with_admins(cfg.bridge.admin_users.clone())
                 .with_metrics(bridge_metrics),
         );
         // retention's sweep: a cluster's bridge sweeps its partitions' rooms
@@ -259,6 +275,23 @@ impl Server {
                 Box::pin(async move { s.ping().await.map_err(|e| e.to_string()) })
             }),
         );
+        if let (Some(a), Some(b)) = (&admin, &server.broker) {
+            let (publish, mut rx) = b
+                .service_link("chatmq@admin", Vec::new())
+                .await
+                .map_err(|e| anyhow::anyhow!("admin link: {e}"))?;
+            // nothing comes in (no filters); the receiver keeps the link open
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                while !rx.recv(16, &mut sink).await.closed {
+                    sink.clear();
+                }
+            });
+            a.set_backend(crate::admin::Backend {
+                chat: chat.clone(),
+                publish,
+            });
+        }
         let bcfg = cfg.bridge.clone();
         server.bridge = Some(match &server.broker {
             // in one process the bridge gets a router link, not an MQTT client

@@ -77,6 +77,14 @@ pub struct ServerSettings {
     /// `clients/js/node_modules/mqtt/dist/mqtt.esm.js` under the working
     /// directory, and the page loads it from a CDN when there is none.
     pub demo_mqtt_js: PathBuf,
+    /// The admin HTTP API's bearer token (`/admin/v1`, `chatmq all` only);
+    /// empty: no admin API. Set it from the environment
+    /// (`CHAT__SERVER__ADMIN_TOKEN`), not a file in a repository.
+    pub admin_token: String,
+    /// The chat account the admin API acts as (added to `bridge.admin_users`).
+    /// Its `@` keeps any MQTT user from being it: chat user ids over MQTT
+    /// are `A-Z a-z 0-9 _ . -`.
+    pub admin_user: String,
 }
 
 impl Default for ServerSettings {
@@ -87,6 +95,8 @@ impl Default for ServerSettings {
             grace_period_ms: 20_000,
             demo: true,
             demo_mqtt_js: PathBuf::new(),
+            admin_token: String::new(),
+            admin_user: "admin@chatmq".into(),
         }
     }
 }

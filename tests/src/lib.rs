@@ -87,6 +87,7 @@ pub struct TestServerBuilder {
     extra_jwt: String,
     extra: String,
     extra_store: String,
+    extra_server: String,
     mode: String,
     grace_ms: u64,
 }
@@ -99,6 +100,7 @@ impl Default for TestServerBuilder {
             extra_jwt: String::new(),
             extra: String::new(),
             extra_store: String::new(),
+            extra_server: String::new(),
             mode: "all".into(),
             grace_ms: 10_000,
         }
@@ -131,6 +133,13 @@ impl TestServerBuilder {
         self
     }
     /// Raw TOML lines appended inside `[store]` (before its sub-tables).
+    /// Keys appended to the `[server]` table.
+    pub fn server_toml(mut self, toml: &str) -> Self {
+        self.extra_server.push_str(toml);
+        self.extra_server.push('\n');
+        self
+    }
+
     pub fn store_toml(mut self, toml: &str) -> Self {
         self.extra_store.push_str(toml);
         self.extra_store.push('\n');
@@ -172,6 +181,7 @@ impl TestServerBuilder {
             "\n[server]\nhttp = \"127.0.0.1:0\"\ngrace_period_ms = {}\n",
             self.grace_ms
         ));
+        s.push_str(&self.extra_server);
         s.push_str(&self.extra);
         s
     }
@@ -1118,14 +1128,35 @@ impl Client {
 /// `seq` of an event as u64 (panics with the event if absent).
 /// A plain HTTP/1.1 GET on 127.0.0.1: (status code, body).
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    http_request(port, "GET", path, None, "").await
+}
+
+/// One HTTP/1.1 request (`Connection: close`), with a bearer token if any
+/// and a JSON body if not empty: (status, body).
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(("127.0.0.1", port)))
         .await
         .context("http connect timeout")??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
     tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
         .await

@@ -76,7 +76,8 @@ struct Cli {
     #[arg(long, global = true)]
     work: Option<PathBuf>,
     /// Only these load scenarios, comma-separated: raw, chat, mosquitto,
-    /// chat-1room, fixed, fixed-1room, channel, chat-cql, cluster (with --cql) [default: all]
+    /// chat-1room, fixed, fixed-1room, chat-cql, cluster (with --cql) [default: all];
+    /// channel (10,000 members: only when named)
     #[arg(long, global = true, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Keep the scratch directory (server logs, configs) after the run

@@ -370,7 +370,11 @@ async fn load_scenarios(s: &Settings, r: &mut Report) {
             Err(e) => r.errors.push(format!("{name}: {e:#}")),
         }
     }
-    if want("channel") {
+    // heavy (10,000 connections to set up): only when named
+    if s.only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|k| k == "channel"))
+    {
         channel_scenarios(s, r).await;
     }
     match &s.cql {

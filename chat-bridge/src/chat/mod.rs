@@ -17,6 +17,7 @@ use schema::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod admin;
 mod block;
 mod create;
 mod direct;
@@ -102,6 +103,8 @@ pub struct Chat {
     direct_acceptance: bool,
     /// Retention of events and idempotency keys.
     retention: retention::RetentionConfig,
+    /// Users whose `admin.*` requests are answered (see `admin.rs`).
+    admins: Vec<String>,
 }
 
 pub fn now_ms() -> u64 {
@@ -130,6 +133,7 @@ impl Chat {
             send_rate: rate::SendRate::new(limits),
             direct_acceptance: false,
             retention: Default::default(),
+            admins: Vec::new(),
             counter: Default::default(),
             metrics: BridgeMetrics::unregistered(),
         }
@@ -151,6 +155,30 @@ impl Chat {
     pub fn with_retention(mut self, r: retention::RetentionConfig) -> Self {
         self.retention = r;
         self
+    }
+
+    /// Answers `admin.*` requests of these users, who also read and
+    /// moderate every room.
+    pub fn with_admins(mut self, admins: Vec<String>) -> Self {
+        self.admins = admins;
+        self
+    }
+
+    /// A request of `user` (method and JSON params), as if it came on
+    /// `{prefix}/rpc/{user}/{method}`: its result, and the events and
+    /// notices it made, for the caller to publish (the admin HTTP API).
+    pub async fn request(
+        &self,
+        user: &str,
+        method: &str,
+        params: &[u8],
+    ) -> (Result<Box<RawValue>, wire::Refusal>, Vec<Out>) {
+        let mut out = Vec::new();
+        let r = match self.parse(params) {
+            Ok(_) => self.rpc(user, method, params, &mut out).await,
+            Err(e) => Err(e),
+        };
+        (r, out)
     }
 
     /// Counts into `metrics` instead of unregistered meters.
@@ -407,6 +435,7 @@ impl Chat {
             "users.block" => self.block(user, params(payload)?, true).await,
             "users.unblock" => self.block(user, params(payload)?, false).await,
             "users.blocks" => self.blocks(user).await,
+            m if m.starts_with("admin.") => self.admin(user, m, payload, out).await,
             "rooms.members" => self.members(user, params(payload)?).await,
             "read" => {
                 self.marker(user, params(payload)?, MarkerKind::Read, out)

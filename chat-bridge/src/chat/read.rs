@@ -23,6 +23,9 @@ impl Chat {
             || Refusal::new(Code::NotMember, format!("you are not a member of {room}"));
         let info = self.store.room(room).await?.ok_or_else(not_member)?;
         let m = self.store.member(room, user).await?;
+        if self.is_admin(user) {
+            return Ok((info, m));
+        }
         if m.as_ref().is_some_and(|m| m.state == MemberState::Banned) {
             return Err(Refusal::new(
                 Code::Banned,
