@@ -46,6 +46,11 @@ impl Presence {
         }
     }
 
+    /// Whether `user` has a connection to this broker.
+    pub(crate) fn is_local(&self, user: &str) -> bool {
+        self.local.lock().contains(user)
+    }
+
     /// Users connected to this broker.
     pub(crate) fn local_users(&self) -> Vec<String> {
         self.local.lock().iter().cloned().collect()

@@ -241,6 +241,13 @@ impl Broker {
         crate::link::open(&self.shared.router, client_id, filters).await
     }
 
+    /// Whether a user has a connection to this broker now, as a function
+    /// the chat service can keep.
+    pub fn connected(&self) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
+        let p = self.shared.presences.clone();
+        Arc::new(move |user| p.is_local(user))
+    }
+
     /// The namespace prefix (`broker.prefix`).
     pub fn prefix(&self) -> &str {
         &self.shared.config.prefix

@@ -71,8 +71,8 @@ impl Shared {
             .to_vec(),
         );
         let partitions = self.config.partitions;
+        self.presences.set_local(user, online);
         if partitions > 0 {
-            self.presences.set_local(user, online);
             let topic = presence_report_topic(&self.config.prefix, partitions, user);
             self.internal_publish(Publish::new(bytes::Bytes::from(topic), payload, false));
             return;

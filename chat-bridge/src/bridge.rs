@@ -66,6 +66,11 @@ pub struct BridgeConfig {
     /// Users whose `admin.*` requests are answered, who read and moderate
     /// every room (the admin HTTP API's account is added by the server).
     pub admin_users: Vec<String>,
+    /// Event hooks: a hook record for every stored event, published on
+    /// `{prefix}/hooks/events` and read back with `hooks.read`.
+    pub hooks: bool,
+    /// Accounts (service accounts) that may `hooks.read`.
+    pub hook_users: Vec<String>,
 }
 
 impl Default for BridgeConfig {
@@ -87,6 +92,8 @@ impl Default for BridgeConfig {
             direct_needs_acceptance: false,
             retention: Default::default(),
             admin_users: Vec::new(),
+            hooks: false,
+            hook_users: Vec::new(),
         }
     }
 }

@@ -226,12 +226,16 @@ impl Server {
             per_sec: cfg.bridge.sends_per_sec,
             burst: cfg.bridge.sends_burst,
         };
+        let mut chat = Chat::new(store.clone(), &cfg.broker.prefix, sink, limits);
+        if let Some(b) = &server.broker {
+            chat = chat.with_online(b.connected());
+        }
         let chat = Arc::new(
-            Chat::new(store.clone(), &cfg.broker.prefix, sink, limits)
-                .with_limits(cfg.bridge.limits())
+            chat.with_limits(cfg.bridge.limits())
                 .with_direct_acceptance(cfg.bridge.direct_needs_acceptance)
                 .with_retention(cfg.bridge.retention.clone())
                 .with_admins(cfg.bridge.admin_users.clone())
+                .with_hooks(cfg.bridge.hooks, cfg.bridge.hook_users.clone())
                 .with_metrics(bridge_metrics),
         );
         // retention's sweep: a cluster's bridge sweeps its partitions' rooms

@@ -1259,6 +1259,23 @@ pub async fn python(
     ))
 }
 
+/// Whether a paho-mqtt test can run: `false` (and a SKIPPED line) when
+/// paho-mqtt is not importable, a failure instead where CI requires it
+/// (`CHATMQ_PAHO_REQUIRED`, set by `.ci/run`).
+pub async fn paho_or_skip() -> bool {
+    match paho_available().await {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("CHATMQ_PAHO_REQUIRED").is_none(),
+                "CHATMQ_PAHO_REQUIRED is set but paho-mqtt is not importable: {why}"
+            );
+            println!("SKIPPED: python paho-mqtt not importable: {why}");
+            false
+        }
+    }
+}
+
 /// Whether `import paho.mqtt.client` works; `Err(reason)` if not.
 pub async fn paho_available() -> std::result::Result<(), String> {
     match python("import paho.mqtt.client", &[], Duration::from_secs(20)).await {

@@ -21,6 +21,7 @@ mod admin;
 mod block;
 mod create;
 mod direct;
+pub mod hooks;
 mod page;
 mod rate;
 mod read;
@@ -105,7 +106,15 @@ pub struct Chat {
     retention: retention::RetentionConfig,
     /// Users whose `admin.*` requests are answered (see `admin.rs`).
     admins: Vec<String>,
+    /// Event hooks on (see `hooks.rs`), and who may `hooks.read`.
+    hooks: bool,
+    hook_users: Vec<String>,
+    /// Whether a user is connected now (the broker's, in one process).
+    online: Option<Online>,
 }
+
+/// Whether a user is connected now.
+pub type Online = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -134,6 +143,9 @@ impl Chat {
             direct_acceptance: false,
             retention: Default::default(),
             admins: Vec::new(),
+            hooks: false,
+            hook_users: Vec::new(),
+            online: None,
             counter: Default::default(),
             metrics: BridgeMetrics::unregistered(),
         }
@@ -161,6 +173,20 @@ impl Chat {
     /// moderate every room.
     pub fn with_admins(mut self, admins: Vec<String>) -> Self {
         self.admins = admins;
+        self
+    }
+
+    /// Writes a hook record for every stored event and publishes it on
+    /// `{prefix}/hooks/events`; `users` may `hooks.read` (see `hooks.rs`).
+    pub fn with_hooks(mut self, on: bool, users: Vec<String>) -> Self {
+        self.hooks = on;
+        self.hook_users = users;
+        self
+    }
+
+    /// Tells who is connected now (a message's hook lists the offline members).
+    pub fn with_online(mut self, f: Online) -> Self {
+        self.online = Some(f);
         self
     }
 
@@ -435,6 +461,7 @@ impl Chat {
             "users.block" => self.block(user, params(payload)?, true).await,
             "users.unblock" => self.block(user, params(payload)?, false).await,
             "users.blocks" => self.blocks(user).await,
+            "hooks.read" => self.hooks_read(user, params(payload)?).await,
             m if m.starts_with("admin.") => self.admin(user, m, payload, out).await,
             "rooms.members" => self.members(user, params(payload)?).await,
             "read" => {

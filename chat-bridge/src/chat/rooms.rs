@@ -40,7 +40,22 @@ impl Chat {
             member: Some(change),
             redacts: None,
         };
-        let a = self.store.append(ev).await?;
+        let a = if self.hooks {
+            let hook = self.hook_record(&ev);
+            let mut r = self.store.append_many(vec![hook, ev]).await?.into_iter();
+            let (h, a) = (r.next(), r.next());
+            let a = match a {
+                Some(a) => a?,
+                None => return Err(Refusal::new(Code::Unavailable, "retry later")),
+            };
+            if let Some(Ok(h)) = h.filter(|_| !a.duplicate) {
+                let kind = self.store.room(room).await?.map(|i| i.kind);
+                out.push(self.hook_out(h.event.seq, room, kind, &a.event));
+            }
+            a
+        } else {
+            self.store.append(ev).await?
+        };
         self.sink.member(room, target, joined);
         out.push(self.event_out(room, &a.event));
         out.push(self.access_out(&AccessHook::Member {

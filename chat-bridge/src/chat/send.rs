@@ -27,6 +27,17 @@ pub(super) struct SendCache {
     blocked: Option<bool>,
 }
 
+/// The room of a stored event (its JSON's `room`).
+fn room_of(ev: &StoredEvent) -> String {
+    #[derive(serde::Deserialize)]
+    struct R {
+        room: String,
+    }
+    serde_json::from_slice::<R>(&ev.json)
+        .map(|r| r.room)
+        .unwrap_or_default()
+}
+
 /// What a send's answer needs once the store has spoken.
 pub(super) struct SendCtx {
     room: String,
@@ -146,7 +157,43 @@ impl Chat {
                 Err(r) => (ctx, Err(r)),
             })
             .collect();
+        // with hooks, each event's record goes just before it, in the same call
+        let hooked = self.hooks;
+        let events = if hooked {
+            let mut both = Vec::with_capacity(events.len() * 2);
+            for ev in events {
+                both.push(self.hook_record(&ev));
+                both.push(ev);
+            }
+            both
+        } else {
+            events
+        };
+        let mut kinds: HashMap<String, Option<crate::store::RoomKind>> = HashMap::new();
+        let mut hook_outs = Vec::new();
         let mut appended = match self.store.append_many(events).await {
+            Ok(v) if hooked => {
+                let mut kept = Vec::with_capacity(v.len() / 2);
+                let mut it = v.into_iter();
+                while let (Some(h), Some(a)) = (it.next(), it.next()) {
+                    if let (Ok(h), Ok(a)) = (&h, &a) {
+                        if !a.duplicate && !h.duplicate {
+                            let room = room_of(&a.event);
+                            if !kinds.contains_key(&room) {
+                                let kind = match self.store.room(&room).await {
+                                    Ok(i) => i.map(|i| i.kind),
+                                    Err(_) => None,
+                                };
+                                kinds.insert(room.clone(), kind);
+                            }
+                            let kind = kinds.get(&room).copied().flatten();
+                            hook_outs.push(self.hook_out(h.event.seq, &room, kind, &a.event));
+                        }
+                    }
+                    kept.push(a);
+                }
+                kept.into_iter()
+            }
             Ok(v) => v.into_iter(),
             Err(e) => {
                 let r = Refusal::from(e);
@@ -180,6 +227,10 @@ impl Chat {
             };
             out.push(self.finish_send(ctx, res));
         }
+        // the hooks after the batch's events (appended to its last answer)
+        if let Some(last) = out.last_mut() {
+            last.extend(hook_outs);
+        }
         out
     }
 
@@ -202,7 +253,28 @@ impl Chat {
         };
         // 0, 0: moves no retention bound, only forgets this key
         self.store.expire(&ev.room, vec![key], 0, 0).await?;
-        Ok(self.store.append(ev).await?.event)
+        if !self.hooks {
+            return Ok(self.store.append(ev).await?.event);
+        }
+        // and the old hook record's key, so the new event gets its own record
+        let hook = self.hook_record(&ev);
+        if let Some(old) = self
+            .store
+            .lookup(&hook.room, &hook.from, &hook.msg_id)
+            .await?
+        {
+            let key = crate::store::KeyAt {
+                from: hook.from.clone(),
+                msg_id: hook.msg_id.clone(),
+                seq: old.seq,
+            };
+            self.store.expire(&hook.room, vec![key], 0, 0).await?;
+        }
+        let mut r = self.store.append_many(vec![hook, ev]).await?.into_iter();
+        match (r.next(), r.next()) {
+            (_, Some(a)) => Ok(a?.event),
+            _ => Err(Refusal::new(Code::Unavailable, "retry later")),
+        }
     }
 
     /// Validates a send and checks membership, mute/ban and rate; the event to append.
