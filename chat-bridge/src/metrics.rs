@@ -43,6 +43,8 @@ pub const METHODS: &[&str] = &[
     "users.block",
     "users.unblock",
     "users.blocks",
+    "rooms.report",
+    "hooks.read",
 ];
 
 /// The bridge's meters.

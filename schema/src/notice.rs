@@ -25,6 +25,15 @@ pub enum Inbox {
     Ban { room: String, by: String },
     /// `by` lifted the user's ban from `room`.
     Unban { room: String, by: String },
+    /// To a room's owners and admins: `by` reported the message `seq` of
+    /// `room`, written by `author`, for `reason` (if given).
+    Report {
+        room: String,
+        seq: u64,
+        author: String,
+        by: String,
+        reason: Option<String>,
+    },
 }
 
 /// `{"room","user","read","delivered","ts"}`: a member's markers after one
@@ -66,6 +75,13 @@ mod tests {
             Inbox::Unban {
                 room: "r1".into(),
                 by: "alice".into(),
+            },
+            Inbox::Report {
+                room: "r1".into(),
+                seq: 7,
+                author: "mallory".into(),
+                by: "bob".into(),
+                reason: Some("spam".into()),
             },
         ];
         for n in notices {

@@ -135,3 +135,95 @@ async fn kick_ban_mute_and_roles() -> Result<()> {
     }
     Ok(())
 }
+
+/// `rooms.report`: a member reports a message; the room's owners and
+/// admins (not plain members) get an inbox notice naming the message, its
+/// author and the reporter; a service sees it on `chat/hooks/reports`.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_reach_the_rooms_moderators() -> Result<()> {
+    let srv = TestServer::builder()
+        .toml("[bridge]\nhooks = true\n")
+        .start()
+        .await?;
+    let mut alice = srv.user_v4("alice", "alice-rep").await?;
+    let mut bob = srv.user_v4("bob", "bob-rep").await?;
+    let mut carol = srv.user_v4("carol", "carol-rep").await?;
+    let mut mallory = srv.user_v4("mallory", "mallory-rep").await?;
+    let mut eve = srv.user_v4("eve", "eve-rep").await?;
+    group_room(
+        &mut alice,
+        "rep1",
+        &mut [&mut bob, &mut carol, &mut mallory],
+    )
+    .await?;
+    alice
+        .rpc(
+            "rooms.role",
+            json!({"room": "rep1", "user": "bob", "role": "admin"}),
+        )
+        .await?;
+    let mut svc = tests::client_v4(srv.tcp_port(), "ext-bridge", "pw-svc", "svc-rep").await?;
+    svc.subscribe_ok("chat/hooks/reports").await?;
+    mallory.subscribe_ok("chat/rooms/rep1/events").await?;
+    mallory.send("rep1", "spam1", "buy now").await?;
+    let spam = seq_of(&mallory.recv_msg("rep1", "mallory", "spam1").await?);
+
+    let r = carol
+        .rpc(
+            "rooms.report",
+            json!({"room": "rep1", "seq": spam, "reason": "spam"}),
+        )
+        .await?;
+    assert_eq!(
+        r,
+        json!({"reported": true, "moderators": 2}),
+        "alice (owner) and bob (admin)"
+    );
+    for m in [&mut alice, &mut bob] {
+        let n = m
+            .recv_inbox("the report", |v| {
+                v["type"] == "report" && v["room"] == "rep1"
+            })
+            .await?;
+        assert_eq!(
+            (
+                n["seq"].as_u64(),
+                n["author"].clone(),
+                n["by"].clone(),
+                n["reason"].clone()
+            ),
+            (Some(spam), json!("mallory"), json!("carol"), json!("spam")),
+            "{n}"
+        );
+    }
+    mallory
+        .expect_none("a report", Duration::from_millis(300), |m| {
+            m.topic == "chat/users/mallory/inbox" && m.json()["type"] == "report"
+        })
+        .await?;
+    let hook = svc
+        .recv_until("the report hook", Duration::from_secs(10), |m| {
+            m.topic == "chat/hooks/reports"
+        })
+        .await?
+        .json();
+    assert_eq!(
+        (hook["seq"].as_u64(), hook["by"].clone()),
+        (Some(spam), json!("carol"))
+    );
+    // what cannot be reported
+    eve.subscribe_own().await?;
+    let e = eve
+        .rpc_err("rooms.report", json!({"room": "rep1", "seq": spam}))
+        .await?;
+    assert_eq!(e, "not_member");
+    let e = carol
+        .rpc_err("rooms.report", json!({"room": "rep1", "seq": 9999}))
+        .await?;
+    assert_eq!(e, "not_found");
+    let e = carol
+        .rpc_err("rooms.report", json!({"room": "rep1"}))
+        .await?;
+    assert_eq!(e, "bad_request");
+    Ok(())
+}

@@ -25,6 +25,7 @@ pub mod hooks;
 mod page;
 mod rate;
 mod read;
+mod report;
 pub mod retention;
 mod rooms;
 mod send;
@@ -462,6 +463,7 @@ impl Chat {
             "users.unblock" => self.block(user, params(payload)?, false).await,
             "users.blocks" => self.blocks(user).await,
             "hooks.read" => self.hooks_read(user, params(payload)?).await,
+            "rooms.report" => self.report(user, params(payload)?, out).await,
             m if m.starts_with("admin.") => self.admin(user, m, payload, out).await,
             "rooms.members" => self.members(user, params(payload)?).await,
             "read" => {

@@ -18,9 +18,9 @@ use std::collections::hash_map::Entry;
 /// A message that an edit, delete or reaction names.
 pub(super) struct Target {
     /// Its author.
-    from: String,
+    pub(super) from: String,
     /// Deleted, in the store or by a delete earlier in this batch.
-    deleted: bool,
+    pub(super) deleted: bool,
     /// The `(user, msg_id)` of the delete earlier in this batch, if any.
     deleted_by: Option<(String, String)>,
 }
@@ -82,7 +82,11 @@ impl Chat {
 
     /// The message at `seq` in `room`, if there is one (a `message` event:
     /// not a membership event, edit, delete or reaction).
-    async fn read_target(&self, room: &str, seq: u64) -> Result<Option<Target>, Refusal> {
+    pub(super) async fn read_target(
+        &self,
+        room: &str,
+        seq: u64,
+    ) -> Result<Option<Target>, Refusal> {
         let Some(before) = seq.checked_sub(1) else {
             return Ok(None);
         };
