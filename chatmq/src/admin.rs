@@ -1,7 +1,7 @@
 //! The admin HTTP API on `server.http`, under `/admin/v1`, for a team's own
 //! backend: create rooms with members, list rooms and members, read a
-//! user's unread counts, kick and ban, export a room's history as JSON
-//! lines. Authenticated with `Authorization: Bearer <server.admin_token>`
+//! user's unread counts, kick and ban, erase a user (GDPR), export a
+//! room's history as JSON lines. Authenticated with `Authorization: Bearer <server.admin_token>`
 //! (empty: no API). Described by `/admin/v1/openapi.json` (OpenAPI 3.0, public,
 //! `admin-openapi.json`), which schemathesis checks against the running
 //! server (`tests/tests/admin_api.rs`).
@@ -66,6 +66,7 @@ pub fn routes(state: AdminState) -> Router {
         .route("/admin/v1/rooms/:room/ban", post(ban))
         .route("/admin/v1/rooms/:room/export", get(export))
         .route("/admin/v1/users/:user/unread", get(unread))
+        .route("/admin/v1/users/:user", axum::routing::delete(erase))
         .with_state(state)
 }
 
@@ -307,6 +308,20 @@ async fn ban(
     body: Bytes,
 ) -> Response {
     moderate(state, headers, room, body, "rooms.ban").await
+}
+
+/// GDPR erasure: the user's messages, memberships and blocks (see
+/// `chat_bridge::chat::admin`, `admin.erase`; what remains is in the answer).
+async fn erase(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    guard!(state, headers);
+    match call(&state, "admin.erase", json!({"user": user})).await {
+        Ok(v) => json_ok(StatusCode::OK, &v),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// The room's whole history, oldest first, one event per line.

@@ -150,6 +150,49 @@ async fn admin_api_flows() -> Result<()> {
         "{lines}"
     );
 
+    // erase alice (GDPR): her message becomes a tombstone, she leaves, clients see it
+    bob.clear();
+    let (status, erased) = admin(&srv, "DELETE", "/admin/v1/users/alice", Value::Null).await?;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(
+        (erased["rooms"].clone(), erased["redacted"].clone()),
+        (json!(1), json!(1)),
+        "{erased}"
+    );
+    assert!(
+        erased["remains"].as_array().is_some_and(|r| !r.is_empty()),
+        "{erased}"
+    );
+    let (_, lines) =
+        http_request(port, "GET", "/admin/v1/rooms/adm1/export", Some(TOKEN), "").await?;
+    assert!(
+        !lines.contains("welcome"),
+        "the body is gone from storage: {lines}"
+    );
+    let a1 = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["msg_id"] == "a1")
+        .unwrap_or_default();
+    assert_eq!(a1["deleted"], true, "a tombstone: {a1}");
+    let (_, members) = admin(&srv, "GET", "/admin/v1/rooms/adm1/members", Value::Null).await?;
+    assert!(
+        members["members"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|m| m["user"] == "alice" && m["state"] == "left")),
+        "{members}"
+    );
+    assert_eq!(
+        alice.rpc_err("history", json!({"room": "adm1"})).await?,
+        "not_member"
+    );
+    let (status, again) = admin(&srv, "DELETE", "/admin/v1/users/alice", Value::Null).await?;
+    assert_eq!(
+        (status, again["redacted"].clone()),
+        (200, json!(0)),
+        "idempotent: {again}"
+    );
+
     // bad input: clear codes, nothing else
     for (method, path, body, want) in [
         ("POST", "/admin/v1/rooms", "not json", 400),

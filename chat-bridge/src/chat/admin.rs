@@ -4,9 +4,10 @@
 //! as its owner would (`rooms.kick`, `rooms.ban`, `rooms.mute`).
 
 use super::{Chat, Out};
-use crate::store::{MemberChange, MemberState, Role, RoomKind};
+use crate::store::{MemberChange, MemberState, NewEvent, Range, Role, RoomKind};
 use crate::wire::{self, required_room, required_user, Code, Refusal};
 use schema::request::{Create, List};
+use schema::EventBody;
 use schema::RawValue;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,17 @@ pub(super) struct AdminUser {
     user: Option<String>,
     after: Option<String>,
     limit: Option<u64>,
+}
+
+/// What erase reads of a stored event.
+#[derive(Deserialize)]
+struct Authored {
+    #[serde(default)]
+    from: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    deleted: bool,
 }
 
 /// Most members `admin.create` joins at once.
@@ -105,11 +117,106 @@ impl Chat {
                 )
                 .await
             }
+            "admin.erase" => {
+                let p: AdminUser = wire::params(payload)?;
+                let target = required_user(p.user)?;
+                self.erase(user, &target, out).await
+            }
             _ => Err(Refusal::bad(format!(
                 "unknown method {:?}",
                 method.chars().take(64).collect::<String>()
             ))),
         }
+    }
+
+    /// `admin.erase`: the user's messages, edits and reactions in every
+    /// room they were ever in are deleted (the store keeps only each one's
+    /// tombstone), they leave every room, and their blocks are lifted.
+    async fn erase(
+        &self,
+        admin: &str,
+        user: &str,
+        out: &mut Vec<Out>,
+    ) -> Result<Box<RawValue>, Refusal> {
+        let rooms = self.store.user_rooms(user).await?;
+        let mut redacted = 0u64;
+        for m in &rooms {
+            let room = m.room.as_str();
+            let mut after = 0u64;
+            loop {
+                let page = self.store.read(room, Range::After(after), 1000).await?;
+                let mut deletes = Vec::new();
+                for e in &page.events {
+                    after = e.seq;
+                    let Ok(h) = serde_json::from_slice::<Authored>(&e.json) else {
+                        continue;
+                    };
+                    if h.from != user
+                        || h.deleted
+                        || !matches!(h.kind.as_str(), "message" | "edit" | "reaction")
+                    {
+                        continue;
+                    }
+                    let body = EventBody::Delete {
+                        target: e.seq,
+                        meta: None,
+                    }
+                    .to_map()
+                    .map_err(|_| Refusal::new(Code::Unavailable, "internal error, retry later"))?;
+                    deletes.push(NewEvent {
+                        room: room.to_owned(),
+                        from: admin.to_owned(),
+                        msg_id: format!("$erase:{user}:{}", e.seq),
+                        ts: super::now_ms(),
+                        body,
+                        member: None,
+                        redacts: Some(e.seq),
+                    });
+                }
+                for chunk in deletes.chunks(256) {
+                    for a in self.store.append_many(chunk.to_vec()).await? {
+                        let a = a?;
+                        if !a.duplicate {
+                            redacted += 1;
+                        }
+                        out.push(self.event_out(room, &a.event));
+                    }
+                }
+                if !page.has_more || page.events.is_empty() {
+                    break;
+                }
+            }
+            if matches!(m.state, MemberState::Joined | MemberState::Invited) {
+                let change = MemberChange {
+                    user: user.to_owned(),
+                    role: m.role,
+                    state: MemberState::Left,
+                    muted: false,
+                };
+                self.member_event(room, admin, user, "erase", change, out)
+                    .await?;
+            }
+        }
+        let blocks = self
+            .store
+            .blocked_users(user, super::block::MAX_BLOCKS)
+            .await?;
+        for b in &blocks {
+            self.store.set_blocked(user, b, false).await?;
+        }
+        wire::result(&serde_json::json!({
+            "user": user,
+            "rooms": rooms.len(),
+            "redacted": redacted,
+            "blocks_lifted": blocks.len(),
+            "remains": [
+                "the tombstone of each deleted event: room, seq, ts, from (the user id), msg_id, type",
+                "membership events naming the user (joins, invitations, the final erase)",
+                "the user's read and delivered markers (numbers)",
+                "blocks of the user by others (their data)",
+                "hook records (references to tombstones)"
+            ]
+        }))
     }
 
     async fn admin_create(
