@@ -71,6 +71,8 @@ pub struct BridgeConfig {
     pub hooks: bool,
     /// Accounts (service accounts) that may `hooks.read`.
     pub hook_users: Vec<String>,
+    /// `[bridge.moderation]`: pre-publish moderation.
+    pub moderation: crate::chat::moderation::ModerationConfig,
 }
 
 impl Default for BridgeConfig {
@@ -94,6 +96,7 @@ impl Default for BridgeConfig {
             admin_users: Vec::new(),
             hooks: false,
             hook_users: Vec::new(),
+            moderation: Default::default(),
         }
     }
 }

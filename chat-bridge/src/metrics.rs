@@ -85,6 +85,8 @@ pub struct BridgeMetrics {
     pub retention_events: IntCounter,
     /// Idempotency keys the sweep forgot.
     pub retention_keys: IntCounter,
+    /// Sends whose moderation verdict did not come in time.
+    pub moderation_timeouts: IntCounter,
 }
 
 /// Registers `c` in `r` and returns it.
@@ -244,6 +246,11 @@ impl BridgeMetrics {
                 r,
                 "chatmq_retention_keys_forgotten_total",
                 "Idempotency keys forgotten by the retention sweep",
+            ),
+            moderation_timeouts: counter(
+                r,
+                "chatmq_moderation_timeouts_total",
+                "Sends whose moderation verdict did not come in time",
             ),
         })
     }
@@ -458,7 +465,7 @@ mod tests {
         m.store_errors.with_label_values(&["append"]).inc();
         m.received.with_label_values(&["send"]).inc();
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert_eq!(names.len(), 17, "{names:?}");
+        assert_eq!(names.len(), 18, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("chatmq_")));
         assert_eq!(BridgeMetrics::method_label("rooms.join"), "rooms.join");
         assert_eq!(BridgeMetrics::method_label("x.evil/room-id"), "other");

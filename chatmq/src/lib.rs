@@ -33,6 +33,7 @@ mod alloc;
 pub mod cli;
 pub mod demo;
 mod in_process;
+pub mod moderation;
 pub mod server;
 pub mod settings;
 mod store;

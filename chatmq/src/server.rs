@@ -230,6 +230,19 @@ impl Server {
         if let Some(b) = &server.broker {
             chat = chat.with_online(b.connected());
         }
+        if cfg.bridge.moderation.enabled {
+            match &server.broker {
+                Some(b) => {
+                    let m = crate::moderation::LinkModerator::start(b)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("moderation links: {e}"))?;
+                    chat = chat.with_moderation(cfg.bridge.moderation.clone(), m);
+                }
+                None => tracing::warn!(
+                    "bridge.moderation is enabled, but pre-publish moderation runs in `chatmq all` only"
+                ),
+            }
+        }
         let chat = Arc::new(
             chat.with_limits(cfg.bridge.limits())
                 .with_direct_acceptance(cfg.bridge.direct_needs_acceptance)

@@ -22,6 +22,7 @@ mod block;
 mod create;
 mod direct;
 pub mod hooks;
+pub mod moderation;
 mod page;
 mod rate;
 mod read;
@@ -112,6 +113,9 @@ pub struct Chat {
     hook_users: Vec<String>,
     /// Whether a user is connected now (the broker's, in one process).
     online: Option<Online>,
+    /// Pre-publish moderation (see `moderation.rs`).
+    moderation: moderation::ModerationConfig,
+    moderator: Option<Arc<dyn moderation::Moderator>>,
 }
 
 /// Whether a user is connected now.
@@ -147,6 +151,8 @@ impl Chat {
             hooks: false,
             hook_users: Vec::new(),
             online: None,
+            moderation: Default::default(),
+            moderator: None,
             counter: Default::default(),
             metrics: BridgeMetrics::unregistered(),
         }
@@ -182,6 +188,17 @@ impl Chat {
     pub fn with_hooks(mut self, on: bool, users: Vec<String>) -> Self {
         self.hooks = on;
         self.hook_users = users;
+        self
+    }
+
+    /// Asks `moderator` before storing messages and edits (see `moderation.rs`).
+    pub fn with_moderation(
+        mut self,
+        cfg: moderation::ModerationConfig,
+        moderator: Arc<dyn moderation::Moderator>,
+    ) -> Self {
+        self.moderation = cfg;
+        self.moderator = Some(moderator);
         self
     }
 

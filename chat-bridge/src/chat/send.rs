@@ -139,6 +139,18 @@ impl Chat {
                 .await,
             );
         }
+        // pre-publish moderation, every send of the batch asked at once
+        let prepared = if self.moderator.is_some() {
+            futures_util::future::join_all(prepared.into_iter().map(|(ctx, r)| async move {
+                match r {
+                    Ok(ev) => (ctx, self.moderate_send(ev).await),
+                    Err(e) => (ctx, Err(e)),
+                }
+            }))
+            .await
+        } else {
+            prepared
+        };
         // the events move to the store; `prepared` keeps whether each was
         // valid (and, with an idempotency window, a copy for a renewed send)
         let window = self.retention.window().map(|w| w.as_millis() as u64);
