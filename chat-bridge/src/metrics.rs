@@ -45,6 +45,7 @@ pub const METHODS: &[&str] = &[
     "users.blocks",
     "rooms.report",
     "hooks.read",
+    "rooms.slow",
 ];
 
 /// The bridge's meters.
@@ -397,6 +398,19 @@ impl Store for MeteredStore {
     async fn markers(&self, room: &str, user: &str) -> Result<Markers, StoreError> {
         self.read_op("markers", self.inner.markers(room, user))
             .await
+    }
+
+    async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError> {
+        self.read_op("room_settings", self.inner.room_settings(room))
+            .await
+    }
+
+    async fn set_room_settings(&self, room: &str, settings: &str) -> Result<(), StoreError> {
+        self.read_op(
+            "set_room_settings",
+            self.inner.set_room_settings(room, settings),
+        )
+        .await
     }
 
     async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError> {

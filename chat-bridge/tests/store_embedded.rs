@@ -50,7 +50,7 @@ async fn run_all_on_fresh_stores() {
         async move { Arc::new(open(&path, FsyncPolicy::Never)) as Arc<dyn Store> }
     })
     .await;
-    assert_eq!(n.load(Ordering::Relaxed), 19, "run_all runs every check");
+    assert_eq!(n.load(Ordering::Relaxed), 20, "run_all runs every check");
 }
 
 fn new_event(room: &str, from: &str, msg_id: &str, member: Option<MemberChange>) -> NewEvent {

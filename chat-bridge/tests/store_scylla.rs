@@ -89,7 +89,7 @@ where
         .applied;
     assert_eq!(
         applied,
-        ["001_init", "002_blocks_retention"],
+        ["001_init", "002_blocks_retention", "003_room_settings"],
         "a fresh keyspace gets every migration"
     );
     let outcome = tokio::spawn(f(cfg.clone())).await;

@@ -227,3 +227,65 @@ async fn reports_reach_the_rooms_moderators() -> Result<()> {
     assert_eq!(e, "bad_request");
     Ok(())
 }
+
+/// Slow mode: set by an owner, announced in the room, one message per
+/// `seconds` for members (a second within the window is `rate_limited`,
+/// edits are not slowed), owners unslowed; 0 turns it off; members may not
+/// set it.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_mode_per_room() -> Result<()> {
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-slow").await?;
+    let mut bob = srv.user_v4("bob", "bob-slow").await?;
+    group_room(&mut alice, "slow1", &mut [&mut bob]).await?;
+    bob.subscribe_ok("chat/rooms/slow1/events").await?;
+    assert_eq!(
+        bob.rpc_err("rooms.slow", json!({"room": "slow1", "seconds": 5}))
+            .await?,
+        "forbidden"
+    );
+    assert_eq!(
+        alice
+            .rpc_err("rooms.slow", json!({"room": "slow1", "seconds": 99999}))
+            .await?,
+        "bad_request"
+    );
+    alice
+        .rpc("rooms.slow", json!({"room": "slow1", "seconds": 2}))
+        .await?;
+    let announced = bob.recv_event("slow1", |e| e["type"] == "settings").await?;
+    assert_eq!(announced["slow_secs"], 2, "{announced}");
+
+    bob.send("slow1", "s1", "first").await?;
+    let first = seq_of(&bob.recv_msg("slow1", "bob", "s1").await?);
+    bob.send("slow1", "s2", "too soon").await?;
+    let err = bob
+        .recv_inbox("the slow-mode refusal", |v| {
+            v["type"] == "error" && v["msg_id"] == "s2"
+        })
+        .await?;
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    // an edit is not slowed; the owner is not slowed
+    bob.publish_json(
+        "chat/rooms/slow1/send/bob",
+        &json!({"msg_id": "e1", "type": "edit", "target": first, "body": "first!"}),
+    )
+    .await?;
+    bob.recv_msg("slow1", "bob", "e1").await?;
+    for i in 0..3 {
+        alice.send("slow1", &format!("a{i}"), "owner").await?;
+        bob.recv_msg("slow1", "alice", &format!("a{i}")).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    bob.send("slow1", "s3", "after the wait").await?;
+    bob.recv_msg("slow1", "bob", "s3").await?;
+    // off again
+    alice
+        .rpc("rooms.slow", json!({"room": "slow1", "seconds": 0}))
+        .await?;
+    for i in 0..3 {
+        bob.send("slow1", &format!("f{i}"), "free").await?;
+        bob.recv_msg("slow1", "bob", &format!("f{i}")).await?;
+    }
+    Ok(())
+}

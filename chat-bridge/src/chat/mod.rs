@@ -30,6 +30,7 @@ mod report;
 pub mod retention;
 mod rooms;
 mod send;
+mod slow;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -116,6 +117,8 @@ pub struct Chat {
     /// Pre-publish moderation (see `moderation.rs`).
     moderation: moderation::ModerationConfig,
     moderator: Option<Arc<dyn moderation::Moderator>>,
+    /// Slow mode's last sends.
+    last_sends: slow::LastSends,
 }
 
 /// Whether a user is connected now.
@@ -153,6 +156,7 @@ impl Chat {
             online: None,
             moderation: Default::default(),
             moderator: None,
+            last_sends: Default::default(),
             counter: Default::default(),
             metrics: BridgeMetrics::unregistered(),
         }
@@ -481,6 +485,7 @@ impl Chat {
             "users.blocks" => self.blocks(user).await,
             "hooks.read" => self.hooks_read(user, params(payload)?).await,
             "rooms.report" => self.report(user, params(payload)?, out).await,
+            "rooms.slow" => self.slow(user, params(payload)?, out).await,
             m if m.starts_with("admin.") => self.admin(user, m, payload, out).await,
             "rooms.members" => self.members(user, params(payload)?).await,
             "read" => {

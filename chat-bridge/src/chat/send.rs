@@ -25,6 +25,8 @@ pub(super) struct SendCache {
     pub(super) targets: HashMap<u64, Option<Target>>,
     /// Whether a block stands between a direct room's two users.
     blocked: Option<bool>,
+    /// The room's slow mode, seconds (0: off).
+    slow: Option<u64>,
 }
 
 /// The room of a stored event (its JSON's `room`).
@@ -418,6 +420,19 @@ impl Chat {
                 Code::Forbidden,
                 "one of you blocks the other: no messages in this direct room",
             ));
+        }
+        if kind == SendKind::Message && !self.moderates(cache, user) {
+            if cache.slow.is_none() {
+                let settings = self.store.room_settings(room).await?;
+                cache.slow = Some(super::slow::slow_secs(settings.as_deref()));
+            }
+            let secs = cache.slow.unwrap_or(0);
+            if secs > 0 && !self.last_sends.take(room, user, secs) {
+                return Err(Refusal::new(
+                    Code::RateLimited,
+                    format!("slow mode: one message every {secs} s in {room}"),
+                ));
+            }
         }
         if !self.send_rate.take(user, room) {
             return Err(Refusal::new(

@@ -114,7 +114,7 @@ impl Chat {
 
     /// Whether `user` moderates the batch's room: an owner or admin of a
     /// group or channel.
-    fn moderates(&self, cache: &SendCache, user: &str) -> bool {
+    pub(super) fn moderates(&self, cache: &SendCache, user: &str) -> bool {
         let moderated = matches!(&cache.room, Some(Some(r)) if r.kind != RoomKind::Direct);
         let role = cache
             .members

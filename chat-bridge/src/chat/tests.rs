@@ -77,6 +77,12 @@ impl Store for Flaky {
         self.room_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.markers(room, user).await
     }
+    async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError> {
+        self.inner.room_settings(room).await
+    }
+    async fn set_room_settings(&self, room: &str, settings: &str) -> Result<(), StoreError> {
+        self.inner.set_room_settings(room, settings).await
+    }
     async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError> {
         self.inner.is_blocked(user, target).await
     }

@@ -41,6 +41,7 @@ macro_rules! for_each_conformance_check {
             blocks,
             rooms_pages_list_every_room,
             retention_expires_oldest,
+            room_settings_replace,
         );
     };
 }
@@ -1052,4 +1053,18 @@ pub async fn retention_expires_oldest(store: Arc<dyn Store>) {
     assert_eq!(seqs(&page), vec![11]);
     let next = append(&store, event(&room, "filler", "after")).await;
     assert_eq!((next.event.seq, next.duplicate), (12, false), "seq goes on");
+}
+
+/// Room settings: none at first, then the last set, per room.
+pub async fn room_settings_replace(store: Arc<dyn Store>) {
+    let (a, b) = (uid("set-a"), uid("set-b"));
+    assert_eq!(store.room_settings(&a).await.ok(), Some(None));
+    for v in [r#"{"slow_secs":30}"#, r#"{"slow_secs":0}"#] {
+        store
+            .set_room_settings(&a, v)
+            .await
+            .unwrap_or_else(|e| panic!("set_room_settings: {e}"));
+        assert_eq!(store.room_settings(&a).await.ok(), Some(Some(v.to_owned())));
+    }
+    assert_eq!(store.room_settings(&b).await.ok(), Some(None), "per room");
 }

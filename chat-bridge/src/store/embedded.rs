@@ -32,6 +32,7 @@
 //! | `markers`    | `lp(room) ++ user`               | `read ++ delivered`             |
 //! | `blocks`     | `lp(user) ++ target`             | empty                           |
 //! | `expired`    | `room`                           | `events_before ++ keys_before`  |
+//! | `settings`   | `room`                           | the room's settings (JSON)      |
 //!
 //! `members` and `user_rooms` are written in the same batch as the event
 //! that carries the change, so they never disagree; likewise the tombstone
@@ -99,6 +100,7 @@ struct Tables {
     markers: Keyspace,
     blocks: Keyspace,
     expired: Keyspace,
+    settings: Keyspace,
 }
 
 /// The default [`Store`]: fjall on local disk, one writer thread with group commit.
@@ -158,6 +160,7 @@ impl EmbeddedStore {
             markers: ks("markers")?,
             blocks: ks("blocks")?,
             expired: ks("expired")?,
+            settings: ks("settings")?,
             db: db.clone(),
         };
         let (tx, rx) = mpsc::channel();
@@ -415,6 +418,22 @@ impl Store for EmbeddedStore {
             Some(v) => keys::markers_of(&v),
             None => Ok(Markers::default()),
         }
+    }
+
+    async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let v = self.t.db.snapshot().get(&self.t.settings, room.as_bytes());
+        Ok(v.map_err(engine_err)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    async fn set_room_settings(&self, room: &str, settings: &str) -> Result<(), StoreError> {
+        let (room, settings) = (room.to_owned(), settings.to_owned());
+        self.call(|reply| Cmd::Settings {
+            room,
+            settings,
+            reply,
+        })
+        .await
     }
 
     async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError> {

@@ -262,6 +262,12 @@ pub trait Store: Send + Sync + 'static {
     /// The user's markers in a room.
     async fn markers(&self, room: &str, user: &str) -> Result<Markers, StoreError>;
 
+    /// A room's settings (a JSON object, as stored), if any were set.
+    async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError>;
+
+    /// Replaces a room's settings (a JSON object).
+    async fn set_room_settings(&self, room: &str, settings: &str) -> Result<(), StoreError>;
+
     /// Whether `user` blocks `target`.
     async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError>;
 

@@ -35,6 +35,11 @@ pub(super) enum Cmd {
         seq: u64,
         reply: Reply<(Markers, bool)>,
     },
+    Settings {
+        room: String,
+        settings: String,
+        reply: Reply<()>,
+    },
     Block {
         user: String,
         target: String,
@@ -204,6 +209,14 @@ impl Writer {
                     on,
                     reply,
                 } => Done::Unit(reply, self.block(&mut batch, &user, &target, on)),
+                Cmd::Settings {
+                    room,
+                    settings,
+                    reply,
+                } => {
+                    batch.insert(&self.t.settings, room.as_bytes(), settings.as_bytes());
+                    Done::Unit(reply, Ok(()))
+                }
                 Cmd::Expire {
                     room,
                     keys,

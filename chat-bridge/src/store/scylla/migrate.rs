@@ -21,6 +21,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "002_blocks_retention",
         include_str!("../../../../schema/cql/002_blocks_retention.cql"),
     ),
+    (
+        "003_room_settings",
+        include_str!("../../../../schema/cql/003_room_settings.cql"),
+    ),
 ];
 
 /// What `${tablets}` becomes on ScyllaDB versions that know tablets.
@@ -285,7 +289,7 @@ mod tests {
             .flat_map(|(_, text)| statements(text, "ks_test", "{}"))
             .collect();
         assert!(later.iter().all(|s| s.contains("IF NOT EXISTS")));
-        assert_eq!(later.len(), 2, "{later:?}");
+        assert_eq!(later.len(), 3, "{later:?}");
         let messages = all
             .iter()
             .find(|s| s.contains(".messages ("))

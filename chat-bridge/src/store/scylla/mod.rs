@@ -15,6 +15,7 @@
 //! | `room_index`   | `room`                  |               | `indexed` (see Repair)                 |
 //! | `user_blocks`  | `member`                | `blocked`     | who `member` blocks                    |
 //! | `room_expired` | `room`                  |               | what retention removed (`retain.rs`)   |
+//! | `room_settings`| `room`                  |               | the room's settings (JSON)             |
 //!
 //! `bucket = seq / BUCKET_SIZE`: a partition holds at most [`BUCKET_SIZE`] events.
 //!
@@ -284,6 +285,26 @@ impl Store for ScyllaStore {
 
     async fn markers(&self, room: &str, user: &str) -> Result<Markers, StoreError> {
         read::markers(&self.inner, room, user).await
+    }
+
+    async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = read::one(
+            &self.inner,
+            &self.inner.st.settings_get,
+            (room,),
+            "settings read",
+        )
+        .await?;
+        Ok(row.and_then(|(s,)| s))
+    }
+
+    async fn set_room_settings(&self, room: &str, settings: &str) -> Result<(), StoreError> {
+        self.inner
+            .session
+            .execute_unpaged(&self.inner.st.settings_put, (room, settings))
+            .await
+            .map_err(|e| unavailable("settings write", e))?;
+        Ok(())
     }
 
     async fn is_blocked(&self, user: &str, target: &str) -> Result<bool, StoreError> {

@@ -128,10 +128,12 @@ pub(super) struct Stmts {
     pub(super) expired_put_keys: PreparedStatement,
     pub(super) idem_del: PreparedStatement,
     pub(super) events_del: PreparedStatement,
+    pub(super) settings_get: PreparedStatement,
+    pub(super) settings_put: PreparedStatement,
 }
 
 /// (CQL with `{ks}` for the keyspace, how it runs, page size).
-const CQL: [(&str, Kind, i32); 32] = [
+const CQL: [(&str, Kind, i32); 34] = [
     (
         "INSERT INTO {ks}.messages (room, bucket, seq, sender, msg_id, ts, payload, member_change) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
@@ -308,6 +310,16 @@ const CQL: [(&str, Kind, i32); 32] = [
         Kind::Idempotent,
         0,
     ),
+    (
+        "SELECT settings FROM {ks}.room_settings WHERE room = ?",
+        Kind::Idempotent,
+        0,
+    ),
+    (
+        "INSERT INTO {ks}.room_settings (room, settings) VALUES (?, ?)",
+        Kind::Idempotent,
+        0,
+    ),
 ];
 
 impl Stmts {
@@ -372,6 +384,8 @@ impl Stmts {
             expired_put_keys: next()?,
             idem_del: next()?,
             events_del: next()?,
+            settings_get: next()?,
+            settings_put: next()?,
         })
     }
 }
@@ -513,7 +527,7 @@ mod tests {
     #[test]
     fn statements_match_the_schema() {
         let s = schema();
-        assert_eq!(s.len(), 10, "tables: {:?}", s.keys());
+        assert_eq!(s.len(), 11, "tables: {:?}", s.keys());
         check::<InsertEvent<'_>, ()>(0, &s);
         check::<SeqRange<'_>, SlotRow>(1, &s);
         check::<Bucket<'_>, (i64,)>(2, &s);
@@ -546,5 +560,7 @@ mod tests {
         check::<ExpiredPut<'_>, ()>(29, &s);
         check::<IdemDel<'_>, ()>(30, &s);
         check::<EventsDel<'_>, ()>(31, &s);
+        check::<Key1<'_>, (Option<String>,)>(32, &s);
+        check::<Key2<'_>, ()>(33, &s);
     }
 }
