@@ -423,8 +423,15 @@ impl Chat {
         }
         if kind == SendKind::Message && !self.moderates(cache, user) {
             if cache.slow.is_none() {
-                let settings = self.store.room_settings(room).await?;
-                cache.slow = Some(super::slow::slow_secs(settings.as_deref()));
+                cache.slow = match self.last_sends.cached(room) {
+                    Some(s) => Some(s),
+                    None => {
+                        let settings = self.store.room_settings(room).await?;
+                        let s = super::slow::slow_secs(settings.as_deref());
+                        self.last_sends.remember(room, s);
+                        Some(s)
+                    }
+                };
             }
             let secs = cache.slow.unwrap_or(0);
             if secs > 0 && !self.last_sends.take(room, user, secs) {

@@ -25,11 +25,37 @@ pub(super) struct Slow {
     seconds: Option<u64>,
 }
 
-/// When each (room, user) last sent in a slow room.
+/// When each (room, user) last sent in a slow room, and each room's slow
+/// mode as last read from the store (kept [`SETTINGS_TTL`]: sends do not
+/// read the store each batch; a change made through another bridge of a
+/// cluster applies within that time).
 #[derive(Default)]
-pub(super) struct LastSends(parking_lot::Mutex<HashMap<(String, String), Instant>>);
+pub(super) struct LastSends(
+    parking_lot::Mutex<HashMap<(String, String), Instant>>,
+    parking_lot::Mutex<HashMap<String, (u64, Instant)>>,
+);
+
+/// How long a room's slow mode is kept before it is read again.
+const SETTINGS_TTL: Duration = Duration::from_secs(5);
 
 impl LastSends {
+    /// The room's slow mode if read less than [`SETTINGS_TTL`] ago.
+    pub(super) fn cached(&self, room: &str) -> Option<u64> {
+        let map = self.1.lock();
+        map.get(room)
+            .filter(|(_, at)| at.elapsed() < SETTINGS_TTL)
+            .map(|(s, _)| *s)
+    }
+
+    /// Keeps the room's slow mode as just read (or just set).
+    pub(super) fn remember(&self, room: &str, secs: u64) {
+        let mut map = self.1.lock();
+        if map.len() > 100_000 {
+            map.retain(|_, (_, at)| at.elapsed() < SETTINGS_TTL);
+        }
+        map.insert(room.to_owned(), (secs, Instant::now()));
+    }
+
     /// Whether `user` may send in `room` now under a slow mode of `secs`
     /// (and, if so, from now on counts as having sent).
     pub(super) fn take(&self, room: &str, user: &str, secs: u64) -> bool {
@@ -95,6 +121,7 @@ impl Chat {
         self.store
             .set_room_settings(&room, &settings.to_string())
             .await?;
+        self.last_sends.remember(&room, secs);
         let mut body = serde_json::Map::new();
         body.insert("type".into(), "settings".into());
         body.insert("slow_secs".into(), secs.into());
