@@ -360,7 +360,18 @@ impl Authorizer {
             return Decision::Deny("invalid_filter");
         }
         let me = match who {
-            Principal::Service { allow, .. } => return service(allow, filter),
+            // a shared subscription `$share/{group}/{filter}` is judged by
+            // its filter (a service may share what it may subscribe to)
+            Principal::Service { allow, .. } => {
+                let shared = filter
+                    .strip_prefix("$share/")
+                    .and_then(|rest| rest.split_once('/'))
+                    .filter(|(group, f)| !group.is_empty() && !f.is_empty());
+                return match shared {
+                    Some((_, f)) => service(allow, f),
+                    None => service(allow, filter),
+                };
+            }
             Principal::User(me) => me.as_str(),
         };
         let Some(levels) = self.chat_levels(filter) else {

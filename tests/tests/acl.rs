@@ -284,3 +284,73 @@ async fn reply_topic_unsubscribe_and_subscribe_again() -> Result<()> {
     assert!(r["rooms"].is_array(), "subscribed again: {r}");
     Ok(())
 }
+
+/// CONNACK (MQTT 5) says shared subscriptions are available to a service
+/// account, which may use them, and not to a user, whose `$share/`
+/// subscription is refused with 0x9E (Shared Subscriptions not supported),
+/// not 0x87 (Not authorized).
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_subscriptions_for_services_only() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let srv = TestServer::start().await?;
+    let probe = |user: &'static str, password: String, filter: &'static str| {
+        let port = srv.tcp_port();
+        async move {
+            let mut o = MqttOptions::new(format!("{user}-share"), "127.0.0.1", port);
+            o.set_credentials(user, password);
+            let (client, mut el) = AsyncClient::new(o, 10);
+            let mut available = None;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let ev = tokio::time::timeout_at(deadline, el.poll()).await??;
+                match ev {
+                    Event::Incoming(Packet::ConnAck(ack)) => {
+                        available = ack.properties.and_then(|p| p.shared_subscription_available);
+                        client.subscribe(filter, QoS::AtLeastOnce).await?;
+                    }
+                    Event::Incoming(Packet::SubAck(s)) => {
+                        return Ok::<_, anyhow::Error>((available, s.return_codes));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    let (avail, codes) = probe("alice", pw("alice"), "$share/g/chat/rooms/r1/events").await?;
+    assert_eq!(avail, Some(0), "a user is told there are none");
+    assert_eq!(
+        codes,
+        vec![SubscribeReasonCode::SharedSubscriptionsNotSupported]
+    );
+    let (avail, codes) = probe(
+        "ext-bridge",
+        "pw-svc".into(),
+        "$share/g/chat/rooms/+/send/+",
+    )
+    .await?;
+    assert_eq!(avail, Some(1), "a service account is told they work");
+    assert!(
+        matches!(codes[..], [SubscribeReasonCode::Success(_)]),
+        "{codes:?}"
+    );
+    // ... and they do: a member of the share group gets what its filter matches
+    let mut svc = client_v5(srv.tcp_port(), "ext-bridge", "pw-svc", "svc-share").await?;
+    svc.subscribe_ok("$share/g2/chat/rooms/+/typing/+").await?;
+    let mut alice = srv.user_v4("alice", "alice-share").await?;
+    group_room(&mut alice, "shr", &mut []).await?;
+    alice
+        .publish_json("chat/rooms/shr/typing/alice", &json!({"typing": true}))
+        .await?;
+    svc.recv_until(
+        "the shared delivery",
+        std::time::Duration::from_secs(10),
+        |m| m.topic == "chat/rooms/shr/typing/alice",
+    )
+    .await?;
+    // an ordinary refusal stays 0x87
+    let (_, codes) = probe("alice", pw("alice"), "chat/rooms/+/events").await?;
+    assert_eq!(codes, vec![SubscribeReasonCode::NotAuthorized]);
+    Ok(())
+}

@@ -375,7 +375,11 @@ async fn accept(
         topic_alias_max: None,
         retain_available: Some(1),
         wildcard_subscription_available: Some(1),
-        shared_subscription_available: Some(0),
+        // shared subscriptions work for service accounts, never for users
+        shared_subscription_available: Some(match principal {
+            Principal::User(_) => 0,
+            _ => 1,
+        }),
         ..Default::default()
     });
     conn.push(Packet::ConnAck(

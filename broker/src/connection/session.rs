@@ -344,7 +344,15 @@ impl Session {
                                 .acl_denials
                                 .with_label_values(&["subscribe", rule])
                                 .inc();
-                            codes.push(Some(SubscribeReasonCode::NotAuthorized));
+                            // MQTT 5: a user's shared subscription is
+                            // "not supported" (0x9E), not "not authorized"
+                            let shared_sub = matches!(self.principal, Principal::User(_))
+                                && f.path.starts_with("$share/");
+                            codes.push(Some(if shared_sub {
+                                SubscribeReasonCode::SharedSubscriptionsNotSupported
+                            } else {
+                                SubscribeReasonCode::NotAuthorized
+                            }));
                         }
                     }
                 }
