@@ -354,3 +354,65 @@ async fn shared_subscriptions_for_services_only() -> Result<()> {
     assert_eq!(codes, vec![SubscribeReasonCode::NotAuthorized]);
     Ok(())
 }
+
+/// A client's Maximum Packet Size bounds the whole packet, properties
+/// included (MQTT-3.1.2-24): a reply whose correlation data makes it too
+/// big is not sent (the client would have to drop the connection), and the
+/// connection carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn maximum_packet_size_counts_properties() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let srv = TestServer::start().await?;
+    let mut o = MqttOptions::new("alice-maxpkt", "127.0.0.1", srv.tcp_port());
+    o.set_credentials("alice", pw("alice"));
+    o.set_max_packet_size(Some(600));
+    let (client, mut el) = AsyncClient::new(o, 10);
+    let reply = "chat/users/alice/replies/alice-maxpkt";
+    let request = |corr: Vec<u8>| {
+        let props = PublishProperties {
+            response_topic: Some(reply.to_owned()),
+            correlation_data: Some(corr.into()),
+            ..Default::default()
+        };
+        let c = client.clone();
+        async move {
+            c.publish_with_properties(
+                "chat/rpc/alice/rooms.list",
+                QoS::AtLeastOnce,
+                false,
+                "{}",
+                props,
+            )
+            .await
+        }
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut replies = Vec::new();
+    loop {
+        let ev = tokio::time::timeout_at(deadline, el.poll()).await?;
+        match ev? {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                client.subscribe(reply, QoS::AtLeastOnce).await?;
+            }
+            Event::Incoming(Packet::SubAck(_)) => {
+                // a reply of ~100 bytes + 1000 bytes of correlation data: too big
+                request(vec![b'x'; 1000]).await?;
+                request(b"small".to_vec()).await?;
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let corr = p.properties.and_then(|pr| pr.correlation_data);
+                replies.push(corr.map(|c| c.len()));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        replies,
+        vec![Some(5)],
+        "only the reply that fits, and the connection lives"
+    );
+    Ok(())
+}

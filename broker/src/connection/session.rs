@@ -416,7 +416,9 @@ impl Session {
         match n {
             Notification::Forward(f) => {
                 let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
-                let too_big = self.client_max.is_some_and(|m| f.publish.len() + 5 > m);
+                let v5 = conn.version == Version::V5;
+                let size = publish_size(&f.publish, f.properties.as_ref().filter(|_| v5));
+                let too_big = self.client_max.is_some_and(|m| size > m);
                 let allowed = !too_big && self.shared.authz.may_deliver(&self.principal, topic);
                 if !allowed && !too_big {
                     self.shared
@@ -494,7 +496,9 @@ impl Session {
         let Some((_, sub_qos)) = self.direct_topics.iter().find(|(t, _)| t == topic) else {
             return; // unsubscribed meanwhile
         };
-        if self.client_max.is_some_and(|m| publish.len() + 5 > m) {
+        let v5 = conn.version == Version::V5;
+        let size = publish_size(&publish, props.as_ref().filter(|_| v5));
+        if self.client_max.is_some_and(|m| size > m) {
             return;
         }
         // the bridge publishes replies and the inbox at QoS 1 (PROTOCOL.md);
@@ -651,4 +655,40 @@ enum Outcome {
     Continue,
     Unscheduled,
     Disconnect,
+}
+
+/// Bytes of a variable byte integer holding `n`.
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// The encoded size of a PUBLISH with its MQTT 5 properties (`None` on
+/// 3.1.1): what a client's Maximum Packet Size bounds (MQTT-3.1.2-24).
+/// The fixed header is counted at its largest (5 bytes).
+pub(crate) fn publish_size(
+    p: &Publish,
+    props: Option<&rumqttd::protocol::PublishProperties>,
+) -> usize {
+    let Some(props) = props else {
+        return p.len() + 5;
+    };
+    let s = |v: &Option<String>| v.as_ref().map_or(0, |v| 3 + v.len());
+    let mut n = props.payload_format_indicator.map_or(0, |_| 2)
+        + props.message_expiry_interval.map_or(0, |_| 5)
+        + props.topic_alias.map_or(0, |_| 3)
+        + s(&props.response_topic)
+        + props.correlation_data.as_ref().map_or(0, |c| 3 + c.len())
+        + s(&props.content_type);
+    for (k, v) in &props.user_properties {
+        n += 5 + k.len() + v.len();
+    }
+    for id in &props.subscription_identifiers {
+        n += 1 + varint_len(*id);
+    }
+    p.len() + 5 + varint_len(n) + n
 }
