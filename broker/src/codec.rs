@@ -150,6 +150,17 @@ pub fn read(
     } else {
         (0, 0)
     };
+    if frame.packet_type() == 3 {
+        // The router forwards at the subscription's QoS; the delivery must
+        // be at the lower of the two (MQTT-3.8.4-8). rumqttd's `Publish`
+        // keeps QoS and DUP private and never sets or reads DUP, which a
+        // QoS 0 PUBLISH may not carry (MQTT-3.3.1-2): so DUP, set here
+        // before rumqttd parses the packet, says "published at QoS 0" to
+        // the connection that takes the forward (`mark_published_qos`).
+        if let Some(b) = buf.first_mut() {
+            *b = if qos == 0 { *b | 0b1000 } else { *b & !0b1000 };
+        }
+    }
     let mut one = buf.split_to(frame.len());
     let parsed = match version {
         Version::V4 => protocol::v4::V4.read_mut(&mut one, max_len),

@@ -117,12 +117,25 @@ pub fn router_config(cfg: &BrokerConfig) -> RouterConfig {
 
 /// rumqttd keeps a forward's packet id private; its serialized form has it.
 pub(crate) fn forward_pkid(p: &Publish) -> Option<u16> {
+    forward_header(p).2
+}
+
+/// A forward's DUP flag, QoS and packet id (`None` at QoS 0), which
+/// rumqttd keeps private; its serialized form has them.
+pub(crate) fn forward_header(p: &Publish) -> (bool, u8, Option<u16>) {
     let raw = p.serialize();
-    let qos = (raw.first()? >> 1) & 0b11;
+    let Some(first) = raw.first() else {
+        return (false, 0, None);
+    };
+    let dup = first & 0b1000 != 0;
+    let qos = (first >> 1) & 0b11;
     if qos == 0 {
-        return None;
+        return (dup, 0, None);
     }
-    Some(u16::from_be_bytes([*raw.get(1)?, *raw.get(2)?]))
+    match (raw.get(1), raw.get(2)) {
+        (Some(a), Some(b)) => (dup, qos, Some(u16::from_be_bytes([*a, *b]))),
+        _ => (dup, qos, None),
+    }
 }
 
 /// Hands queued packets to the router with a single wake-up.

@@ -4,7 +4,7 @@
 
 use crate::auth::{AuthError, Principal};
 use crate::codec::Version;
-use crate::names::valid_client_id;
+use crate::names::{acceptable_client_id, router_id};
 use crate::registry::{Claim, ClaimError, ClaimLimits};
 use crate::shared::Shared;
 use crate::transport::{self, Kind};
@@ -186,7 +186,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         );
         let _ = link_tx.send(bye).await;
     }
-    if end != End::Clean {
+    if end != End::Clean || session.will_on_disconnect {
         if let Some(w) = will {
             shared.publish_will(w, &session.principal);
         }
@@ -290,7 +290,7 @@ async fn accept(
     } else {
         connect.client_id.clone()
     };
-    if !valid_client_id(&client_id) {
+    if !acceptable_client_id(&client_id) {
         info!(client_id = %client_id.escape_debug(), "client id refused");
         refuse("client_id");
         conn.refuse(ConnectReturnCode::ClientIdentifierNotValid)
@@ -347,16 +347,19 @@ async fn accept(
         }
     };
 
-    let (link_tx, link_rx, session_present) =
-        match shared.router.link(&client_id, connect.clean_session).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "router link failed");
-                refuse("router");
-                conn.refuse(ConnectReturnCode::ServerUnavailable).await;
-                return Ok(None);
-            }
-        };
+    let (link_tx, link_rx, session_present) = match shared
+        .router
+        .link(&router_id(&client_id), connect.clean_session)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "router link failed");
+            refuse("router");
+            conn.refuse(ConnectReturnCode::ServerUnavailable).await;
+            return Ok(None);
+        }
+    };
     if !persistent {
         // the router dropped any session kept under the id and keeps none
         claim.session_cleared();
@@ -412,6 +415,11 @@ async fn accept(
             direct_topics,
             direct_pkid: session::DIRECT_PKIDS,
             client_max,
+            router_inflight: std::collections::VecDeque::new(),
+            subs: Vec::new(),
+            own_recent: std::collections::VecDeque::new(),
+            will_on_disconnect: false,
+            disconnect_expiry: None,
             publishes: crate::rate::Throttle::new(shared.config.limits.publishes_per_sec),
             loads: crate::acl::LoadBudget::new(shared.config.limits.room_loads_per_sec),
             expires: login.expires_at.and_then(instant_of),

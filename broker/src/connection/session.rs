@@ -6,9 +6,10 @@ use crate::acl::{Decision, Ensured, LoadBudget};
 use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
 use crate::direct::Delivery;
+use crate::presence::filter_matches;
 use crate::rate::Throttle;
 use crate::retain::Verdict;
-use crate::router::{forward_pkid, send_all};
+use crate::router::{forward_header, send_all};
 use crate::shared::Shared;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -46,6 +47,21 @@ pub(super) struct Session {
     pub(super) direct_topics: Vec<(String, QoS)>,
     pub(super) direct_pkid: u16,
     pub(super) client_max: Option<usize>,
+    /// The router's QoS 1/2 deliveries in the order it sent them, each
+    /// with the acknowledgement it may have (see [`Session::ack_router`]).
+    pub(super) router_inflight: std::collections::VecDeque<(u16, RouterAck)>,
+    /// This session's router subscriptions with the MQTT 5 options rumqttd
+    /// 0.20 ignores (No Local, Retain Handling), kept here.
+    pub(super) subs: Vec<SubOpts>,
+    /// This session's own recent publishes to topics one of its No Local
+    /// subscriptions matches: (payload address, length, topic). rumqttd
+    /// forwards the very `Bytes` it was given, so a forward whose payload
+    /// is one of these is this session's own message.
+    pub(super) own_recent: std::collections::VecDeque<(usize, usize, Bytes)>,
+    /// The client's DISCONNECT asked for its will (reason 0x04).
+    pub(super) will_on_disconnect: bool,
+    /// The Session Expiry Interval the client's DISCONNECT set, if any.
+    pub(super) disconnect_expiry: Option<u32>,
     /// Publishes per second (`broker.limits.publishes_per_sec`).
     pub(super) publishes: Throttle,
     /// Store reads of unknown rooms this connection may still cause.
@@ -252,7 +268,7 @@ impl Session {
         to_router: &mut Vec<Packet>,
     ) -> Result<bool, DisconnectReasonCode> {
         match inc.packet {
-            Packet::Publish(mut publish, props) => {
+            Packet::Publish(mut publish, mut props) => {
                 if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
                     return Err(DisconnectReasonCode::TopicAliasInvalid);
                 }
@@ -282,6 +298,22 @@ impl Session {
                         return refuse(conn, inc.qos, inc.pkid, PubAckReason::QuotaExceeded);
                     }
                 }
+                mark_qos2(inc.qos, &mut props);
+                if self
+                    .subs
+                    .iter()
+                    .any(|s| s.no_local && filter_matches(&s.filter, topic))
+                {
+                    if self.own_recent.len() >= OWN_RECENT_MAX {
+                        self.own_recent.pop_front();
+                    }
+                    let p = &publish.payload;
+                    self.own_recent.push_back((
+                        p.as_ptr() as usize,
+                        p.len(),
+                        publish.topic.clone(),
+                    ));
+                }
                 self.throttle().await;
                 let m = &self.shared.metrics;
                 m.publishes_in.inc();
@@ -290,6 +322,11 @@ impl Session {
                 to_router.push(Packet::Publish(publish, props));
             }
             Packet::Subscribe(sub, props) => {
+                // earlier subscriptions' retained messages have been sent
+                for s in &mut self.subs {
+                    s.wants_retained = false;
+                }
+                let mut replaced = Vec::new();
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut allowed = Vec::new();
                 let mut presence = Vec::new();
@@ -334,6 +371,25 @@ impl Session {
                             {
                                 presence.push((codes.len(), f.path.clone()));
                             }
+                            let existing = self.subs.iter().position(|s| s.filter == f.path);
+                            let opts = SubOpts {
+                                filter: f.path.clone(),
+                                no_local: f.nolocal,
+                                wants_retained: match f.retain_forward_rule {
+                                    RetainForwardRule::OnEverySubscribe => true,
+                                    RetainForwardRule::OnNewSubscribe => existing.is_none(),
+                                    RetainForwardRule::Never => false,
+                                },
+                            };
+                            match existing {
+                                Some(i) => {
+                                    // rumqttd 0.20 ignores a subscription it
+                                    // has: replace it (MQTT-3.8.4-3)
+                                    self.subs[i] = opts;
+                                    replaced.push(f.path.clone());
+                                }
+                                None => self.subs.push(opts),
+                            }
                             codes.push(None);
                             allowed.push(f);
                         }
@@ -376,6 +432,16 @@ impl Session {
                     if !presence.is_empty() {
                         self.pending_presence.insert(sub.pkid, presence);
                     }
+                    if !replaced.is_empty() {
+                        // its UNSUBACK is ours ([`INTERNAL_PKID`])
+                        to_router.push(Packet::Unsubscribe(
+                            rumqttd::protocol::Unsubscribe {
+                                pkid: INTERNAL_PKID,
+                                filters: replaced,
+                            },
+                            None,
+                        ));
+                    }
                     to_router.push(Packet::Subscribe(
                         Subscribe {
                             pkid: sub.pkid,
@@ -388,7 +454,13 @@ impl Session {
             Packet::PubAck(ack, _) if ack.pkid >= DIRECT_PKIDS => {
                 // the client acknowledged a direct delivery: nothing to tell the router
             }
+            Packet::PubAck(ack, _) => self.ack_router(ack.pkid, RouterAck::PubAck, to_router),
+            Packet::PubRec(rec, _) => self.ack_router(rec.pkid, RouterAck::PubRec, to_router),
             Packet::Unsubscribe(unsub, props) => {
+                self.subs.retain(|s| !unsub.filters.contains(&s.filter));
+                if self.subs.is_empty() {
+                    self.subs = Vec::new();
+                }
                 for f in &unsub.filters {
                     if self.direct_topics.iter().any(|(t, _)| t == f) {
                         self.shared.direct.remove(&self.client_id, f);
@@ -399,7 +471,12 @@ impl Session {
                 to_router.push(Packet::Unsubscribe(unsub, props));
             }
             Packet::PingReq(_) => conn.push(Packet::PingResp(rumqttd::protocol::PingResp)),
-            Packet::Disconnect(..) => return Ok(false),
+            Packet::Disconnect(d, props) => {
+                self.will_on_disconnect =
+                    d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                self.disconnect_expiry = props.and_then(|p| p.session_expiry_interval);
+                return Ok(false);
+            }
             Packet::Connect(..) => return Err(DisconnectReasonCode::ProtocolError),
             other => to_router.push(other),
         }
@@ -414,7 +491,9 @@ impl Session {
         to_router: &mut Vec<Packet>,
     ) -> Outcome {
         match n {
-            Notification::Forward(f) => {
+            Notification::Forward(mut f) => {
+                let (dup, fqos, pkid) = forward_header(&f.publish);
+                let published = published_qos(dup, &mut f.properties);
                 let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
                 let v5 = conn.version == Version::V5;
                 let size = publish_size(&f.publish, f.properties.as_ref().filter(|_| v5));
@@ -427,26 +506,50 @@ impl Session {
                         .with_label_values(&["deliver", "not_member"])
                         .inc();
                 }
+                let allowed = allowed && self.wanted(&f.publish, topic);
                 if !allowed {
                     // Not delivered: acknowledge it to the router ourselves.
-                    if let Some(pkid) = forward_pkid(&f.publish) {
-                        to_router.push(Packet::PubAck(
-                            PubAck {
-                                pkid,
-                                reason: PubAckReason::Success,
-                            },
-                            None,
-                        ));
+                    if let Some(pkid) = pkid {
+                        self.router_inflight.push_back((pkid, RouterAck::PubAck));
+                        self.release_router_acks(to_router);
                     }
                     return Outcome::Continue;
                 }
                 let m = &self.shared.metrics;
                 m.publishes_out.inc();
                 m.bytes_out.inc_by(f.publish.payload.len() as u64);
-                conn.push(Packet::Publish(f.publish, f.properties));
+                let Some(pkid) = pkid else {
+                    // QoS 0 (the DUP mark cleared)
+                    let p = Publish::new(f.publish.topic, f.publish.payload, f.publish.retain);
+                    conn.push(Packet::Publish(p, f.properties));
+                    return Outcome::Continue;
+                };
+                // Delivered at the lower of the publish's QoS and the
+                // subscription's (MQTT-3.8.4-8); rumqttd uses the latter.
+                match published {
+                    QoS::AtMostOnce => {
+                        let p = Publish::new(f.publish.topic, f.publish.payload, f.publish.retain);
+                        conn.push(Packet::Publish(p, f.properties));
+                        self.router_inflight.push_back((pkid, RouterAck::PubAck));
+                        self.release_router_acks(to_router);
+                    }
+                    QoS::AtLeastOnce if fqos == 2 => {
+                        // a QoS 2 forward taken down to QoS 1: the client's
+                        // PUBACK frees the router's slot as a PUBREC would
+                        conn.push_qos1(f.publish, f.properties, pkid);
+                        self.router_inflight.push_back((pkid, RouterAck::Waiting));
+                    }
+                    _ => {
+                        conn.push(Packet::Publish(f.publish, f.properties));
+                        self.router_inflight.push_back((pkid, RouterAck::Waiting));
+                    }
+                }
             }
             Notification::DeviceAck(ack) => {
                 let mut packet: Packet = ack.into();
+                if matches!(&packet, Packet::UnsubAck(u, _) if u.pkid == INTERNAL_PKID) {
+                    return Outcome::Continue;
+                }
                 if let Packet::SubAck(s, _) = &mut packet {
                     if let Some(codes) = self.pending_subs.remove(&s.pkid) {
                         let mut theirs = s.return_codes.drain(..);
@@ -527,6 +630,83 @@ impl Session {
             pkid + 1
         };
         pkid
+    }
+
+    /// Whether the subscription options let a forward through: a retained
+    /// message (rumqttd sets RETAIN only on those it sends at subscribe
+    /// time) when a subscription that asked for them matches it (Retain
+    /// Handling, MQTT-3.3.1-9/-10/-11); this session's own message not when
+    /// every subscription matching it has No Local (MQTT-3.8.3-3).
+    fn wanted(&mut self, publish: &Publish, topic: &str) -> bool {
+        if self.subs.is_empty() {
+            return true;
+        }
+        if publish.retain {
+            return self
+                .subs
+                .iter()
+                .any(|s| s.wants_retained && filter_matches(&s.filter, topic));
+        }
+        if self.own_recent.is_empty() {
+            return true;
+        }
+        let key = (publish.payload.as_ptr() as usize, publish.payload.len());
+        let Some(i) = self
+            .own_recent
+            .iter()
+            .position(|(p, l, t)| (*p, *l) == key && *t == publish.topic)
+        else {
+            return true;
+        };
+        let own = self.own_recent.remove(i);
+        if self.own_recent.is_empty() {
+            self.own_recent = std::collections::VecDeque::new();
+        }
+        let mut matching = self
+            .subs
+            .iter()
+            .filter(|s| filter_matches(&s.filter, topic));
+        let all_no_local = matching.clone().next().is_some() && matching.all(|s| s.no_local);
+        if !all_no_local {
+            // a subscription without No Local takes it too: one more forward
+            // of it may come (one per matching filter)
+            if let Some(own) = own {
+                self.own_recent.push_back(own);
+            }
+        }
+        !all_no_local
+    }
+
+    /// The client acknowledged a router delivery. rumqttd takes acks in
+    /// delivery order only (an ack out of order drops the link), and this
+    /// layer acknowledges itself the deliveries it does not pass on (refused,
+    /// too large, or taken down to QoS 0): so acks wait here until every
+    /// earlier delivery is acknowledged. An ack for a delivery this
+    /// connection never saw (a previous connection's) goes straight on.
+    fn ack_router(&mut self, pkid: u16, ack: RouterAck, to_router: &mut Vec<Packet>) {
+        match self
+            .router_inflight
+            .iter_mut()
+            .find(|(p, a)| *p == pkid && *a == RouterAck::Waiting)
+        {
+            Some(entry) => entry.1 = ack,
+            None => to_router.push(ack.packet(pkid)),
+        }
+        self.release_router_acks(to_router);
+    }
+
+    /// Sends the acknowledgements at the front of the queue that are ready.
+    fn release_router_acks(&mut self, to_router: &mut Vec<Packet>) {
+        while let Some((pkid, ack)) = self.router_inflight.front().copied() {
+            if ack == RouterAck::Waiting {
+                break;
+            }
+            self.router_inflight.pop_front();
+            to_router.push(ack.packet(pkid));
+        }
+        if self.router_inflight.is_empty() && self.router_inflight.capacity() > 16 {
+            self.router_inflight.shrink_to_fit();
+        }
     }
 
     /// The session ended: a persistent one keeps its direct topics (and
@@ -650,6 +830,95 @@ fn refuse(
 /// deliveries it forwards 1..=100 (its `MAX_INFLIGHT`), so the two never
 /// meet, and a PUBACK says by its id whose delivery it acknowledges.
 pub(super) const DIRECT_PKIDS: u16 = 1024;
+
+/// Where a router delivery's acknowledgement stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RouterAck {
+    /// Sent to the client, not acknowledged yet.
+    Waiting,
+    PubAck,
+    PubRec,
+}
+
+impl RouterAck {
+    fn packet(self, pkid: u16) -> Packet {
+        match self {
+            RouterAck::PubRec => Packet::PubRec(
+                rumqttd::protocol::PubRec {
+                    pkid,
+                    reason: rumqttd::protocol::PubRecReason::Success,
+                },
+                None,
+            ),
+            _ => Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            ),
+        }
+    }
+}
+
+/// A router subscription's options this layer applies.
+#[derive(Debug)]
+pub(super) struct SubOpts {
+    pub(super) filter: String,
+    pub(super) no_local: bool,
+    /// Retained messages matching it are delivered (Retain Handling 0, or 1
+    /// on a new subscription) until the next SUBSCRIBE.
+    pub(super) wants_retained: bool,
+}
+
+/// Own publishes remembered for No Local.
+const OWN_RECENT_MAX: usize = 256;
+
+/// Packet id of the UNSUBSCRIBE this layer sends the router itself (to
+/// replace a subscription); clients may not use 0 (MQTT-2.2.1-3), and its
+/// UNSUBACK is not passed on.
+pub(super) const INTERNAL_PKID: u16 = 0;
+
+/// User property marking a PUBLISH a client sent at QoS 2 (see [`mark_qos2`]).
+const QOS2_MARK: &str = "chatmq:qos2";
+
+/// Records a client's QoS 2 PUBLISH as such in the packet the router
+/// stores (rumqttd forwards at the subscription's QoS whatever the
+/// publish's was; QoS 0 is marked by DUP in `codec::read`). QoS 2 is rare,
+/// so only it pays for a property; unmarked means QoS 1. A client's own
+/// property of that name is removed, so it cannot ask for more.
+pub(crate) fn mark_qos2(qos: u8, props: &mut Option<rumqttd::protocol::PublishProperties>) {
+    if let Some(p) = props.as_mut() {
+        if !p.user_properties.is_empty() {
+            p.user_properties.retain(|(k, _)| k != QOS2_MARK);
+        }
+    }
+    if qos == 2 {
+        props
+            .get_or_insert_with(Default::default)
+            .user_properties
+            .push((QOS2_MARK.into(), String::new()));
+    }
+}
+
+/// The QoS a forwarded PUBLISH was published at, from its DUP flag (see
+/// `codec::read`) and [`QOS2_MARK`], which is removed before it goes out.
+/// Publishes of the broker's own links carry no mark: QoS 1.
+pub(crate) fn published_qos(
+    dup: bool,
+    props: &mut Option<rumqttd::protocol::PublishProperties>,
+) -> QoS {
+    if dup {
+        return QoS::AtMostOnce;
+    }
+    if let Some(p) = props.as_mut() {
+        if let Some(i) = p.user_properties.iter().position(|(k, _)| k == QOS2_MARK) {
+            p.user_properties.remove(i);
+            return QoS::ExactlyOnce;
+        }
+    }
+    QoS::AtLeastOnce
+}
 
 enum Outcome {
     Continue,
