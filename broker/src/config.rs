@@ -51,6 +51,11 @@ pub struct BrokerConfig {
     /// Set by `chatmq` from `[cluster]`.
     #[serde(skip)]
     pub partitions: u32,
+    /// Gives memory freed in bulk back to the system (glibc's
+    /// `malloc_trim`), called a second after sessions expire. Set by the
+    /// application, which owns the allocator; `None`: never.
+    #[serde(skip)]
+    pub trim_memory: Option<fn()>,
 }
 
 impl Default for BrokerConfig {
@@ -70,6 +75,7 @@ impl Default for BrokerConfig {
             access_from_hooks: false,
             reserved_client_ids: HashMap::new(),
             partitions: 0,
+            trim_memory: None,
         }
     }
 }
@@ -202,6 +208,13 @@ pub struct Limits {
     /// is refused (5: 0x97 quota exceeded; 3.1.1: 0x03 server unavailable).
     /// Service accounts are not bounded by it.
     pub persistent_sessions_per_user: usize,
+    /// Longest a user's session is kept after its connection ends, seconds:
+    /// an MQTT 5 Session Expiry Interval above it is lowered to it (and
+    /// CONNACK says so), and a 3.1.1 persistent session (`clean_session =
+    /// false`, which has no interval) is kept this long. Service accounts
+    /// get the interval they ask for, and their 3.1.1 sessions are kept
+    /// until resumed (the bridge's holds its messages while it restarts).
+    pub max_session_expiry_secs: u32,
     /// Total connections.
     pub max_connections: usize,
     /// New connections per second from one source address (burst = 2x).
@@ -234,6 +247,7 @@ impl Default for Limits {
             shutdown_spread_ms: 0,
             connections_per_user: 16,
             persistent_sessions_per_user: 32,
+            max_session_expiry_secs: 2 * 24 * 3600,
             max_connections: 20_000,
             connects_per_sec_per_ip: 200,
             publishes_per_sec: 200,

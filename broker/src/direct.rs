@@ -204,6 +204,15 @@ impl Direct {
         }
     }
 
+    /// The persistent session of `client_id` expired: what it kept goes
+    /// (nothing, if a session is connected under the id).
+    pub(crate) fn forget(&self, client_id: &str) {
+        let mut st = self.state.lock();
+        if st.clients.get(client_id).is_some_and(|c| c.live.is_none()) {
+            drop_client(&mut st, client_id);
+        }
+    }
+
     /// Hands `publish` to every client subscribed to its topic: a connected
     /// session's queue, or a persistent session's kept messages. Returns how
     /// many took it and how many were dropped (a full queue, or the oldest

@@ -48,6 +48,10 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 pub struct BrokerMetrics {
     /// Connections past CONNACK, now.
     pub connections: IntGauge,
+    /// Persistent sessions kept, connected or not.
+    pub sessions_kept: IntGauge,
+    /// Persistent sessions dropped when their Session Expiry Interval ran out.
+    pub sessions_expired: IntCounter,
     /// Sockets accepted, by listener (`tcp`, `tls`, `ws`, `wss`).
     pub opened: IntCounterVec,
     /// Connections refused before or at CONNECT, by reason.
@@ -98,6 +102,16 @@ impl BrokerMetrics {
     pub fn new(r: &Registry) -> Arc<Self> {
         let m = Arc::new(BrokerMetrics {
             connections: gauge(r, "chatmq_connections", "Connections past CONNACK"),
+            sessions_kept: gauge(
+                r,
+                "chatmq_sessions_kept",
+                "Persistent sessions kept, connected or not",
+            ),
+            sessions_expired: counter(
+                r,
+                "chatmq_sessions_expired_total",
+                "Persistent sessions dropped when their Session Expiry Interval ran out",
+            ),
             opened: counter_vec(
                 r,
                 "chatmq_connections_opened_total",

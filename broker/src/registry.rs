@@ -36,6 +36,9 @@ struct Binding {
     /// The router may keep a session under this id after its connection ends.
     persistent: bool,
     holder: Option<Holder>,
+    /// The generation of the last connection that held it: an expiry set
+    /// when that connection ended applies only if nobody connected since.
+    last_gen: u64,
 }
 
 #[derive(Default)]
@@ -177,6 +180,7 @@ impl Registry {
                                     stop: stop.clone(),
                                     alive,
                                 }),
+                                last_gen: generation,
                             },
                         );
                         *g.per_user.entry(user.to_owned()).or_default() += 1;
@@ -203,6 +207,39 @@ impl Registry {
         }
     }
 
+    /// Starts ending the persistent session kept under `client_id` whose
+    /// last connection was `generation`, if nobody connected since (its
+    /// Session Expiry Interval ran out). While the returned guard lives, a
+    /// connection presenting the id waits, as for a takeover, so the router
+    /// never sees two links for one id; [`Expiry::done`] frees the id.
+    pub(crate) fn expire(&self, client_id: &str, generation: u64) -> Option<Expiry> {
+        let mut g = self.inner.lock();
+        g.next_gen += 1;
+        let own = g.next_gen;
+        let b = g.bindings.get_mut(client_id)?;
+        if b.holder.is_some() || !b.persistent || b.last_gen != generation {
+            return None;
+        }
+        let alive = Arc::new(tokio::sync::Mutex::new(()));
+        let guard = alive.clone().try_lock_owned().ok()?;
+        b.holder = Some(Holder {
+            generation: own,
+            stop: Arc::new(Notify::new()),
+            alive,
+        });
+        Some(Expiry {
+            registry: self.clone(),
+            client_id: client_id.to_owned(),
+            generation: own,
+            _alive: guard,
+        })
+    }
+
+    /// Persistent sessions kept, connected or not.
+    pub(crate) fn persistent_sessions(&self) -> usize {
+        self.inner.lock().sessions.values().sum()
+    }
+
     /// Live connections of a user.
     #[cfg(test)]
     pub(crate) fn connections_of(&self, user: &str) -> usize {
@@ -222,7 +259,48 @@ impl Registry {
     }
 }
 
+/// A persistent session being ended by its expiry ([`Registry::expire`]).
+pub(crate) struct Expiry {
+    registry: Registry,
+    client_id: String,
+    generation: u64,
+    _alive: OwnedMutexGuard<()>,
+}
+
+impl Expiry {
+    /// The router dropped the session: the id is free again.
+    pub(crate) fn done(self) {
+        let mut g = self.registry.inner.lock();
+        let Some(b) = g.bindings.get(&self.client_id) else {
+            return;
+        };
+        if b.holder.as_ref().map(|h| h.generation) != Some(self.generation) {
+            return;
+        }
+        let user = b.user.clone();
+        g.bindings.remove(&self.client_id);
+        g.count_session(&user, -1);
+    }
+}
+
+impl Drop for Expiry {
+    fn drop(&mut self) {
+        // not `done` (the router did not answer): the session stays kept
+        let mut g = self.registry.inner.lock();
+        if let Some(b) = g.bindings.get_mut(&self.client_id) {
+            if b.holder.as_ref().map(|h| h.generation) == Some(self.generation) {
+                b.holder = None;
+            }
+        }
+    }
+}
+
 impl Claim {
+    /// This connection's generation (see [`Registry::expire`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The router has linked this connection with a clean session: it
     /// dropped any session kept under the id, and keeps none after this
     /// connection, so the binding ends with it.

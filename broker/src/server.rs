@@ -158,6 +158,7 @@ impl Broker {
             closing,
             metrics,
             live_users: Default::default(),
+            trim_pending: Default::default(),
             bridge_ready,
             retained,
             internal: internal.outbox,

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<BrokerMetrics>,
     /// User sessions past CONNACK, not yet ended.
     pub(crate) live_users: std::sync::atomic::AtomicUsize,
+    /// A [`BrokerConfig::trim_memory`] call is scheduled.
+    pub(crate) trim_pending: std::sync::atomic::AtomicBool,
     /// False until the in-process bridge has subscribed: users are held at
     /// CONNECT until then, so no send or request is published before anyone
     /// listens (rumqttd drops messages that match no subscription).
@@ -123,6 +125,25 @@ impl Shared {
         let mut will = Publish::new(will.topic, will.message, retain);
         self.cluster_route(&mut will, who);
         self.internal_publish(will);
+    }
+
+    /// Memory was freed in bulk (sessions expired): hands it back to the
+    /// system a second later, once for all that were freed meanwhile
+    /// (`trim_memory`, set by the application; glibc keeps freed memory).
+    pub(crate) fn schedule_trim(self: &std::sync::Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let Some(trim) = self.config.trim_memory else {
+            return;
+        };
+        if self.trim_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            shared.trim_pending.store(false, Ordering::SeqCst);
+            let _ = tokio::task::spawn_blocking(trim).await;
+        });
     }
 
     /// The retain policy ([`crate::retain`]) for a publish of `who` that

@@ -188,6 +188,8 @@ impl Server {
             );
         }
         cfg.broker.partitions = cfg.cluster.partitions;
+        // glibc keeps what expired sessions freed unless asked
+        cfg.broker.trim_memory = Some(pagealloc::trim);
         if role == Role::Broker && cfg.store.backend == crate::settings::Backend::Scylla {
             // a broker run apart reads a room's members from the shared
             // store the first time it needs them (after a restart, or a

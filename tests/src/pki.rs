@@ -39,8 +39,14 @@ impl TestCa {
 
     /// A server certificate for `127.0.0.1` and `localhost` signed by this CA.
     pub fn server_cert(&self) -> Result<ServerCert> {
+        self.server_cert_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// A server certificate for these names and addresses signed by this CA.
+    pub fn server_cert_for(&self, names: &[&str]) -> Result<ServerCert> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names)?;
         params
             .distinguished_name
             .push(DnType::CommonName, "localhost");

@@ -127,6 +127,9 @@ struct Accepted {
     will: Option<LastWill>,
     direct_rx: tokio::sync::mpsc::Receiver<crate::direct::Delivery>,
     persistent: bool,
+    /// Seconds the session is kept after the connection ends (MQTT 5
+    /// Session Expiry Interval, bounded; see [`session_expiry`]).
+    expiry: u32,
 }
 
 async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Result<(), Failure> {
@@ -140,6 +143,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         will,
         mut direct_rx,
         persistent,
+        expiry,
     }) = Box::pin(accept(&shared, kind, tcp)).await?
     else {
         return Ok(());
@@ -163,7 +167,15 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         )
         .await;
     debug!(?end, "disconnected");
-    session.end_direct(persistent);
+    // a v5 DISCONNECT may change the interval, not from 0 (MQTT-3.14.2-2)
+    let expiry = match session.disconnect_expiry {
+        Some(e) if expiry > 0 => {
+            session_expiry(&shared, &session.principal, conn.version, false, Some(e))
+        }
+        _ => expiry,
+    };
+    let keep = persistent && expiry > 0;
+    session.end_direct(keep);
 
     if let End::Stopped(reason) = end {
         if conn.version == Version::V5 {
@@ -186,17 +198,37 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         );
         let _ = link_tx.send(bye).await;
     }
+    if persistent && !keep && end != End::RouterGone {
+        // a session resumed without an expiry ends with its connection
+        // (MQTT 5 Clean Start 0, Session Expiry Interval 0)
+        if drop_router_session(&shared, &session.client_id).await {
+            claim.session_cleared();
+        }
+    }
     if end != End::Clean || session.will_on_disconnect {
         if let Some(w) = will {
             shared.publish_will(w, &session.principal);
         }
     }
+    let generation = claim.generation();
     let user = session.principal;
     if claim.finish() {
         if let Principal::User(user) = &user {
             shared.presence(user, false);
         }
     }
+    if keep && expiry != u32::MAX {
+        let shared = shared.clone();
+        let client_id = session.client_id;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            expire_session(&shared, &client_id, generation).await;
+        });
+    }
+    shared
+        .metrics
+        .sessions_kept
+        .set(shared.registry.persistent_sessions() as i64);
     conn.io.close().await;
     Ok(())
 }
@@ -310,8 +342,18 @@ async fn accept(
 
     // The router keeps a session under the id after this connection ends
     // unless it links with a clean session (rumqttd 0.20: whatever a v5
-    // Session Expiry Interval says), and the id stays bound as long.
-    let persistent = !connect.clean_session;
+    // Session Expiry Interval says), and the id stays bound as long. This
+    // layer ends it when its expiry runs out ([`expire_session`]).
+    let asked = props.as_ref().and_then(|p| p.session_expiry_interval);
+    let expiry = session_expiry(
+        shared,
+        &principal,
+        conn.version,
+        connect.clean_session,
+        asked,
+    );
+    let resume = !connect.clean_session;
+    let persistent = resume || expiry > 0;
     let claim_limits = ClaimLimits {
         connections_per_user: limits.connections_per_user,
         max_connections: limits.max_connections,
@@ -347,9 +389,15 @@ async fn accept(
         }
     };
 
+    if !resume && expiry > 0 {
+        // Clean Start 1 with an expiry: no old session, but this one is
+        // kept; rumqttd links either clean (kept by neither) or not
+        // (resuming), so the old session is ended first
+        drop_router_session(shared, &client_id).await;
+    }
     let (link_tx, link_rx, session_present) = match shared
         .router
-        .link(&router_id(&client_id), connect.clean_session)
+        .link(&router_id(&client_id), !persistent)
         .await
     {
         Ok(l) => l,
@@ -364,6 +412,7 @@ async fn accept(
         // the router dropped any session kept under the id and keeps none
         claim.session_cleared();
     }
+    let session_present = session_present && resume;
 
     let client_max = props
         .as_ref()
@@ -371,6 +420,8 @@ async fn accept(
         .map(|m| m as usize);
     let ack_props = (conn.version == Version::V5).then(|| ConnAckProperties {
         assigned_client_identifier: assigned,
+        // the interval the server keeps, when it is not what was asked
+        session_expiry_interval: asked.is_some_and(|a| a != expiry).then_some(expiry),
         max_packet_size: Some(match principal {
             Principal::User(_) => max_len as u32,
             _ => limits.service_max_packet_bytes.max(max_len) as u32,
@@ -429,7 +480,78 @@ async fn accept(
         will,
         direct_rx,
         persistent,
+        expiry,
     }))
+}
+
+/// How long, in seconds, a session is kept after its connection ends
+/// (`u32::MAX`: until resumed). MQTT 5: the Session Expiry Interval asked
+/// (absent: 0), at most `limits.max_session_expiry_secs` for users. 3.1.1:
+/// a persistent session (`clean_session = false`) is kept
+/// `limits.max_session_expiry_secs` for users, until resumed for services;
+/// a clean one not at all.
+fn session_expiry(
+    shared: &Shared,
+    who: &Principal,
+    version: Version,
+    clean: bool,
+    asked: Option<u32>,
+) -> u32 {
+    let max = shared.config.limits.max_session_expiry_secs;
+    let user = matches!(who, Principal::User(_));
+    match version {
+        Version::V5 => {
+            let e = asked.unwrap_or(0);
+            if user {
+                e.min(max)
+            } else {
+                e
+            }
+        }
+        Version::V4 if clean => 0,
+        Version::V4 if user => max,
+        Version::V4 => u32::MAX,
+    }
+}
+
+/// Ends the session the router keeps under `client_id`: a clean link, then
+/// its DISCONNECT. The caller holds the id (a claim or an expiry).
+async fn drop_router_session(shared: &Shared, client_id: &str) -> bool {
+    match shared.router.link(&router_id(client_id), true).await {
+        Ok((mut tx, _rx, _)) => {
+            let bye = Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                },
+                None,
+            );
+            tx.send(bye).await.is_ok()
+        }
+        Err(e) => {
+            warn!(error = %e, "could not end a session in the router");
+            false
+        }
+    }
+}
+
+/// The Session Expiry Interval of the session kept under `client_id` since
+/// connection `generation` ended has run out: unless it was resumed since,
+/// the router, the registry and the direct deliveries drop it.
+async fn expire_session(shared: &Arc<Shared>, client_id: &str, generation: u64) {
+    let Some(expiry) = shared.registry.expire(client_id, generation) else {
+        return;
+    };
+    if !drop_router_session(shared, client_id).await {
+        return;
+    }
+    shared.direct.forget(client_id);
+    expiry.done();
+    shared.schedule_trim();
+    let m = &shared.metrics;
+    m.sessions_expired.inc();
+    m.sessions_kept
+        .set(shared.registry.persistent_sessions() as i64);
+    debug!(client_id = %client_id.escape_debug(), "session expired");
 }
 
 /// The monotonic instant of a unix time in seconds; `None` when it is too

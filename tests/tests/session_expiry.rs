@@ -1,0 +1,265 @@
+//! Session expiry (issue 18, MQTT-3.1.2-23): a session is kept as long as
+//! its Session Expiry Interval says (3.1.1 persistent sessions:
+//! `limits.max_session_expiry_secs`), then dropped, and the memory it held
+//! comes back.
+
+use anyhow::{bail, Context, Result};
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::time::Duration;
+use tests::{metric, TestServer};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// An MQTT 5 client with its CONNACK's session present flag and what it receives.
+struct V5 {
+    client: AsyncClient,
+    session_present: bool,
+    msgs: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn connect_v5(port: u16, id: &str, clean_start: bool, expiry: Option<u32>) -> Result<V5> {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_credentials("dev", "dev-pw");
+    o.set_clean_start(clean_start);
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = expiry;
+    o.set_connect_properties(props);
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let (tx, msgs) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                    let _ = ack_tx.send(a.session_present);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let _ = tx.send((topic, p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let session_present = tokio::time::timeout(WAIT, ack_rx.recv())
+        .await
+        .context("no CONNACK")?
+        .context("connection closed before CONNACK")?;
+    Ok(V5 {
+        client,
+        session_present,
+        msgs,
+        task,
+    })
+}
+
+impl V5 {
+    async fn bye(self) -> Result<()> {
+        self.client.disconnect().await?;
+        let _ = tokio::time::timeout(WAIT, self.task).await;
+        Ok(())
+    }
+}
+
+async fn publish(port: u16, topic: &str, payload: &str) -> Result<()> {
+    let c = connect_v5(port, "publisher", true, None).await?;
+    c.client
+        .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.bye().await
+}
+
+async fn server(extra_limits: &str) -> Result<TestServer> {
+    TestServer::builder()
+        .user("dev", "dev-pw")
+        .broker_toml(&format!(
+            "open_topics = true\n[broker.limits]\nconnects_per_sec_per_ip = 100000\n{extra_limits}"
+        ))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_last_as_long_as_their_expiry() -> Result<()> {
+    let srv = server("").await?;
+    let port = srv.tcp_port();
+
+    // Clean Start 1 with an expiry: kept after the connection ends
+    let c = connect_v5(port, "dev-1", true, Some(3)).await?;
+    assert!(!c.session_present);
+    c.client.subscribe("dev/a", QoS::AtLeastOnce).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.bye().await?;
+    publish(port, "dev/a", "while away").await?;
+    let mut c = connect_v5(port, "dev-1", false, Some(3)).await?;
+    assert!(c.session_present, "resumed within its expiry");
+    let (topic, payload) = tokio::time::timeout(WAIT, c.msgs.recv())
+        .await
+        .context("the kept message")?
+        .context("closed")?;
+    assert_eq!(
+        (topic.as_str(), &payload[..]),
+        ("dev/a", &b"while away"[..])
+    );
+    c.bye().await?;
+
+    // past its expiry: gone, subscription and all
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, m) = srv.http_get("/metrics").await?;
+    assert!(metric(&m, "chatmq_sessions_expired_total") >= 1.0, "{m}");
+    let mut c = connect_v5(port, "dev-1", false, Some(3)).await?;
+    assert!(!c.session_present, "an expired session is not resumed");
+    publish(port, "dev/a", "after expiry").await?;
+    if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), c.msgs.recv()).await {
+        bail!("the expired session's subscription delivered {m:?}");
+    }
+    c.bye().await?;
+
+    // Clean Start 0 without an expiry: ends with its connection
+    let c = connect_v5(port, "dev-2", false, None).await?;
+    c.client.subscribe("dev/b", QoS::AtLeastOnce).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.bye().await?;
+    let c = connect_v5(port, "dev-2", false, None).await?;
+    assert!(!c.session_present, "no expiry: nothing kept");
+    c.bye().await?;
+
+    // Clean Start 1 drops a kept session even with an expiry of its own
+    let c = connect_v5(port, "dev-3", true, Some(60)).await?;
+    c.client.subscribe("dev/c", QoS::AtLeastOnce).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.bye().await?;
+    let c = connect_v5(port, "dev-3", true, Some(60)).await?;
+    assert!(!c.session_present);
+    c.bye().await?;
+    publish(port, "dev/c", "to nobody").await?;
+    let mut c = connect_v5(port, "dev-3", false, Some(60)).await?;
+    assert!(
+        c.session_present,
+        "the second Clean Start 1 session was kept"
+    );
+    if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), c.msgs.recv()).await {
+        bail!("the dropped session's subscription delivered {m:?}");
+    }
+    c.bye().await?;
+    Ok(())
+}
+
+/// `n` 3.1.1 clients `dev-{i}`, each subscribing to two filters (the same
+/// for all: rumqttd keeps every filter it ever saw) and disconnecting.
+async fn sessions(port: u16, n: usize, clean: bool) -> Result<()> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        tasks.push(tokio::spawn(async move {
+            let mut o = rumqttc::MqttOptions::new(format!("dev-{i}"), "127.0.0.1", port);
+            o.set_credentials("dev", "dev-pw");
+            o.set_clean_session(clean);
+            let (client, mut el) = rumqttc::AsyncClient::new(o, 10);
+            client
+                .subscribe("dev/all/a", rumqttc::QoS::AtLeastOnce)
+                .await?;
+            client
+                .subscribe("dev/all/b", rumqttc::QoS::AtLeastOnce)
+                .await?;
+            let mut subacks = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while subacks < 2 {
+                match tokio::time::timeout_at(deadline, el.poll()).await {
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => subacks += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => bail!("dev-{i}: {e}"),
+                    Err(_) => bail!("dev-{i}: no SUBACK"),
+                }
+            }
+            client.disconnect().await?;
+            // until the socket closes
+            while tokio::time::timeout(Duration::from_secs(5), el.poll())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {}
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// The server's resident memory, KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_sessions_give_their_memory_back() -> Result<()> {
+    const SESSIONS: usize = 1500;
+    let srv = server(
+        "max_session_expiry_secs = 4\nconnections_per_user = 100000\n\
+         persistent_sessions_per_user = 100000\nmax_connections = 100000\n",
+    )
+    .await?;
+    let port = srv.tcp_port();
+    let pid = srv.pid().context("no pid")?;
+
+    // The same connections twice: clean sessions first, which end with
+    // their connections, so that what the process keeps from having had
+    // that many connections at once (allocator arenas, rumqttd's slabs) is
+    // in the baseline; then 3.1.1 persistent sessions, which are kept.
+    sessions(port, SESSIONS, true).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    sessions(port, SESSIONS, false).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, m) = srv.http_get("/metrics").await?;
+    assert_eq!(
+        metric(&m, "chatmq_sessions_kept") as usize,
+        SESSIONS,
+        "all kept while away"
+    );
+    let kept = rss_kib(pid)?;
+
+    // after the bound: dropped, and counted
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, m) = srv.http_get("/metrics").await?;
+        if metric(&m, "chatmq_sessions_expired_total") as usize >= SESSIONS
+            && metric(&m, "chatmq_sessions_kept") == 0.0
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("sessions not expired: {m}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid)?;
+    eprintln!("RSS: {before} KiB after {SESSIONS} clean sessions, {kept} KiB with {SESSIONS} sessions kept, {after} KiB after they expired");
+    let held = kept.saturating_sub(before);
+    assert!(
+        held > 1024,
+        "{SESSIONS} kept sessions should hold memory: {before} -> {kept} KiB"
+    );
+    assert!(
+        after < before + held / 2,
+        "at least half the memory of expired sessions comes back: {before} -> {kept} -> {after} KiB"
+    );
+    // the ids are free again, for a fresh session
+    let c = connect_v5(port, "dev-7", false, Some(10)).await?;
+    assert!(!c.session_present);
+    c.bye().await?;
+    Ok(())
+}
