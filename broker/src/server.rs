@@ -159,6 +159,8 @@ impl Broker {
             metrics,
             live_users: Default::default(),
             trim_pending: Default::default(),
+            delayed_wills: Default::default(),
+            will_tokens: Default::default(),
             bridge_ready,
             retained,
             internal: internal.outbox,

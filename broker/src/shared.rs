@@ -11,7 +11,7 @@ use crate::registry::Registry;
 use crate::retain::{Retained, Verdict};
 use crate::router::RouterHandle;
 use arc_swap::ArcSwap;
-use rumqttd::protocol::{LastWill, Packet, Publish};
+use rumqttd::protocol::{LastWill, LastWillProperties, Packet, Publish, PublishProperties, QoS};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -36,6 +36,10 @@ pub(crate) struct Shared {
     pub(crate) live_users: std::sync::atomic::AtomicUsize,
     /// A [`BrokerConfig::trim_memory`] call is scheduled.
     pub(crate) trim_pending: std::sync::atomic::AtomicBool,
+    /// Wills waiting for their Will Delay Interval: client id -> token of
+    /// the wait; a new connection under the id removes it (MQTT-3.1.3-9).
+    pub(crate) delayed_wills: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
+    pub(crate) will_tokens: std::sync::atomic::AtomicU64,
     /// False until the in-process bridge has subscribed: users are held at
     /// CONNECT until then, so no send or request is published before anyone
     /// listens (rumqttd drops messages that match no subscription).
@@ -111,7 +115,58 @@ impl Shared {
 
     /// Publishes the will of `who`'s connection, under the same retain
     /// policy as a publish of theirs (a refused one is dropped).
-    pub(crate) fn publish_will(&self, will: LastWill, who: &Principal) {
+    /// Publishes `will` once `delay` seconds have passed, unless a new
+    /// connection under `client_id` comes first ([`Shared::cancel_will`]).
+    pub(crate) fn delay_will(
+        self: &Arc<Self>,
+        client_id: &str,
+        delay: u32,
+        will: LastWill,
+        props: Option<LastWillProperties>,
+        who: Principal,
+    ) {
+        let token = self
+            .will_tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.delayed_wills
+            .lock()
+            .insert(client_id.to_owned(), token);
+        let shared = self.clone();
+        let client_id = client_id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(u64::from(delay))).await;
+            let due = {
+                let mut w = shared.delayed_wills.lock();
+                let due = w.get(&client_id) == Some(&token);
+                if due {
+                    w.remove(&client_id);
+                }
+                due
+            };
+            if due {
+                shared.publish_will(will, props, &who);
+            }
+        });
+    }
+
+    /// A connection under `client_id` began: its delayed will, if any, is
+    /// not sent.
+    pub(crate) fn cancel_will(&self, client_id: &str) {
+        let mut w = self.delayed_wills.lock();
+        if !w.is_empty() {
+            w.remove(client_id);
+        }
+    }
+
+    /// Publishes a will with its MQTT 5 properties (MQTT-3.1.3-10), marked
+    /// with its QoS as a client's PUBLISH is (`codec::read`), so that it is
+    /// delivered at the lower of its QoS and the subscription's.
+    pub(crate) fn publish_will(
+        &self,
+        will: LastWill,
+        props: Option<LastWillProperties>,
+        who: &Principal,
+    ) {
         let topic = std::str::from_utf8(&will.topic).unwrap_or("");
         let mut retain = will.retain;
         match self.retain_policy(who, topic, retain, will.message.len()) {
@@ -122,9 +177,25 @@ impl Shared {
                 return;
             }
         }
-        let mut will = Publish::new(will.topic, will.message, retain);
-        self.cluster_route(&mut will, who);
-        self.internal_publish(will);
+        let mut props = props.map(|p| PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            content_type: p.content_type,
+            ..Default::default()
+        });
+        crate::connection::mark_qos2(will.qos as u8, &mut props);
+        let mut publish = if will.qos == QoS::AtMostOnce {
+            marked_qos0(&will.topic, &will.message, retain)
+        } else {
+            Publish::new(will.topic, will.message, retain)
+        };
+        self.cluster_route(&mut publish, who);
+        if let Err(e) = self.internal.try_send(Packet::Publish(publish, props)) {
+            warn!(error = %e, "will dropped");
+        }
     }
 
     /// Memory was freed in bulk (sessions expired): hands it back to the
@@ -172,6 +243,20 @@ impl Shared {
             warn!(error = %e, "internal publish dropped");
         }
     }
+}
+
+/// A QoS 0 PUBLISH with DUP set, the mark `codec::read` gives a client's
+/// QoS 0 PUBLISH (rumqttd's `Publish` keeps DUP private; its own
+/// serialized form sets it).
+fn marked_qos0(topic: &[u8], payload: &[u8], retain: bool) -> Publish {
+    use bytes::BufMut;
+    let mut b = bytes::BytesMut::with_capacity(5 + topic.len() + payload.len());
+    b.put_u8(0b0011_1000 | u8::from(retain));
+    b.put_u16(0);
+    b.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
+    b.put_slice(topic);
+    b.put_slice(payload);
+    Publish::deserialize(b.freeze())
 }
 
 /// `{prefix}/part/{p}/presence/{user}`: a broker's report of `user`'s

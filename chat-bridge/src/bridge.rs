@@ -185,6 +185,10 @@ pub(crate) fn options(cfg: &BridgeConfig, client_id: &str, host: &str, port: u16
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_credentials(cfg.username.clone(), cfg.password.clone());
     opts.set_clean_start(false);
+    // kept until it comes back (0xFFFFFFFF: never expires), holding what
+    // was published while it restarts; MQTT 5 ends a session without an
+    // interval with its connection
+    opts.set_session_expiry_interval(Some(u32::MAX));
     opts.set_manual_acks(true);
     // rumqttc leaves Nagle on: the bridge's small events and acks would wait
     // for the broker's delayed ACK (tens of ms per batch)

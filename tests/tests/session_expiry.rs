@@ -1,10 +1,11 @@
 //! Session expiry (issue 18, MQTT-3.1.2-23): a session is kept as long as
 //! its Session Expiry Interval says (3.1.1 persistent sessions:
 //! `limits.max_session_expiry_secs`), then dropped, and the memory it held
-//! comes back.
+//! comes back. Wills wait for their Will Delay Interval, a reconnect
+//! cancels them, and they keep their properties (MQTT-3.1.3-9/-10).
 
 use anyhow::{bail, Context, Result};
-use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties, Packet};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::time::Duration;
@@ -21,8 +22,25 @@ struct V5 {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A delivery with its QoS and user properties and content type.
+type Full = (String, Vec<u8>, QoS, Vec<(String, String)>, Option<String>);
+
 async fn connect_v5(port: u16, id: &str, clean_start: bool, expiry: Option<u32>) -> Result<V5> {
+    connect_v5_with(port, id, clean_start, expiry, None, None).await
+}
+
+async fn connect_v5_with(
+    port: u16,
+    id: &str,
+    clean_start: bool,
+    expiry: Option<u32>,
+    will: Option<LastWill>,
+    full: Option<mpsc::UnboundedSender<Full>>,
+) -> Result<V5> {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    if let Some(w) = will {
+        o.set_last_will(w);
+    }
     o.set_credentials("dev", "dev-pw");
     o.set_clean_start(clean_start);
     let mut props = ConnectProperties::new();
@@ -39,6 +57,13 @@ async fn connect_v5(port: u16, id: &str, clean_start: bool, expiry: Option<u32>)
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    if let Some(full) = &full {
+                        let (up, ct) = match &p.properties {
+                            Some(pr) => (pr.user_properties.clone(), pr.content_type.clone()),
+                            None => (Vec::new(), None),
+                        };
+                        let _ = full.send((topic.clone(), p.payload.to_vec(), p.qos, up, ct));
+                    }
                     let _ = tx.send((topic, p.payload.to_vec()));
                 }
                 Ok(_) => {}
@@ -261,5 +286,76 @@ async fn expired_sessions_give_their_memory_back() -> Result<()> {
     let c = connect_v5(port, "dev-7", false, Some(10)).await?;
     assert!(!c.session_present);
     c.bye().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wills_wait_for_their_delay_and_keep_their_properties() -> Result<()> {
+    let srv = server("").await?;
+    let port = srv.tcp_port();
+    let (tx, mut wills) = mpsc::unbounded_channel();
+    let watcher = connect_v5_with(port, "watcher", true, None, None, Some(tx)).await?;
+    watcher
+        .client
+        .subscribe("dev/will", QoS::AtLeastOnce)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let will = |delay| {
+        LastWill::new(
+            "dev/will",
+            "gone",
+            QoS::AtMostOnce,
+            false,
+            Some(LastWillProperties {
+                delay_interval: Some(delay),
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: Some("text/plain".into()),
+                response_topic: None,
+                correlation_data: None,
+                user_properties: vec![("device".into(), "7".into())],
+            }),
+        )
+    };
+
+    // the connection is lost, and comes back within the delay: no will
+    let c = connect_v5_with(port, "dev-w", true, Some(30), Some(will(2)), None).await?;
+    c.task.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let back = connect_v5(port, "dev-w", false, Some(30)).await?;
+    assert!(back.session_present);
+    if let Ok(Some(w)) = tokio::time::timeout(Duration::from_secs(3), wills.recv()).await {
+        bail!("a reconnect within the Will Delay Interval must cancel the will: {w:?}");
+    }
+    back.bye().await?;
+
+    // lost for good: the will comes after its delay, with its properties,
+    // at QoS 0 (the will's) on a QoS 1 subscription
+    let c = connect_v5_with(port, "dev-w2", true, Some(30), Some(will(2)), None).await?;
+    c.task.abort();
+    let lost = std::time::Instant::now();
+    let (topic, payload, qos, props, content_type) = tokio::time::timeout(WAIT, wills.recv())
+        .await
+        .context("the will")?
+        .context("closed")?;
+    assert!(
+        lost.elapsed() >= Duration::from_millis(1500),
+        "sent before its delay: {:?}",
+        lost.elapsed()
+    );
+    assert_eq!((topic.as_str(), &payload[..]), ("dev/will", &b"gone"[..]));
+    assert_eq!(qos, QoS::AtMostOnce, "delivered at the lower QoS");
+    assert_eq!(props, vec![("device".to_string(), "7".to_string())]);
+    assert_eq!(content_type.as_deref(), Some("text/plain"));
+
+    // a session that ends with its connection sends the will at once
+    let c = connect_v5_with(port, "dev-w3", true, None, Some(will(60)), None).await?;
+    c.task.abort();
+    let (topic, ..) = tokio::time::timeout(WAIT, wills.recv())
+        .await
+        .context("the will of a session without expiry, at once")?
+        .context("closed")?;
+    assert_eq!(topic, "dev/will");
+    watcher.bye().await?;
     Ok(())
 }

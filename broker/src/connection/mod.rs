@@ -23,6 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 mod conn;
 mod session;
 use conn::Conn;
+pub(crate) use session::mark_qos2;
 use session::Session;
 
 /// How a connection ended.
@@ -125,6 +126,7 @@ struct Accepted {
     session: Session,
     keep_alive: u16,
     will: Option<LastWill>,
+    will_props: Option<rumqttd::protocol::LastWillProperties>,
     direct_rx: tokio::sync::mpsc::Receiver<crate::direct::Delivery>,
     persistent: bool,
     /// Seconds the session is kept after the connection ends (MQTT 5
@@ -141,6 +143,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         mut session,
         keep_alive,
         will,
+        will_props,
         mut direct_rx,
         persistent,
         expiry,
@@ -207,7 +210,19 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     }
     if end != End::Clean || session.will_on_disconnect {
         if let Some(w) = will {
-            shared.publish_will(w, &session.principal);
+            // sent when its Will Delay Interval has passed or the session
+            // ends, whichever comes first (MQTT-3.1.3-9)
+            let delay = will_props
+                .as_ref()
+                .and_then(|p| p.delay_interval)
+                .unwrap_or(0)
+                .min(if keep { expiry } else { 0 });
+            if delay == 0 {
+                shared.publish_will(w, will_props, &session.principal);
+            } else {
+                let who = session.principal.clone();
+                shared.delay_will(&session.client_id, delay, w, will_props, who);
+            }
         }
     }
     let generation = claim.generation();
@@ -263,7 +278,7 @@ async fn accept(
         .map_err(|_| "connect timeout".to_string())
         .map_err(refused("protocol"))?
         .map_err(refused("protocol"))?;
-    let Packet::Connect(connect, props, will, _will_props, login) = packet else {
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
         return Err(refused("protocol")("first packet is not CONNECT".into()));
     };
     let metrics = &shared.metrics;
@@ -389,6 +404,7 @@ async fn accept(
         }
     };
 
+    shared.cancel_will(&client_id);
     if !resume && expiry > 0 {
         // Clean Start 1 with an expiry: no old session, but this one is
         // kept; rumqttd links either clean (kept by neither) or not
@@ -478,6 +494,7 @@ async fn accept(
         },
         keep_alive: connect.keep_alive,
         will,
+        will_props,
         direct_rx,
         persistent,
         expiry,
