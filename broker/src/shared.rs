@@ -186,7 +186,7 @@ impl Shared {
             content_type: p.content_type,
             ..Default::default()
         });
-        crate::connection::mark_qos2(will.qos as u8, &mut props);
+        crate::connection::mark_publish(will.qos as u8, retain, &mut props);
         let mut publish = if will.qos == QoS::AtMostOnce {
             marked_qos0(&will.topic, &will.message, retain)
         } else {

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 mod conn;
 mod session;
 use conn::Conn;
-pub(crate) use session::mark_qos2;
+pub(crate) use session::mark_publish;
 use session::Session;
 
 /// How a connection ended.
@@ -430,6 +430,11 @@ async fn accept(
     }
     let session_present = session_present && resume;
 
+    let receive_max = props
+        .as_ref()
+        .and_then(|p| p.receive_maximum)
+        .filter(|m| *m > 0)
+        .unwrap_or(u16::MAX);
     let client_max = props
         .as_ref()
         .and_then(|p| p.max_packet_size)
@@ -483,6 +488,9 @@ async fn accept(
             direct_pkid: session::DIRECT_PKIDS,
             client_max,
             router_inflight: std::collections::VecDeque::new(),
+            receive_max: usize::from(receive_max),
+            sent_unacked: 0,
+            held: std::collections::VecDeque::new(),
             subs: Vec::new(),
             own_recent: std::collections::VecDeque::new(),
             will_on_disconnect: false,

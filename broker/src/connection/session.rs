@@ -50,6 +50,13 @@ pub(super) struct Session {
     /// The router's QoS 1/2 deliveries in the order it sent them, each
     /// with the acknowledgement it may have (see [`Session::ack_router`]).
     pub(super) router_inflight: std::collections::VecDeque<(u16, RouterAck)>,
+    /// The client's Receive Maximum (MQTT 5; 65,535 when not given): QoS 1
+    /// and 2 deliveries it has not acknowledged, at most (MQTT-3.3.4-9).
+    pub(super) receive_max: usize,
+    /// QoS 1 and 2 deliveries sent and not yet acknowledged.
+    pub(super) sent_unacked: usize,
+    /// Router deliveries held back while `sent_unacked` is at `receive_max`.
+    pub(super) held: std::collections::VecDeque<Held>,
     /// This session's router subscriptions with the MQTT 5 options rumqttd
     /// 0.20 ignores (No Local, Retain Handling), kept here.
     pub(super) subs: Vec<SubOpts>,
@@ -298,7 +305,7 @@ impl Session {
                         return refuse(conn, inc.qos, inc.pkid, PubAckReason::QuotaExceeded);
                     }
                 }
-                mark_qos2(inc.qos, &mut props);
+                mark_publish(inc.qos, publish.retain, &mut props);
                 if self
                     .subs
                     .iter()
@@ -375,6 +382,7 @@ impl Session {
                             let opts = SubOpts {
                                 filter: f.path.clone(),
                                 no_local: f.nolocal,
+                                rap: f.preserve_retain,
                                 wants_retained: match f.retain_forward_rule {
                                     RetainForwardRule::OnEverySubscribe => true,
                                     RetainForwardRule::OnNewSubscribe => existing.is_none(),
@@ -453,9 +461,17 @@ impl Session {
             }
             Packet::PubAck(ack, _) if ack.pkid >= DIRECT_PKIDS => {
                 // the client acknowledged a direct delivery: nothing to tell the router
+                self.sent_unacked = self.sent_unacked.saturating_sub(1);
+                self.release_held(conn);
             }
-            Packet::PubAck(ack, _) => self.ack_router(ack.pkid, RouterAck::PubAck, to_router),
-            Packet::PubRec(rec, _) => self.ack_router(rec.pkid, RouterAck::PubRec, to_router),
+            Packet::PubAck(ack, _) => {
+                self.ack_router(ack.pkid, RouterAck::PubAck, to_router);
+                self.release_held(conn);
+            }
+            Packet::PubRec(rec, _) => {
+                self.ack_router(rec.pkid, RouterAck::PubRec, to_router);
+                self.release_held(conn);
+            }
             Packet::Unsubscribe(unsub, props) => {
                 self.subs.retain(|s| !unsub.filters.contains(&s.filter));
                 if self.subs.is_empty() {
@@ -493,7 +509,7 @@ impl Session {
         match n {
             Notification::Forward(mut f) => {
                 let (dup, fqos, pkid) = forward_header(&f.publish);
-                let published = published_qos(dup, &mut f.properties);
+                let (published, was_retained) = published_marks(dup, &mut f.properties);
                 let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
                 let v5 = conn.version == Version::V5;
                 let size = publish_size(&f.publish, f.properties.as_ref().filter(|_| v5));
@@ -515,6 +531,16 @@ impl Session {
                     }
                     return Outcome::Continue;
                 }
+                if was_retained
+                    && !f.publish.retain
+                    && self
+                        .subs
+                        .iter()
+                        .any(|s| s.rap && filter_matches(&s.filter, topic))
+                {
+                    // Retain As Published (MQTT-3.3.1-12): rumqttd cleared it
+                    f.publish.retain = true;
+                }
                 let m = &self.shared.metrics;
                 m.publishes_out.inc();
                 m.bytes_out.inc_by(f.publish.payload.len() as u64);
@@ -533,15 +559,22 @@ impl Session {
                         self.router_inflight.push_back((pkid, RouterAck::PubAck));
                         self.release_router_acks(to_router);
                     }
-                    QoS::AtLeastOnce if fqos == 2 => {
-                        // a QoS 2 forward taken down to QoS 1: the client's
-                        // PUBACK frees the router's slot as a PUBREC would
-                        conn.push_qos1(f.publish, f.properties, pkid);
+                    published => {
+                        // a QoS 2 forward taken down to QoS 1 is written as
+                        // such: the client's PUBACK frees the router's slot
+                        // as a PUBREC would
                         self.router_inflight.push_back((pkid, RouterAck::Waiting));
-                    }
-                    _ => {
-                        conn.push(Packet::Publish(f.publish, f.properties));
-                        self.router_inflight.push_back((pkid, RouterAck::Waiting));
+                        let held = Held {
+                            publish: f.publish,
+                            props: f.properties,
+                            pkid,
+                            as_qos1: published == QoS::AtLeastOnce && fqos == 2,
+                        };
+                        if self.held.is_empty() && self.sent_unacked < self.receive_max {
+                            self.send_held(conn, held);
+                        } else {
+                            self.held.push_back(held);
+                        }
                     }
                 }
             }
@@ -616,6 +649,7 @@ impl Session {
             return;
         }
         let pkid = self.next_direct_pkid();
+        self.sent_unacked += 1;
         conn.push_qos1(publish, props, pkid);
     }
 
@@ -677,6 +711,29 @@ impl Session {
         !all_no_local
     }
 
+    /// Sends a QoS 1 or 2 router delivery.
+    fn send_held(&mut self, conn: &mut Conn, h: Held) {
+        self.sent_unacked += 1;
+        if h.as_qos1 {
+            conn.push_qos1(h.publish, h.props, h.pkid);
+        } else {
+            conn.push(Packet::Publish(h.publish, h.props));
+        }
+    }
+
+    /// Sends what the client's Receive Maximum held back, as far as it now allows.
+    fn release_held(&mut self, conn: &mut Conn) {
+        while self.sent_unacked < self.receive_max {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.send_held(conn, h);
+        }
+        if self.held.is_empty() && self.held.capacity() > 0 {
+            self.held = std::collections::VecDeque::new();
+        }
+    }
+
     /// The client acknowledged a router delivery. rumqttd takes acks in
     /// delivery order only (an ack out of order drops the link), and this
     /// layer acknowledges itself the deliveries it does not pass on (refused,
@@ -689,7 +746,10 @@ impl Session {
             .iter_mut()
             .find(|(p, a)| *p == pkid && *a == RouterAck::Waiting)
         {
-            Some(entry) => entry.1 = ack,
+            Some(entry) => {
+                entry.1 = ack;
+                self.sent_unacked = self.sent_unacked.saturating_sub(1);
+            }
             None => to_router.push(ack.packet(pkid)),
         }
         self.release_router_acks(to_router);
@@ -744,6 +804,7 @@ impl Session {
                 }
                 // at the subscription's QoS, numbered like direct deliveries
                 let pkid = self.next_direct_pkid();
+                self.sent_unacked += 1;
                 conn.push_qos1(publish, None, pkid);
             }
         }
@@ -861,11 +922,22 @@ impl RouterAck {
     }
 }
 
+/// A router delivery at QoS 1 or 2, sent or held for Receive Maximum.
+pub(super) struct Held {
+    publish: Publish,
+    props: Option<rumqttd::protocol::PublishProperties>,
+    pkid: u16,
+    /// Written as QoS 1 (a QoS 2 forward of a QoS 1 publish).
+    as_qos1: bool,
+}
+
 /// A router subscription's options this layer applies.
 #[derive(Debug)]
 pub(super) struct SubOpts {
     pub(super) filter: String,
     pub(super) no_local: bool,
+    /// Retain As Published.
+    pub(super) rap: bool,
     /// Retained messages matching it are delivered (Retain Handling 0, or 1
     /// on a new subscription) until the next SUBSCRIBE.
     pub(super) wants_retained: bool,
@@ -879,45 +951,70 @@ const OWN_RECENT_MAX: usize = 256;
 /// UNSUBACK is not passed on.
 pub(super) const INTERNAL_PKID: u16 = 0;
 
-/// User property marking a PUBLISH a client sent at QoS 2 (see [`mark_qos2`]).
+/// User property marking a PUBLISH a client sent at QoS 2 (see [`mark_publish`]).
 const QOS2_MARK: &str = "chatmq:qos2";
+/// User property marking a PUBLISH a client sent with RETAIN set.
+const RETAIN_MARK: &str = "chatmq:retain";
 
-/// Records a client's QoS 2 PUBLISH as such in the packet the router
-/// stores (rumqttd forwards at the subscription's QoS whatever the
-/// publish's was; QoS 0 is marked by DUP in `codec::read`). QoS 2 is rare,
-/// so only it pays for a property; unmarked means QoS 1. A client's own
-/// property of that name is removed, so it cannot ask for more.
-pub(crate) fn mark_qos2(qos: u8, props: &mut Option<rumqttd::protocol::PublishProperties>) {
+/// Records in the packet the router stores what rumqttd would lose of a
+/// client's PUBLISH: its QoS (rumqttd forwards at the subscription's; QoS 0
+/// is marked by DUP in `codec::read`, QoS 2, rare, by [`QOS2_MARK`],
+/// unmarked is QoS 1) and its RETAIN flag (cleared on live forwards, which
+/// Retain As Published needs; [`RETAIN_MARK`]). A client's own properties
+/// of those names are removed, so it cannot fake them.
+pub(crate) fn mark_publish(
+    qos: u8,
+    retain: bool,
+    props: &mut Option<rumqttd::protocol::PublishProperties>,
+) {
     if let Some(p) = props.as_mut() {
         if !p.user_properties.is_empty() {
-            p.user_properties.retain(|(k, _)| k != QOS2_MARK);
+            p.user_properties
+                .retain(|(k, _)| k != QOS2_MARK && k != RETAIN_MARK);
         }
     }
-    if qos == 2 {
-        props
-            .get_or_insert_with(Default::default)
-            .user_properties
-            .push((QOS2_MARK.into(), String::new()));
+    for (mark, on) in [(QOS2_MARK, qos == 2), (RETAIN_MARK, retain)] {
+        if on {
+            props
+                .get_or_insert_with(Default::default)
+                .user_properties
+                .push((mark.into(), String::new()));
+        }
     }
 }
 
-/// The QoS a forwarded PUBLISH was published at, from its DUP flag (see
-/// `codec::read`) and [`QOS2_MARK`], which is removed before it goes out.
+/// The QoS a forwarded PUBLISH was published at and whether it was
+/// published retained, from its DUP flag (see `codec::read`) and the
+/// marks of [`mark_publish`], which are removed before it goes out.
 /// Publishes of the broker's own links carry no mark: QoS 1.
-pub(crate) fn published_qos(
+pub(crate) fn published_marks(
     dup: bool,
     props: &mut Option<rumqttd::protocol::PublishProperties>,
-) -> QoS {
-    if dup {
-        return QoS::AtMostOnce;
-    }
+) -> (QoS, bool) {
+    let mut qos = if dup {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let mut retained = false;
     if let Some(p) = props.as_mut() {
-        if let Some(i) = p.user_properties.iter().position(|(k, _)| k == QOS2_MARK) {
-            p.user_properties.remove(i);
-            return QoS::ExactlyOnce;
+        if !p.user_properties.is_empty() {
+            p.user_properties.retain(|(k, _)| {
+                if k == QOS2_MARK {
+                    if !dup {
+                        qos = QoS::ExactlyOnce;
+                    }
+                    false
+                } else if k == RETAIN_MARK {
+                    retained = true;
+                    false
+                } else {
+                    true
+                }
+            });
         }
     }
-    QoS::AtLeastOnce
+    (qos, retained)
 }
 
 enum Outcome {

@@ -1,8 +1,13 @@
-//! Session expiry (issue 18, MQTT-3.1.2-23): a session is kept as long as
+//! MQTT 5 rules rumqttd 0.20 does not keep and the connection layer does
+//! (issue 18; docs/architecture.md, "MQTT as clients expect it").
+//!
+//! Session expiry (MQTT-3.1.2-23): a session is kept as long as
 //! its Session Expiry Interval says (3.1.1 persistent sessions:
 //! `limits.max_session_expiry_secs`), then dropped, and the memory it held
 //! comes back. Wills wait for their Will Delay Interval, a reconnect
 //! cancels them, and they keep their properties (MQTT-3.1.3-9/-10).
+//! Receive Maximum bounds unacknowledged deliveries (MQTT-3.3.4-9); Retain
+//! As Published keeps RETAIN on live deliveries (MQTT-3.3.1-12).
 
 use anyhow::{bail, Context, Result};
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties, Packet};
@@ -357,5 +362,133 @@ async fn wills_wait_for_their_delay_and_keep_their_properties() -> Result<()> {
         .context("closed")?;
     assert_eq!(topic, "dev/will");
     watcher.bye().await?;
+    Ok(())
+}
+
+/// Receive Maximum (MQTT-3.3.4-9): no more unacknowledged QoS 1 deliveries
+/// than the client said it can take; the rest follow as it acknowledges,
+/// in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn receive_maximum_bounds_unacknowledged_deliveries() -> Result<()> {
+    let srv = server("").await?;
+    let port = srv.tcp_port();
+    let mut o = MqttOptions::new("dev-slow", "127.0.0.1", port);
+    o.set_credentials("dev", "dev-pw");
+    o.set_receive_maximum(Some(3));
+    o.set_manual_acks(true);
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let (tx, mut got) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok(ev) = el.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    client.subscribe("dev/slow", QoS::AtLeastOnce).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = connect_v5(port, "dev-fast", true, None).await?;
+    for i in 0..10 {
+        publisher
+            .client
+            .publish(
+                "dev/slow",
+                QoS::AtLeastOnce,
+                false,
+                format!("m{i}").into_bytes(),
+            )
+            .await?;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        // what arrives before any acknowledgement is at most 3
+        let mut batch = Vec::new();
+        while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(700), got.recv()).await {
+            batch.push(p);
+        }
+        if batch.is_empty() {
+            bail!("stalled after {} of 10: {seen:?}", seen.len());
+        }
+        assert!(
+            batch.len() <= 3,
+            "{} unacknowledged deliveries, the client allows 3",
+            batch.len()
+        );
+        for p in batch {
+            seen.push(String::from_utf8_lossy(&p.payload).into_owned());
+            client.ack(&p).await?;
+        }
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, want, "all of them, in order");
+    publisher.bye().await?;
+    task.abort();
+    Ok(())
+}
+
+/// Retain As Published (MQTT-3.3.1-12/-13): a live delivery of a retained
+/// publish has RETAIN set for a subscription that asked for it, cleared for
+/// one that did not.
+#[tokio::test(flavor = "multi_thread")]
+async fn retain_as_published() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
+    let srv = server("").await?;
+    let port = srv.tcp_port();
+    let mut flags = Vec::new();
+    let mut tasks = Vec::new();
+    for (id, rap) in [("dev-rap", true), ("dev-plain", false)] {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_credentials("dev", "dev-pw");
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(ev) = el.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = ev {
+                    let _ = tx.send(p.retain);
+                }
+            }
+        }));
+        client
+            .subscribe_many([Filter {
+                path: "dev/rap".into(),
+                qos: QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: rap,
+                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+            }])
+            .await?;
+        flags.push((id, rap, client, rx));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = connect_v5(port, "dev-pub", true, None).await?;
+    publisher
+        .client
+        .publish("dev/rap", QoS::AtLeastOnce, true, b"kept".to_vec())
+        .await?;
+    publisher
+        .client
+        .publish("dev/rap", QoS::AtLeastOnce, false, b"plain".to_vec())
+        .await?;
+    for (id, rap, _client, rx) in &mut flags {
+        let first = tokio::time::timeout(WAIT, rx.recv())
+            .await?
+            .context("closed")?;
+        let second = tokio::time::timeout(WAIT, rx.recv())
+            .await?
+            .context("closed")?;
+        assert_eq!(
+            first, *rap,
+            "{id}: the retained publish, live, RETAIN as published: {rap}"
+        );
+        assert!(!second, "{id}: a publish without RETAIN never gets it");
+    }
+    publisher
+        .client
+        .publish("dev/rap", QoS::AtLeastOnce, true, Vec::new())
+        .await?;
+    publisher.bye().await?;
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
 }
