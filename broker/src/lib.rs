@@ -24,6 +24,7 @@
 //! | rumqttd's router, links to it, its configuration | `router.rs` |
 //! | TCP, TLS and WebSocket byte streams, handshakes with a timeout | [`transport`] |
 //! | framing in front of rumqttd's v4/v5 codecs | [`codec`] |
+//! | a PUBLISH's QoS and RETAIN carried through the router (MQTT 5 delivery rules) | `marks.rs` |
 //! | topic rules and the membership view they read; rooms remembered missing | [`acl`], `acl/misses.rs` |
 //! | rate limits: connects per address, publishes and room loads per connection | `rate.rs` |
 //! | static users, service accounts, JWT; argon2id and the verification cache | [`auth`], `auth/password.rs` |
@@ -43,6 +44,7 @@ mod direct;
 pub mod http;
 mod internal;
 pub mod link;
+mod marks;
 pub mod metrics;
 mod names;
 mod presence;

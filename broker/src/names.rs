@@ -21,9 +21,9 @@ fn plain_byte(b: u8) -> bool {
 /// An MQTT client id any client may connect with: 1-256 bytes of UTF-8
 /// without control characters or the wildcards `+` `#`. MQTT lets a server
 /// refuse more than `0-9 a-z A-Z`; common clients and test suites use `/`
-/// (mosquitto_pub's own ids did). An id outside [`valid_client_id`] still
-/// connects and publishes, but no reply topic matches it, so it cannot make
-/// chat requests (its subscription is refused, fail closed).
+/// (mosquitto_pub's own ids did). An id with `/` matches no reply topic
+/// (one level), so it cannot make chat requests (its subscription is
+/// refused, fail closed); chat clients use [`valid_client_id`]'s.
 pub(crate) fn acceptable_client_id(s: &str) -> bool {
     (1..=256).contains(&s.len()) && !s.chars().any(|c| c.is_control() || matches!(c, '+' | '#'))
 }

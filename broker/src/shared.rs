@@ -186,9 +186,9 @@ impl Shared {
             content_type: p.content_type,
             ..Default::default()
         });
-        crate::connection::mark_publish(will.qos as u8, retain, &mut props);
+        crate::marks::mark_publish(will.qos as u8, retain, &mut props);
         let mut publish = if will.qos == QoS::AtMostOnce {
-            marked_qos0(&will.topic, &will.message, retain)
+            crate::marks::marked_qos0(&will.topic, &will.message, retain)
         } else {
             Publish::new(will.topic, will.message, retain)
         };
@@ -243,20 +243,6 @@ impl Shared {
             warn!(error = %e, "internal publish dropped");
         }
     }
-}
-
-/// A QoS 0 PUBLISH with DUP set, the mark `codec::read` gives a client's
-/// QoS 0 PUBLISH (rumqttd's `Publish` keeps DUP private; its own
-/// serialized form sets it).
-fn marked_qos0(topic: &[u8], payload: &[u8], retain: bool) -> Publish {
-    use bytes::BufMut;
-    let mut b = bytes::BytesMut::with_capacity(5 + topic.len() + payload.len());
-    b.put_u8(0b0011_1000 | u8::from(retain));
-    b.put_u16(0);
-    b.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
-    b.put_slice(topic);
-    b.put_slice(payload);
-    Publish::deserialize(b.freeze())
 }
 
 /// `{prefix}/part/{p}/presence/{user}`: a broker's report of `user`'s

@@ -190,25 +190,38 @@ async fn bad_credentials_and_client_ids_refused() -> Result<()> {
             .is_err(),
         "unknown user refused"
     );
-    for cid in [
-        "a/b",
-        "a+b",
-        "a#b",
-        "$sys",
-        "a b",
-        "chat/users/bob/replies/x",
-        "a/b#",
-    ] {
+    // wildcards and control characters: refused
+    for cid in ["a+b", "a#b", "a/b#", "a\nb", "a\u{0}b"] {
         let r = client_v4(port, "alice", &pw("alice"), cid).await;
         assert!(r.is_err(), "client id {cid:?} must be refused (v4)");
         let r = client_v5(port, "alice", &pw("alice"), cid).await;
         assert!(r.is_err(), "client id {cid:?} must be refused (v5)");
     }
-    let long = "x".repeat(129);
+    let long = "x".repeat(257);
     assert!(
         client_v4(port, "alice", &pw("alice"), &long).await.is_err(),
-        "129-char client id refused"
+        "257-byte client id refused"
     );
+    // other ids connect (devices and test suites use `/`); none gets
+    // another user's reply topic, and an id of several levels matches no
+    // reply topic at all (it cannot make chat requests: fail closed)
+    for cid in ["a/b", "$sys", "a b", "chat/users/bob/replies/x"] {
+        let mut c = client_v4(port, "alice", &pw("alice"), cid).await?;
+        let mut refused = vec![
+            "chat/users/bob/replies/x".to_string(),
+            "chat/users/bob/replies/+".to_string(),
+            format!("chat/users/bob/replies/{cid}"),
+        ];
+        if cid.contains('/') {
+            refused.push(format!("chat/users/alice/replies/{cid}"));
+        }
+        for filter in refused {
+            assert!(
+                !c.subscribe(&filter).await?,
+                "{cid:?} must not get reply topic {filter:?}"
+            );
+        }
+    }
     // the server keeps serving
     let mut alice = srv.user_v4("alice", "alice.ok:1-_").await?;
     let r = alice

@@ -7,7 +7,9 @@
 //! comes back. Wills wait for their Will Delay Interval, a reconnect
 //! cancels them, and they keep their properties (MQTT-3.1.3-9/-10).
 //! Receive Maximum bounds unacknowledged deliveries (MQTT-3.3.4-9); Retain
-//! As Published keeps RETAIN on live deliveries (MQTT-3.3.1-12).
+//! As Published keeps RETAIN on live deliveries (MQTT-3.3.1-12);
+//! overlapping subscriptions get one delivery with all their Subscription
+//! Identifiers (MQTT-3.3.4-2/-4).
 
 use anyhow::{bail, Context, Result};
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties, Packet};
@@ -490,5 +492,65 @@ async fn retain_as_published() -> Result<()> {
     for t in tasks {
         t.abort();
     }
+    Ok(())
+}
+
+/// Overlapping subscriptions: one delivery, at the highest QoS of the
+/// matching subscriptions, carrying both Subscription Identifiers.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_subscriptions_deliver_once() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::SubscribeProperties;
+    let srv = server("").await?;
+    let port = srv.tcp_port();
+    let mut o = MqttOptions::new("dev-overlap", "127.0.0.1", port);
+    o.set_credentials("dev", "dev-pw");
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let (tx, mut got) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok(ev) = el.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let ids = p
+                    .properties
+                    .map(|pr| pr.subscription_identifiers)
+                    .unwrap_or_default();
+                let _ = tx.send((p.payload.to_vec(), p.qos, ids));
+            }
+        }
+    });
+    for (filter, id) in [("dev/o/a", 21), ("dev/o/#", 42)] {
+        let props = SubscribeProperties {
+            id: Some(id),
+            user_properties: Vec::new(),
+        };
+        client
+            .subscribe_with_properties(filter, QoS::AtLeastOnce, props)
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = connect_v5(port, "dev-pub2", true, None).await?;
+    for i in 0..3 {
+        publisher
+            .client
+            .publish(
+                "dev/o/a",
+                QoS::AtLeastOnce,
+                false,
+                format!("m{i}").into_bytes(),
+            )
+            .await?;
+    }
+    let mut seen = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(2), got.recv()).await {
+        seen.push(d);
+    }
+    assert_eq!(seen.len(), 3, "one delivery per publish: {seen:?}");
+    for (i, (payload, qos, mut ids)) in seen.into_iter().enumerate() {
+        ids.sort_unstable();
+        assert_eq!(payload, format!("m{i}").into_bytes());
+        assert_eq!(qos, QoS::AtLeastOnce);
+        assert_eq!(ids, vec![21, 42], "both subscriptions' identifiers");
+    }
+    publisher.bye().await?;
+    task.abort();
     Ok(())
 }

@@ -23,7 +23,6 @@ use tracing::{debug, info, warn, Instrument};
 mod conn;
 mod session;
 use conn::Conn;
-pub(crate) use session::mark_publish;
 use session::Session;
 
 /// How a connection ended.
@@ -493,6 +492,8 @@ async fn accept(
             held: std::collections::VecDeque::new(),
             subs: Vec::new(),
             own_recent: std::collections::VecDeque::new(),
+            overlap: false,
+            copies: std::collections::VecDeque::new(),
             will_on_disconnect: false,
             disconnect_expiry: None,
             publishes: crate::rate::Throttle::new(shared.config.limits.publishes_per_sec),

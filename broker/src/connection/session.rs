@@ -6,6 +6,7 @@ use crate::acl::{Decision, Ensured, LoadBudget};
 use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
 use crate::direct::Delivery;
+use crate::marks::{mark_publish, published_marks};
 use crate::presence::filter_matches;
 use crate::rate::Throttle;
 use crate::retain::Verdict;
@@ -65,6 +66,11 @@ pub(super) struct Session {
     /// forwards the very `Bytes` it was given, so a forward whose payload
     /// is one of these is this session's own message.
     pub(super) own_recent: std::collections::VecDeque<(usize, usize, Bytes)>,
+    /// Two of `subs` may match one topic (one has a wildcard).
+    pub(super) overlap: bool,
+    /// PUBLISHes delivered once for overlapping subscriptions: (payload
+    /// address, length, topic, forwards of it still to come and drop).
+    pub(super) copies: std::collections::VecDeque<(usize, usize, Bytes, usize)>,
     /// The client's DISCONNECT asked for its will (reason 0x04).
     pub(super) will_on_disconnect: bool,
     /// The Session Expiry Interval the client's DISCONNECT set, if any.
@@ -382,6 +388,8 @@ impl Session {
                             let opts = SubOpts {
                                 filter: f.path.clone(),
                                 no_local: f.nolocal,
+                                qos: f.qos,
+                                id: props.as_ref().and_then(|p| p.id),
                                 rap: f.preserve_retain,
                                 wants_retained: match f.retain_forward_rule {
                                     RetainForwardRule::OnEverySubscribe => true,
@@ -420,6 +428,8 @@ impl Session {
                         }
                     }
                 }
+                self.overlap =
+                    self.subs.len() >= 2 && self.subs.iter().any(|s| s.filter.contains(['+', '#']));
                 if allowed.is_empty() {
                     let return_codes = codes.into_iter().flatten().collect();
                     conn.push(Packet::SubAck(
@@ -477,6 +487,8 @@ impl Session {
                 if self.subs.is_empty() {
                     self.subs = Vec::new();
                 }
+                self.overlap =
+                    self.subs.len() >= 2 && self.subs.iter().any(|s| s.filter.contains(['+', '#']));
                 for f in &unsub.filters {
                     if self.direct_topics.iter().any(|(t, _)| t == f) {
                         self.shared.direct.remove(&self.client_id, f);
@@ -522,7 +534,9 @@ impl Session {
                         .with_label_values(&["deliver", "not_member"])
                         .inc();
                 }
-                let allowed = allowed && self.wanted(&f.publish, topic);
+                let allowed = allowed
+                    && self.wanted(&f.publish, topic)
+                    && self.first_copy(&f.publish, fqos, topic, &mut f.properties);
                 if !allowed {
                     // Not delivered: acknowledge it to the router ourselves.
                     if let Some(pkid) = pkid {
@@ -709,6 +723,63 @@ impl Session {
             }
         }
         !all_no_local
+    }
+
+    /// Overlapping subscriptions: rumqttd forwards a PUBLISH once per
+    /// matching subscription. It goes out once, with the Subscription
+    /// Identifiers of all of them (MQTT-3.3.4-2/-4), when this forward has
+    /// the highest QoS among them; later forwards of it are dropped. A
+    /// forward at a lower QoS goes out as it is, and so do the others. The
+    /// forwards of one PUBLISH share its payload `Bytes` (the router's log
+    /// holds it, so its address is not reused meanwhile).
+    fn first_copy(
+        &mut self,
+        publish: &Publish,
+        fqos: u8,
+        topic: &str,
+        props: &mut Option<rumqttd::protocol::PublishProperties>,
+    ) -> bool {
+        if !self.overlap || publish.retain {
+            return true;
+        }
+        let key = (publish.payload.as_ptr() as usize, publish.payload.len());
+        if let Some(i) = self
+            .copies
+            .iter()
+            .position(|(p, l, t, _)| (*p, *l) == key && *t == publish.topic)
+        {
+            if let Some(e) = self.copies.get_mut(i) {
+                e.3 = e.3.saturating_sub(1);
+                if e.3 == 0 {
+                    self.copies.remove(i);
+                }
+            }
+            if self.copies.is_empty() {
+                self.copies = std::collections::VecDeque::new();
+            }
+            return false;
+        }
+        let matching: Vec<&SubOpts> = self
+            .subs
+            .iter()
+            .filter(|s| filter_matches(&s.filter, topic))
+            .collect();
+        let top = matching.iter().map(|s| s.qos as u8).max().unwrap_or(0);
+        if matching.len() < 2 || fqos < top {
+            return true;
+        }
+        let ids: Vec<usize> = matching.iter().filter_map(|s| s.id).collect();
+        if !ids.is_empty() {
+            props
+                .get_or_insert_with(Default::default)
+                .subscription_identifiers = ids;
+        }
+        if self.copies.len() >= COPIES_MAX {
+            self.copies.pop_front();
+        }
+        self.copies
+            .push_back((key.0, key.1, publish.topic.clone(), matching.len() - 1));
+        true
     }
 
     /// Sends a QoS 1 or 2 router delivery.
@@ -936,12 +1007,19 @@ pub(super) struct Held {
 pub(super) struct SubOpts {
     pub(super) filter: String,
     pub(super) no_local: bool,
+    /// The QoS granted (rumqttd grants what was asked).
+    pub(super) qos: QoS,
+    /// The SUBSCRIBE's Subscription Identifier.
+    pub(super) id: Option<usize>,
     /// Retain As Published.
     pub(super) rap: bool,
     /// Retained messages matching it are delivered (Retain Handling 0, or 1
     /// on a new subscription) until the next SUBSCRIBE.
     pub(super) wants_retained: bool,
 }
+
+/// PUBLISHes remembered while their other forwards come ([`Session::first_copy`]).
+const COPIES_MAX: usize = 256;
 
 /// Own publishes remembered for No Local.
 const OWN_RECENT_MAX: usize = 256;
@@ -950,72 +1028,6 @@ const OWN_RECENT_MAX: usize = 256;
 /// replace a subscription); clients may not use 0 (MQTT-2.2.1-3), and its
 /// UNSUBACK is not passed on.
 pub(super) const INTERNAL_PKID: u16 = 0;
-
-/// User property marking a PUBLISH a client sent at QoS 2 (see [`mark_publish`]).
-const QOS2_MARK: &str = "chatmq:qos2";
-/// User property marking a PUBLISH a client sent with RETAIN set.
-const RETAIN_MARK: &str = "chatmq:retain";
-
-/// Records in the packet the router stores what rumqttd would lose of a
-/// client's PUBLISH: its QoS (rumqttd forwards at the subscription's; QoS 0
-/// is marked by DUP in `codec::read`, QoS 2, rare, by [`QOS2_MARK`],
-/// unmarked is QoS 1) and its RETAIN flag (cleared on live forwards, which
-/// Retain As Published needs; [`RETAIN_MARK`]). A client's own properties
-/// of those names are removed, so it cannot fake them.
-pub(crate) fn mark_publish(
-    qos: u8,
-    retain: bool,
-    props: &mut Option<rumqttd::protocol::PublishProperties>,
-) {
-    if let Some(p) = props.as_mut() {
-        if !p.user_properties.is_empty() {
-            p.user_properties
-                .retain(|(k, _)| k != QOS2_MARK && k != RETAIN_MARK);
-        }
-    }
-    for (mark, on) in [(QOS2_MARK, qos == 2), (RETAIN_MARK, retain)] {
-        if on {
-            props
-                .get_or_insert_with(Default::default)
-                .user_properties
-                .push((mark.into(), String::new()));
-        }
-    }
-}
-
-/// The QoS a forwarded PUBLISH was published at and whether it was
-/// published retained, from its DUP flag (see `codec::read`) and the
-/// marks of [`mark_publish`], which are removed before it goes out.
-/// Publishes of the broker's own links carry no mark: QoS 1.
-pub(crate) fn published_marks(
-    dup: bool,
-    props: &mut Option<rumqttd::protocol::PublishProperties>,
-) -> (QoS, bool) {
-    let mut qos = if dup {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
-    let mut retained = false;
-    if let Some(p) = props.as_mut() {
-        if !p.user_properties.is_empty() {
-            p.user_properties.retain(|(k, _)| {
-                if k == QOS2_MARK {
-                    if !dup {
-                        qos = QoS::ExactlyOnce;
-                    }
-                    false
-                } else if k == RETAIN_MARK {
-                    retained = true;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-    }
-    (qos, retained)
-}
 
 enum Outcome {
     Continue,

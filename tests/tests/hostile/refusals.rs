@@ -258,9 +258,9 @@ async fn broker_refusals_cost_nothing_else() -> Result<()> {
         ("alice", "wrong", "a-x"),
         ("nobody", "pw", "n-x"),
         ("alice", "", "a-y"),
-        ("alice", pw("alice").as_str(), "bad/id"),
+        ("alice", pw("alice").as_str(), "bad+id"),
         ("alice", pw("alice").as_str(), "#"),
-        ("alice", pw("alice").as_str(), "$SYS"),
+        ("alice", pw("alice").as_str(), "bad\u{1}id"),
     ] {
         assert!(
             client_v4(port, user, password, cid).await.is_err(),
