@@ -162,6 +162,13 @@ pub fn read(
         }
     }
     let mut one = buf.split_to(frame.len());
+    if version == Version::V5 && frame.packet_type() == 14 && frame.remaining == 1 {
+        // A DISCONNECT of a reason code alone may omit the property length
+        // (MQTT-3.14.2.2.1); rumqttd 0.20 reads past the end and calls it
+        // malformed, which would publish the will of a clean DISCONNECT.
+        let reason = one.get(frame.header_len).copied().unwrap_or(0);
+        one = BytesMut::from(&[frame.byte1, 2, reason, 0][..]);
+    }
     let parsed = match version {
         Version::V4 => protocol::v4::V4.read_mut(&mut one, max_len),
         Version::V5 => protocol::v5::V5.read_mut(&mut one, max_len),
@@ -306,6 +313,33 @@ mod tests {
         };
         write(Version::V5, Packet::Disconnect(d, None), &mut out).unwrap();
         assert_eq!(&out[..], &[0xE0, 0x00]);
+    }
+
+    #[test]
+    fn a_v5_disconnect_of_a_reason_code_alone_reads() {
+        use protocol::DisconnectReasonCode as Code;
+        for (reason, want) in [
+            (0x00, Code::NormalDisconnection),
+            (0x04, Code::DisconnectWithWillMessage),
+        ] {
+            let mut buf = BytesMut::from(&[0xE0, 0x01, reason, 0xC0, 0x00][..]);
+            let inc = read(Version::V5, &mut buf, 1024)
+                .expect("well formed")
+                .expect("a whole packet");
+            match inc.packet {
+                Packet::Disconnect(d, None) => assert_eq!(d.reason_code, want),
+                other => panic!("{other:?}"),
+            }
+            // the next packet (a PINGREQ) is read after it
+            let next = read(Version::V5, &mut buf, 1024)
+                .expect("ok")
+                .expect("a packet");
+            assert!(
+                matches!(next.packet, Packet::PingReq(_)),
+                "{:?}",
+                next.packet
+            );
+        }
     }
 
     #[test]

@@ -88,7 +88,10 @@ pub(crate) async fn start(
     tokio::spawn(async move {
         while let Ok(n) = internal_rx.next().await {
             match n {
-                Some(Notification::Forward(f)) => {
+                Some(Notification::Forward(mut f)) => {
+                    // a service's QoS 2 or retained publish carries marks
+                    // (crate::marks) no client may see
+                    let _ = crate::marks::published_marks(false, &mut f.properties);
                     let topic = &f.publish.topic[..];
                     if topic.starts_with(users_root.as_bytes()) {
                         let (sent, full) = direct.deliver(&f.publish, &f.properties);

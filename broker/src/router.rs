@@ -123,7 +123,11 @@ pub(crate) fn forward_pkid(p: &Publish) -> Option<u16> {
 /// A forward's DUP flag, QoS and packet id (`None` at QoS 0), which
 /// rumqttd keeps private; its serialized form has them.
 pub(crate) fn forward_header(p: &Publish) -> (bool, u8, Option<u16>) {
-    let raw = p.serialize();
+    // the header without topic and payload: no copy of them per delivery
+    let mut head = p.clone();
+    head.topic = bytes::Bytes::new();
+    head.payload = bytes::Bytes::new();
+    let raw = head.serialize();
     let Some(first) = raw.first() else {
         return (false, 0, None);
     };

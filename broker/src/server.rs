@@ -160,7 +160,7 @@ impl Broker {
             live_users: Default::default(),
             trim_pending: Default::default(),
             delayed_wills: Default::default(),
-            will_tokens: Default::default(),
+            expiry_timers: Default::default(),
             bridge_ready,
             retained,
             internal: internal.outbox,

@@ -38,8 +38,12 @@ pub(crate) struct Shared {
     pub(crate) trim_pending: std::sync::atomic::AtomicBool,
     /// Wills waiting for their Will Delay Interval: client id -> token of
     /// the wait; a new connection under the id removes it (MQTT-3.1.3-9).
-    pub(crate) delayed_wills: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
-    pub(crate) will_tokens: std::sync::atomic::AtomicU64,
+    pub(crate) delayed_wills:
+        parking_lot::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
+    /// Session expiry timers: client id -> the timer of its kept session
+    /// (aborted when the id connects again, so they never pile up).
+    pub(crate) expiry_timers:
+        parking_lot::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// False until the in-process bridge has subscribed: users are held at
     /// CONNECT until then, so no send or request is published before anyone
     /// listens (rumqttd drops messages that match no subscription).
@@ -125,28 +129,36 @@ impl Shared {
         props: Option<LastWillProperties>,
         who: Principal,
     ) {
-        let token = self
-            .will_tokens
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.delayed_wills
-            .lock()
-            .insert(client_id.to_owned(), token);
+        // copied: the CONNECT's read buffer is not kept for the wait
+        let will = LastWill {
+            topic: bytes::Bytes::copy_from_slice(&will.topic),
+            message: bytes::Bytes::copy_from_slice(&will.message),
+            qos: will.qos,
+            retain: will.retain,
+        };
         let shared = self.clone();
-        let client_id = client_id.to_owned();
-        tokio::spawn(async move {
+        let id = client_id.to_owned();
+        // held while the task is made, so its entry is in before it looks
+        let mut wills = self.delayed_wills.lock();
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(u64::from(delay))).await;
             let due = {
                 let mut w = shared.delayed_wills.lock();
-                let due = w.get(&client_id) == Some(&token);
-                if due {
-                    w.remove(&client_id);
+                let mine = w.get(&id).is_some_and(|h| h.id() == tokio::task::id());
+                if mine {
+                    w.remove(&id);
                 }
-                due
+                mine
             };
             if due {
                 shared.publish_will(will, props, &who);
             }
         });
+        // one per client id, and a wait ended early is aborted, not left
+        // sleeping (a client reconnecting in a loop cannot pile them up)
+        if let Some(old) = wills.insert(client_id.to_owned(), timer.abort_handle()) {
+            old.abort();
+        }
     }
 
     /// A connection under `client_id` began: its delayed will, if any, is
@@ -154,7 +166,9 @@ impl Shared {
     pub(crate) fn cancel_will(&self, client_id: &str) {
         let mut w = self.delayed_wills.lock();
         if !w.is_empty() {
-            w.remove(client_id);
+            if let Some(timer) = w.remove(client_id) {
+                timer.abort();
+            }
         }
     }
 

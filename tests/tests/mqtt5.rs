@@ -554,3 +554,120 @@ async fn overlapping_subscriptions_deliver_once() -> Result<()> {
     task.abort();
     Ok(())
 }
+
+/// A v5 CONNECT with a will, written by hand (rumqttc always sends a
+/// DISCONNECT's property length, so the short form below needs a raw socket).
+fn raw_connect_with_will(client_id: &str) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, v: &[u8]) {
+        out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::new();
+    s(&mut body, b"MQTT");
+    body.push(5);
+    body.push(0x80 | 0x40 | 0x04 | 0x02); // user name, password, will (QoS 0), clean start
+    body.extend_from_slice(&30u16.to_be_bytes());
+    body.push(0); // properties
+    s(&mut body, client_id.as_bytes());
+    body.push(0); // will properties
+    s(&mut body, b"dev/raw-will");
+    s(&mut body, b"raw gone");
+    s(&mut body, b"dev");
+    s(&mut body, b"dev-pw");
+    let mut out = vec![0x10];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}
+
+/// A DISCONNECT of a reason code alone (remaining length 1, no property
+/// length: MQTT-3.14.2.2.1) is a clean one: 0x00 sends no will, 0x04 does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_byte_disconnect_is_well_formed() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = server("").await?;
+    let port = srv.tcp_port();
+    let (tx, mut wills) = mpsc::unbounded_channel();
+    let watcher = connect_v5_with(port, "watcher-raw", true, None, None, Some(tx)).await?;
+    watcher
+        .client
+        .subscribe("dev/raw-will", QoS::AtLeastOnce)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (reason, will_expected) in [(0x00u8, false), (0x04, true)] {
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        sock.write_all(&raw_connect_with_will(&format!("dev-raw-{reason}")))
+            .await?;
+        let mut connack = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, sock.read(&mut connack)).await??;
+        assert!(
+            n >= 4 && connack[0] == 0x20 && connack[3] == 0,
+            "CONNACK accepted: {:?}",
+            &connack[..n]
+        );
+        sock.write_all(&[0xE0, 0x01, reason]).await?;
+        // the server closes the connection after a DISCONNECT
+        let mut rest = [0u8; 16];
+        let closed = tokio::time::timeout(WAIT, sock.read(&mut rest)).await?;
+        assert!(
+            matches!(closed, Ok(0)),
+            "closed after DISCONNECT: {closed:?}"
+        );
+        let got = tokio::time::timeout(Duration::from_millis(1500), wills.recv()).await;
+        match (will_expected, got) {
+            (false, Ok(Some(w))) => bail!("DISCONNECT 0x00 (two bytes) sent the will: {w:?}"),
+            (true, Ok(Some((topic, ..)))) => assert_eq!(topic, "dev/raw-will"),
+            (true, _) => bail!("DISCONNECT 0x04 (two bytes) sent no will"),
+            (false, _) => {}
+        }
+    }
+    watcher.bye().await?;
+    Ok(())
+}
+
+/// Two SUBSCRIBEs sent back to back each get their retained messages (the
+/// second must not cancel the first's).
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_subscribes_each_get_their_retained_messages() -> Result<()> {
+    let srv = server("").await?;
+    let port = srv.tcp_port();
+    let publisher = connect_v5(port, "dev-ret", true, None).await?;
+    for t in ["dev/ret/a", "dev/ret/b"] {
+        publisher
+            .client
+            .publish(t, QoS::AtLeastOnce, true, t.as_bytes().to_vec())
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut c = connect_v5(port, "dev-ret-sub", true, None).await?;
+    c.client.subscribe("dev/ret/a", QoS::AtLeastOnce).await?;
+    c.client.subscribe("dev/ret/b", QoS::AtLeastOnce).await?;
+    let mut got = Vec::new();
+    while let Ok(Some((topic, _))) =
+        tokio::time::timeout(Duration::from_secs(2), c.msgs.recv()).await
+    {
+        got.push(topic);
+    }
+    got.sort();
+    assert_eq!(got, vec!["dev/ret/a".to_string(), "dev/ret/b".to_string()]);
+    for t in ["dev/ret/a", "dev/ret/b"] {
+        publisher
+            .client
+            .publish(t, QoS::AtLeastOnce, true, Vec::new())
+            .await?;
+    }
+    publisher.bye().await?;
+    c.bye().await?;
+    Ok(())
+}

@@ -200,7 +200,7 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         );
         let _ = link_tx.send(bye).await;
     }
-    if persistent && !keep && end != End::RouterGone {
+    if persistent && !keep {
         // a session resumed without an expiry ends with its connection
         // (MQTT 5 Clean Start 0, Session Expiry Interval 0)
         if drop_router_session(&shared, &session.client_id).await {
@@ -232,12 +232,26 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         }
     }
     if keep && expiry != u32::MAX {
-        let shared = shared.clone();
-        let client_id = session.client_id;
-        tokio::spawn(async move {
+        let s = shared.clone();
+        let client_id = session.client_id.clone();
+        let mut timers = shared.expiry_timers.lock();
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-            expire_session(&shared, &client_id, generation).await;
+            {
+                let mut t = s.expiry_timers.lock();
+                if t.get(&client_id)
+                    .is_some_and(|h| h.id() == tokio::task::id())
+                {
+                    t.remove(&client_id);
+                }
+            }
+            expire_session(&s, &client_id, generation).await;
         });
+        // one timer per client id: a new one replaces an older one
+        if let Some(old) = timers.insert(session.client_id, timer.abort_handle()) {
+            old.abort();
+        }
+        drop(timers);
     }
     shared
         .metrics
@@ -404,6 +418,10 @@ async fn accept(
     };
 
     shared.cancel_will(&client_id);
+    if let Some(timer) = shared.expiry_timers.lock().remove(&client_id) {
+        // resumed or replaced before it expired
+        timer.abort();
+    }
     if !resume && expiry > 0 {
         // Clean Start 1 with an expiry: no old session, but this one is
         // kept; rumqttd links either clean (kept by neither) or not
@@ -468,7 +486,7 @@ async fn accept(
     // a persistent session's reply topic and inbox, as it left them, with
     // what was published to them meanwhile
     let (direct_id, direct_topics, direct_kept) =
-        shared.direct.attach(&client_id, &direct_queue, !persistent);
+        shared.direct.attach(&client_id, &direct_queue, !resume);
     Ok(Some(Accepted {
         conn,
         link_tx,

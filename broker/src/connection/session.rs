@@ -68,9 +68,10 @@ pub(super) struct Session {
     pub(super) own_recent: std::collections::VecDeque<(usize, usize, Bytes)>,
     /// Two of `subs` may match one topic (one has a wildcard).
     pub(super) overlap: bool,
-    /// PUBLISHes delivered once for overlapping subscriptions: (payload
-    /// address, length, topic, forwards of it still to come and drop).
-    pub(super) copies: std::collections::VecDeque<(usize, usize, Bytes, usize)>,
+    /// PUBLISHes forwarded more than once for overlapping subscriptions:
+    /// (payload, topic, forwards of it still to come, whether those are
+    /// dropped). The payload `Bytes` keeps its address reserved.
+    pub(super) copies: std::collections::VecDeque<(Bytes, Bytes, usize, bool)>,
     /// The client's DISCONNECT asked for its will (reason 0x04).
     pub(super) will_on_disconnect: bool,
     /// The Session Expiry Interval the client's DISCONNECT set, if any.
@@ -321,11 +322,9 @@ impl Session {
                         self.own_recent.pop_front();
                     }
                     let p = &publish.payload;
-                    self.own_recent.push_back((
-                        p.as_ptr() as usize,
-                        p.len(),
-                        publish.topic.clone(),
-                    ));
+                    // the topic copied: not the client's read buffer kept
+                    let t = Bytes::copy_from_slice(&publish.topic);
+                    self.own_recent.push_back((p.as_ptr() as usize, p.len(), t));
                 }
                 self.throttle().await;
                 let m = &self.shared.metrics;
@@ -335,10 +334,6 @@ impl Session {
                 to_router.push(Packet::Publish(publish, props));
             }
             Packet::Subscribe(sub, props) => {
-                // earlier subscriptions' retained messages have been sent
-                for s in &mut self.subs {
-                    s.wants_retained = false;
-                }
                 let mut replaced = Vec::new();
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut allowed = Vec::new();
@@ -489,6 +484,8 @@ impl Session {
                 }
                 self.overlap =
                     self.subs.len() >= 2 && self.subs.iter().any(|s| s.filter.contains(['+', '#']));
+                // own publishes awaited for No Local may not come back now
+                self.own_recent = std::collections::VecDeque::new();
                 for f in &unsub.filters {
                     if self.direct_topics.iter().any(|(t, _)| t == f) {
                         self.shared.direct.remove(&self.client_id, f);
@@ -497,6 +494,11 @@ impl Session {
                 }
                 // the router answers (a filter it never had is fine)
                 to_router.push(Packet::Unsubscribe(unsub, props));
+            }
+            Packet::PubComp(comp, props) => {
+                self.sent_unacked = self.sent_unacked.saturating_sub(1);
+                self.release_held(conn);
+                to_router.push(Packet::PubComp(comp, props));
             }
             Packet::PingReq(_) => conn.push(Packet::PingResp(rumqttd::protocol::PingResp)),
             Packet::Disconnect(d, props) => {
@@ -742,22 +744,25 @@ impl Session {
         if !self.overlap || publish.retain {
             return true;
         }
-        let key = (publish.payload.as_ptr() as usize, publish.payload.len());
+        let same =
+            |p: &Bytes| p.as_ptr() == publish.payload.as_ptr() && p.len() == publish.payload.len();
         if let Some(i) = self
             .copies
             .iter()
-            .position(|(p, l, t, _)| (*p, *l) == key && *t == publish.topic)
+            .position(|(p, t, _, _)| same(p) && *t == publish.topic)
         {
+            let mut drop_it = true;
             if let Some(e) = self.copies.get_mut(i) {
-                e.3 = e.3.saturating_sub(1);
-                if e.3 == 0 {
+                e.2 = e.2.saturating_sub(1);
+                drop_it = e.3;
+                if e.2 == 0 {
                     self.copies.remove(i);
                 }
             }
             if self.copies.is_empty() {
                 self.copies = std::collections::VecDeque::new();
             }
-            return false;
+            return !drop_it;
         }
         let matching: Vec<&SubOpts> = self
             .subs
@@ -765,20 +770,27 @@ impl Session {
             .filter(|s| filter_matches(&s.filter, topic))
             .collect();
         let top = matching.iter().map(|s| s.qos as u8).max().unwrap_or(0);
-        if matching.len() < 2 || fqos < top {
+        if matching.len() < 2 {
             return true;
         }
-        let ids: Vec<usize> = matching.iter().filter_map(|s| s.id).collect();
-        if !ids.is_empty() {
-            props
-                .get_or_insert_with(Default::default)
-                .subscription_identifiers = ids;
+        // at the highest QoS: this one carries every identifier and the
+        // others are dropped; else every copy goes out as it is
+        let merged = fqos >= top;
+        let others = matching.len() - 1;
+        if merged {
+            let ids: Vec<usize> = matching.iter().filter_map(|s| s.id).collect();
+            if !ids.is_empty() {
+                props
+                    .get_or_insert_with(Default::default)
+                    .subscription_identifiers = ids;
+            }
         }
         if self.copies.len() >= COPIES_MAX {
             self.copies.pop_front();
         }
+        let topic = Bytes::copy_from_slice(&publish.topic);
         self.copies
-            .push_back((key.0, key.1, publish.topic.clone(), matching.len() - 1));
+            .push_back((publish.payload.clone(), topic, others, merged));
         true
     }
 
@@ -809,8 +821,9 @@ impl Session {
     /// delivery order only (an ack out of order drops the link), and this
     /// layer acknowledges itself the deliveries it does not pass on (refused,
     /// too large, or taken down to QoS 0): so acks wait here until every
-    /// earlier delivery is acknowledged. An ack for a delivery this
-    /// connection never saw (a previous connection's) goes straight on.
+    /// earlier delivery is acknowledged. An ack for no awaited delivery is
+    /// ignored (rumqttd would drop the link for it; it re-sends a resumed
+    /// session's unacknowledged deliveries, so those are awaited again).
     fn ack_router(&mut self, pkid: u16, ack: RouterAck, to_router: &mut Vec<Packet>) {
         match self
             .router_inflight
@@ -819,9 +832,14 @@ impl Session {
         {
             Some(entry) => {
                 entry.1 = ack;
-                self.sent_unacked = self.sent_unacked.saturating_sub(1);
+                if ack == RouterAck::PubAck {
+                    // a QoS 2 delivery's slot is freed by its PUBCOMP
+                    self.sent_unacked = self.sent_unacked.saturating_sub(1);
+                }
             }
-            None => to_router.push(ack.packet(pkid)),
+            // an ack of nothing awaited (a duplicate, or made up): rumqttd
+            // would drop the link for it, so it goes no further
+            None => debug!(pkid, "acknowledgement of no delivery ignored"),
         }
         self.release_router_acks(to_router);
     }
