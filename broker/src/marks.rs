@@ -3,7 +3,9 @@
 //! forwards at the subscription's) and its RETAIN flag (cleared on live
 //! forwards). Set where packets enter (`codec::read` for DUP,
 //! [`mark_publish`]), read and removed where they leave
-//! ([`published_marks`], in `connection::session`).
+//! ([`published_marks`], in `connection::session`). Also the options of a
+//! session's subscriptions this layer applies ([`SubOpts`]), which a kept
+//! session keeps while it is away.
 
 use rumqttd::protocol::{Publish, PublishProperties, QoS};
 
@@ -78,4 +80,20 @@ pub(crate) fn marked_qos0(topic: &[u8], payload: &[u8], retain: bool) -> Publish
     b.put_slice(topic);
     b.put_slice(payload);
     Publish::deserialize(b.freeze())
+}
+
+/// A router subscription's options this layer applies.
+#[derive(Debug)]
+pub(crate) struct SubOpts {
+    pub(crate) filter: String,
+    pub(crate) no_local: bool,
+    /// The QoS granted (rumqttd grants what was asked).
+    pub(crate) qos: QoS,
+    /// The SUBSCRIBE's Subscription Identifier.
+    pub(crate) id: Option<usize>,
+    /// Retain As Published.
+    pub(crate) rap: bool,
+    /// Retained messages matching it are delivered (Retain Handling 0, or 1
+    /// on a new subscription) until the next SUBSCRIBE.
+    pub(crate) wants_retained: bool,
 }

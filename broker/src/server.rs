@@ -161,6 +161,7 @@ impl Broker {
             trim_pending: Default::default(),
             delayed_wills: Default::default(),
             expiry_timers: Default::default(),
+            kept_subs: Default::default(),
             bridge_ready,
             retained,
             internal: internal.outbox,

@@ -42,6 +42,9 @@ pub(crate) struct Shared {
         parking_lot::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// Session expiry timers: client id -> the timer of its kept session
     /// (aborted when the id connects again, so they never pile up).
+    /// Kept sessions' subscription options, while they are away.
+    pub(crate) kept_subs:
+        parking_lot::Mutex<std::collections::HashMap<String, Vec<crate::marks::SubOpts>>>,
     pub(crate) expiry_timers:
         parking_lot::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// False until the in-process bridge has subscribed: users are held at

@@ -671,3 +671,41 @@ async fn pipelined_subscribes_each_get_their_retained_messages() -> Result<()> {
     c.bye().await?;
     Ok(())
 }
+
+/// A resumed session keeps its subscription options: No Local still holds
+/// after Clean Start 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_session_keeps_its_subscription_options() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
+    let srv = server("").await?;
+    let port = srv.tcp_port();
+    let c = connect_v5(port, "dev-nl", true, Some(60)).await?;
+    c.client
+        .subscribe_many([Filter {
+            path: "dev/nl".into(),
+            qos: QoS::AtLeastOnce,
+            nolocal: true,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        }])
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.bye().await?;
+    let mut c = connect_v5(port, "dev-nl", false, Some(60)).await?;
+    assert!(c.session_present);
+    c.client
+        .publish("dev/nl", QoS::AtLeastOnce, false, b"mine".to_vec())
+        .await?;
+    publish(port, "dev/nl", "theirs").await?;
+    let mut got = Vec::new();
+    while let Ok(Some((_, p))) = tokio::time::timeout(Duration::from_secs(1), c.msgs.recv()).await {
+        got.push(String::from_utf8_lossy(&p).into_owned());
+    }
+    assert_eq!(
+        got,
+        vec!["theirs".to_string()],
+        "No Local kept across the resume"
+    );
+    c.bye().await?;
+    Ok(())
+}

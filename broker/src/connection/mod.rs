@@ -178,6 +178,14 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     };
     let keep = persistent && expiry > 0;
     session.end_direct(keep);
+    if keep && !session.subs.is_empty() {
+        // the subscription options go with the kept session
+        let subs = std::mem::take(&mut session.subs);
+        shared
+            .kept_subs
+            .lock()
+            .insert(session.client_id.clone(), subs);
+    }
 
     if let End::Stopped(reason) = end {
         if conn.version == Version::V5 {
@@ -482,6 +490,17 @@ async fn accept(
         ack_props,
     ));
     conn.flush().await.map_err(|e| e.to_string())?;
+    // a resumed session's subscription options, as it left them (rumqttd
+    // sends no retained messages on a resume)
+    let kept_subs = shared.kept_subs.lock().remove(&client_id);
+    let mut subs = if resume {
+        kept_subs.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    for s in &mut subs {
+        s.wants_retained = false;
+    }
     let (direct_queue, direct_rx) = crate::direct::Queue::new();
     // a persistent session's reply topic and inbox, as it left them, with
     // what was published to them meanwhile
@@ -508,9 +527,9 @@ async fn accept(
             receive_max: usize::from(receive_max),
             sent_unacked: 0,
             held: std::collections::VecDeque::new(),
-            subs: Vec::new(),
+            overlap: subs.len() >= 2 && subs.iter().any(|s| s.filter.contains(['+', '#'])),
+            subs,
             own_recent: std::collections::VecDeque::new(),
-            overlap: false,
             copies: std::collections::VecDeque::new(),
             will_on_disconnect: false,
             disconnect_expiry: None,
@@ -589,6 +608,7 @@ async fn expire_session(shared: &Arc<Shared>, client_id: &str, generation: u64) 
         return;
     }
     shared.direct.forget(client_id);
+    shared.kept_subs.lock().remove(client_id);
     expiry.done();
     shared.schedule_trim();
     let m = &shared.metrics;

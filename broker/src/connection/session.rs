@@ -6,7 +6,7 @@ use crate::acl::{Decision, Ensured, LoadBudget};
 use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
 use crate::direct::Delivery;
-use crate::marks::{mark_publish, published_marks};
+use crate::marks::{mark_publish, published_marks, SubOpts};
 use crate::presence::filter_matches;
 use crate::rate::Throttle;
 use crate::retain::Verdict;
@@ -1018,22 +1018,6 @@ pub(super) struct Held {
     pkid: u16,
     /// Written as QoS 1 (a QoS 2 forward of a QoS 1 publish).
     as_qos1: bool,
-}
-
-/// A router subscription's options this layer applies.
-#[derive(Debug)]
-pub(super) struct SubOpts {
-    pub(super) filter: String,
-    pub(super) no_local: bool,
-    /// The QoS granted (rumqttd grants what was asked).
-    pub(super) qos: QoS,
-    /// The SUBSCRIBE's Subscription Identifier.
-    pub(super) id: Option<usize>,
-    /// Retain As Published.
-    pub(super) rap: bool,
-    /// Retained messages matching it are delivered (Retain Handling 0, or 1
-    /// on a new subscription) until the next SUBSCRIBE.
-    pub(super) wants_retained: bool,
 }
 
 /// PUBLISHes remembered while their other forwards come ([`Session::first_copy`]).
