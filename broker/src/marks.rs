@@ -97,3 +97,11 @@ pub(crate) struct SubOpts {
     /// on a new subscription) until the next SUBSCRIBE.
     pub(crate) wants_retained: bool,
 }
+
+impl SubOpts {
+    /// Whether two of these subscriptions may match one topic: two or
+    /// more, one with a wildcard (distinct exact filters never do).
+    pub(crate) fn may_overlap(subs: &[SubOpts]) -> bool {
+        subs.len() >= 2 && subs.iter().any(|s| s.filter.contains(['+', '#']))
+    }
+}

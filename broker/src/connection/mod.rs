@@ -527,7 +527,7 @@ async fn accept(
             receive_max: usize::from(receive_max),
             sent_unacked: 0,
             held: std::collections::VecDeque::new(),
-            overlap: subs.len() >= 2 && subs.iter().any(|s| s.filter.contains(['+', '#'])),
+            overlap: crate::marks::SubOpts::may_overlap(&subs),
             subs,
             own_recent: std::collections::VecDeque::new(),
             copies: std::collections::VecDeque::new(),

@@ -423,8 +423,7 @@ impl Session {
                         }
                     }
                 }
-                self.overlap =
-                    self.subs.len() >= 2 && self.subs.iter().any(|s| s.filter.contains(['+', '#']));
+                self.overlap = SubOpts::may_overlap(&self.subs);
                 if allowed.is_empty() {
                     let return_codes = codes.into_iter().flatten().collect();
                     conn.push(Packet::SubAck(
@@ -482,8 +481,7 @@ impl Session {
                 if self.subs.is_empty() {
                     self.subs = Vec::new();
                 }
-                self.overlap =
-                    self.subs.len() >= 2 && self.subs.iter().any(|s| s.filter.contains(['+', '#']));
+                self.overlap = SubOpts::may_overlap(&self.subs);
                 // own publishes awaited for No Local may not come back now
                 self.own_recent = std::collections::VecDeque::new();
                 for f in &unsub.filters {
