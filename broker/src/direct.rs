@@ -1,6 +1,8 @@
-//! Point-to-point topics delivered by the broker itself: a client's reply
-//! topic (`{prefix}/users/{user}/replies/{client}`) and a user's inbox
-//! (`{prefix}/users/{user}/inbox`).
+//! Topics delivered by the broker itself: a client's reply topic
+//! (`{prefix}/users/{user}/replies/{client}`), a user's inbox
+//! (`{prefix}/users/{user}/inbox`) and, for sessions that end with their
+//! connection, a room's events and receipts (`{prefix}/rooms/{room}/events`,
+//! `{prefix}/rooms/{room}/receipts`).
 //!
 //! rumqttd 0.20 matches a topic published for the first time against every
 //! filter it holds, and a new filter against every topic it has cached, on
@@ -13,6 +15,15 @@
 //! publish to the registered sessions ([`Direct::deliver`]), which send it
 //! at QoS 1 with packet ids of their own. The router then holds O(rooms)
 //! filters, not O(clients).
+//!
+//! Rooms' streams are delivered the same way, from a link of their own
+//! (`crate::rooms`): rumqttd 0.20 preallocates ~18 KiB of queues per
+//! router link whatever it carries (`examples/link_memory.rs`), so a chat
+//! client whose subscriptions are all delivered here and whose publishes go
+//! through the broker's shared publisher needs no router link at all, and a
+//! connect or a reconnect storm never reaches the router's thread.
+//! Persistent sessions keep their room subscriptions in the router, which
+//! keeps what they miss while away as a cursor into its log.
 //!
 //! Registrations belong to the client id, as subscriptions do in the
 //! router: a takeover by a new connection with the same id moves them to
@@ -104,6 +115,8 @@ struct State {
 pub(crate) struct Direct {
     /// `{prefix}/users/`
     root: String,
+    /// `{prefix}/rooms/`
+    rooms: String,
     state: Mutex<State>,
     next_id: AtomicU64,
 }
@@ -112,6 +125,7 @@ impl Direct {
     pub(crate) fn new(prefix: &str) -> Self {
         Self {
             root: format!("{prefix}/users/"),
+            rooms: format!("{prefix}/rooms/"),
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
         }
@@ -124,6 +138,27 @@ impl Direct {
             format!("{}+/replies/+", self.root),
             format!("{}+/inbox", self.root),
         ]
+    }
+
+    /// The filters of the rooms link (`crate::rooms`): every room's events
+    /// and receipts.
+    pub(crate) fn room_filters(&self) -> [String; 2] {
+        [
+            format!("{}+/events", self.rooms),
+            format!("{}+/receipts", self.rooms),
+        ]
+    }
+
+    /// Whether `filter` is exactly one room's events or receipts, no
+    /// wildcard: delivered here for a session that ends with its connection.
+    pub(crate) fn is_room_stream(&self, filter: &str) -> bool {
+        let Some(rest) = filter.strip_prefix(&self.rooms) else {
+            return false;
+        };
+        if rest.contains(['+', '#']) {
+            return false;
+        }
+        matches!(rest.split_once('/'), Some((room, "events" | "receipts")) if !room.is_empty())
     }
 
     /// Whether `filter` is a direct topic: exactly one reply topic or one
@@ -308,6 +343,33 @@ mod tests {
             [
                 "chat/users/+/replies/+".to_owned(),
                 "chat/users/+/inbox".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn only_one_rooms_events_or_receipts_are_room_streams() {
+        let d = Direct::new("chat");
+        for (f, want) in [
+            ("chat/rooms/r1/events", true),
+            ("chat/rooms/r1/receipts", true),
+            ("chat/rooms/+/events", false),
+            ("chat/rooms/r1/typing/+", false),
+            ("chat/rooms/r1/typing/bob", false),
+            ("chat/rooms/r1/send/bob", false),
+            ("chat/rooms//events", false),
+            ("chat/rooms/r1/events/x", false),
+            ("chat/rooms/#", false),
+            ("other/rooms/r1/events", false),
+            ("chat/users/alice/inbox", false),
+        ] {
+            assert_eq!(d.is_room_stream(f), want, "{f}");
+        }
+        assert_eq!(
+            d.room_filters(),
+            [
+                "chat/rooms/+/events".to_owned(),
+                "chat/rooms/+/receipts".to_owned()
             ]
         );
     }

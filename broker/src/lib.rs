@@ -52,6 +52,7 @@ mod rate;
 mod registry;
 mod reload;
 mod retain;
+mod rooms;
 mod router;
 pub mod server;
 mod shared;

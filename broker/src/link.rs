@@ -141,6 +141,13 @@ impl LinkSender {
         self.send(packets).await;
     }
 
+    /// Hands `packets` to the router as they are, in order; false when the
+    /// router dropped the link (the broker's shared publisher, `crate::rooms`).
+    pub(crate) async fn forward(&self, mut packets: Vec<Packet>) -> bool {
+        let mut tx = self.tx.lock().await;
+        send_all(&mut tx, &mut packets).await.is_ok()
+    }
+
     /// Ends the link with a normal DISCONNECT.
     pub async fn disconnect(&self) {
         let bye = Disconnect {

@@ -48,6 +48,9 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 pub struct BrokerMetrics {
     /// Connections past CONNACK, now.
     pub connections: IntGauge,
+    /// Connections with a router link of their own (a chat client's
+    /// connection has none: `crate::rooms`).
+    pub router_links: IntGauge,
     /// Persistent sessions kept, connected or not.
     pub sessions_kept: IntGauge,
     /// Persistent sessions dropped when their Session Expiry Interval ran out.
@@ -102,6 +105,11 @@ impl BrokerMetrics {
     pub fn new(r: &Registry) -> Arc<Self> {
         let m = Arc::new(BrokerMetrics {
             connections: gauge(r, "chatmq_connections", "Connections past CONNACK"),
+            router_links: gauge(
+                r,
+                "chatmq_router_links",
+                "Connections with a router link of their own",
+            ),
             sessions_kept: gauge(
                 r,
                 "chatmq_sessions_kept",

@@ -108,6 +108,9 @@ pub(crate) struct Claim {
     _alive: OwnedMutexGuard<()>,
     /// True when this is the user's first live connection.
     pub first_of_user: bool,
+    /// The router kept a persistent session under the id when this claim
+    /// was made (a clean connection must still end it).
+    pub had_session: bool,
     released: bool,
 }
 
@@ -193,6 +196,7 @@ impl Registry {
                             stop,
                             _alive: guard,
                             first_of_user: count == 0,
+                            had_session,
                             released: false,
                         });
                     }

@@ -135,6 +135,9 @@ impl Broker {
         )
         .await
         .map_err(StartError::Router)?;
+        let publisher = crate::rooms::start(&router, direct.clone(), metrics.clone())
+            .await
+            .map_err(StartError::Router)?;
         let (closing_tx, closing) = watch::channel(false);
 
         let limits = &config.limits;
@@ -148,6 +151,7 @@ impl Broker {
         let shared = Arc::new(Shared {
             presences,
             direct,
+            publisher,
             config,
             auth,
             authz,

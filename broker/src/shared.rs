@@ -63,8 +63,12 @@ pub(crate) struct Shared {
     /// Each user's last presence, handed to new subscribers by the
     /// connection layer (not a rumqttd retained message: see `presence`).
     pub(crate) presences: Arc<Presence>,
-    /// Users' reply topics and inboxes, delivered without router filters.
+    /// Users' reply topics, inboxes and (for sessions that end with their
+    /// connection) rooms' streams, delivered without router filters.
     pub(crate) direct: Arc<Direct>,
+    /// The rooms link's sending half: users' QoS 0 and 1 publishes enter the
+    /// router through it, not through links of their own (`crate::rooms`).
+    pub(crate) publisher: Arc<crate::link::LinkSender>,
 }
 
 impl Shared {

@@ -8,7 +8,6 @@ use crate::names::{acceptable_client_id, router_id};
 use crate::registry::{Claim, ClaimError, ClaimLimits};
 use crate::shared::Shared;
 use crate::transport::{self, Kind};
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
     Packet,
@@ -119,8 +118,8 @@ impl Drop for Live<'_> {
 /// that it is not part of every idle session's task.
 struct Accepted {
     conn: Conn,
-    link_tx: LinkTx,
-    link_rx: LinkRx,
+    /// The session's own router link, if it needs one from the start.
+    link: Option<session::RouterLink>,
     claim: Claim,
     session: Session,
     keep_alive: u16,
@@ -136,8 +135,7 @@ struct Accepted {
 async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Result<(), Failure> {
     let Some(Accepted {
         mut conn,
-        mut link_tx,
-        mut link_rx,
+        mut link,
         claim,
         mut session,
         keep_alive,
@@ -161,14 +159,16 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
     let end = session
         .pump(
             &mut conn,
-            &mut link_tx,
-            &mut link_rx,
+            &mut link,
             &mut direct_rx,
             keep_alive,
             &claim.stop,
         )
         .await;
     debug!(?end, "disconnected");
+    if link.is_some() {
+        shared.metrics.router_links.dec();
+    }
     // a v5 DISCONNECT may change the interval, not from 0 (MQTT-3.14.2-2)
     let expiry = match session.disconnect_expiry {
         Some(e) if expiry > 0 => {
@@ -206,7 +206,9 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
             },
             None,
         );
-        let _ = link_tx.send(bye).await;
+        if let Some((link_tx, _)) = link.as_mut() {
+            let _ = link_tx.send(bye).await;
+        }
     }
     if persistent && !keep {
         // a session resumed without an expiry ends with its connection
@@ -436,18 +438,29 @@ async fn accept(
         // (resuming), so the old session is ended first
         drop_router_session(shared, &client_id).await;
     }
-    let (link_tx, link_rx, session_present) = match shared
-        .router
-        .link(&router_id(&client_id), !persistent)
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(error = %e, "router link failed");
-            refuse("router");
-            conn.refuse(ConnectReturnCode::ServerUnavailable).await;
-            return Ok(None);
+    // A user's clean session gets a router link only when it needs one
+    // (session::Session::need_link); a session the router keeps, or an old
+    // one it must drop, and a service's, link now.
+    let link_now = persistent || claim.had_session || !matches!(principal, Principal::User(_));
+    let (link, session_present) = if link_now {
+        match shared
+            .router
+            .link(&router_id(&client_id), !persistent)
+            .await
+        {
+            Ok((tx, rx, present)) => {
+                shared.metrics.router_links.inc();
+                (Some((tx, rx)), present)
+            }
+            Err(e) => {
+                warn!(error = %e, "router link failed");
+                refuse("router");
+                conn.refuse(ConnectReturnCode::ServerUnavailable).await;
+                return Ok(None);
+            }
         }
+    } else {
+        (None, false)
     };
     if !persistent {
         // the router dropped any session kept under the id and keeps none
@@ -508,8 +521,7 @@ async fn accept(
         shared.direct.attach(&client_id, &direct_queue, !resume);
     Ok(Some(Accepted {
         conn,
-        link_tx,
-        link_rx,
+        link,
         claim,
         session: Session {
             shared: shared.clone(),
@@ -521,6 +533,7 @@ async fn accept(
             direct_kept,
             direct_bytes: direct_queue.bytes.clone(),
             direct_topics,
+            direct_ids: Vec::new(),
             direct_pkid: session::DIRECT_PKIDS,
             client_max,
             router_inflight: std::collections::VecDeque::new(),
@@ -537,6 +550,8 @@ async fn accept(
             loads: crate::acl::LoadBudget::new(shared.config.limits.room_loads_per_sec),
             expires: login.expires_at.and_then(instant_of),
             leave_at: None,
+            persistent,
+            to_shared: Vec::new(),
         },
         keep_alive: connect.keep_alive,
         will,

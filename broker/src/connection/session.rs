@@ -1,5 +1,12 @@
-//! The authorized session: moves packets between the socket and the router
-//! link, checking every PUBLISH and SUBSCRIBE in and every delivery out.
+//! The authorized session: moves packets between the socket and the router,
+//! checking every PUBLISH and SUBSCRIBE in and every delivery out.
+//!
+//! A user's session has a router link of its own only when it needs one
+//! ([`Session::need_link`]): a persistent session, a subscription the broker
+//! does not deliver itself (typing, presence, device topics), a QoS 2
+//! publish. Its QoS 0 and 1 publishes go through the broker's shared
+//! publisher and its reply topic, inbox and rooms' streams come from
+//! `crate::direct` (`crate::rooms`).
 
 use super::{Conn, End};
 use crate::acl::{Decision, Ensured, LoadBudget};
@@ -7,6 +14,7 @@ use crate::auth::Principal;
 use crate::codec::{self, FrameError, Version};
 use crate::direct::Delivery;
 use crate::marks::{mark_publish, published_marks, SubOpts};
+use crate::names::router_id;
 use crate::presence::filter_matches;
 use crate::rate::Throttle;
 use crate::retain::Verdict;
@@ -17,14 +25,17 @@ use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, QoS,
-    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use rumqttd::Notification;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+/// A session's own router link, when it has one.
+pub(super) type RouterLink = (LinkTx, LinkRx);
 
 /// The authorized session between the socket and the router.
 pub(super) struct Session {
@@ -46,6 +57,8 @@ pub(super) struct Session {
     /// Kept deliveries of a resumed persistent session, sent before the rest.
     pub(super) direct_kept: Vec<Delivery>,
     pub(super) direct_topics: Vec<(String, QoS)>,
+    /// MQTT 5 Subscription Identifiers of direct topics, where given.
+    pub(super) direct_ids: Vec<(String, usize)>,
     pub(super) direct_pkid: u16,
     pub(super) client_max: Option<usize>,
     /// The router's QoS 1/2 deliveries in the order it sent them, each
@@ -86,14 +99,19 @@ pub(super) struct Session {
     /// When this user session ends during a shutdown spread over
     /// `limits.shutdown_spread_ms`.
     pub(super) leave_at: Option<Instant>,
+    /// The router keeps this session after its connection: its rooms'
+    /// streams are router subscriptions (the router keeps what it misses).
+    pub(super) persistent: bool,
+    /// Publishes for the shared publisher, handed over before the client
+    /// sees their PUBACKs (see [`Session::hand_over`]).
+    pub(super) to_shared: Vec<Packet>,
 }
 
 impl Session {
     pub(super) async fn pump(
         &mut self,
         conn: &mut Conn,
-        link_tx: &mut LinkTx,
-        link_rx: &mut LinkRx,
+        link: &mut Option<RouterLink>,
         direct_rx: &mut tokio::sync::mpsc::Receiver<Delivery>,
         keep_alive: u16,
         stop: &tokio::sync::Notify,
@@ -178,6 +196,8 @@ impl Session {
                                 };
                                 if conn.version == Version::V5 {
                                     conn.push(Packet::Disconnect(Disconnect { reason_code: reason }, None));
+                                    // PUBACKs already written: their publishes go on
+                                    let _ = self.hand_over(link, &mut to_router).await;
                                     let _ = conn.flush().await;
                                 }
                                 return End::Unclean;
@@ -186,14 +206,15 @@ impl Session {
                         // Boxed: handling a packet awaits with the packet
                         // in hand, and inline that state would be part of
                         // every idle session's task (~1.5 KiB).
-                        match Box::pin(self.incoming(conn, inc, &mut to_router)).await {
+                        match Box::pin(self.incoming(conn, inc, &mut to_router, link)).await {
                             Ok(true) => {}
                             Ok(false) => {
-                                let _ = send_all(link_tx, &mut to_router).await;
+                                let _ = self.hand_over(link, &mut to_router).await;
                                 let _ = conn.flush().await;
                                 return End::Clean;
                             }
                             Err(reason) => {
+                                let _ = self.hand_over(link, &mut to_router).await;
                                 if conn.version == Version::V5 {
                                     conn.push(Packet::Disconnect(Disconnect { reason_code: reason }, None));
                                     let _ = conn.flush().await;
@@ -202,7 +223,7 @@ impl Session {
                             }
                         }
                     }
-                    if send_all(link_tx, &mut to_router).await.is_err() {
+                    if self.hand_over(link, &mut to_router).await.is_err() {
                         return End::RouterGone;
                     }
                     // packets are ~400 bytes: an idle session keeps none
@@ -224,7 +245,15 @@ impl Session {
                         return End::Unclean;
                     }
                 }
-                n = link_rx.next() => {
+                n = async {
+                    match link.as_mut() {
+                        Some((_, rx)) => rx.next().await,
+                        None => std::future::pending().await,
+                    }
+                }, if link.is_some() => {
+                    let Some((link_tx, link_rx)) = link.as_mut() else {
+                        continue;
+                    };
                     let mut next = n;
                     let mut wake = false;
                     loop {
@@ -274,12 +303,64 @@ impl Session {
         }
     }
 
+    /// Hands what the client sent to the router: its publishes through the
+    /// shared publisher (before the PUBACKs written for them reach the
+    /// client), the rest through its own link.
+    async fn hand_over(
+        &mut self,
+        link: &mut Option<RouterLink>,
+        to_router: &mut Vec<Packet>,
+    ) -> Result<(), ()> {
+        if !self.to_shared.is_empty() {
+            let packets = std::mem::take(&mut self.to_shared);
+            if !self.shared.publisher.forward(packets).await {
+                return Err(());
+            }
+        }
+        match link {
+            Some((tx, _)) => send_all(tx, to_router).await?,
+            // nothing goes to a link that is not there (see `need_link`)
+            None => to_router.clear(),
+        }
+        // packets are ~400 bytes: an idle session keeps none
+        to_router.shrink_to(0);
+        Ok(())
+    }
+
+    /// Opens this session's own router link if it has none yet (clean: a
+    /// session the router keeps had its link from CONNECT on).
+    async fn need_link(
+        &mut self,
+        link: &mut Option<RouterLink>,
+    ) -> Result<(), DisconnectReasonCode> {
+        if link.is_some() {
+            return Ok(());
+        }
+        match self
+            .shared
+            .router
+            .link(&router_id(&self.client_id), true)
+            .await
+        {
+            Ok((tx, rx, _)) => {
+                *link = Some((tx, rx));
+                self.shared.metrics.router_links.inc();
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "router link failed");
+                Err(DisconnectReasonCode::ServerBusy)
+            }
+        }
+    }
+
     /// Handles one client packet. `Ok(false)`: the client disconnected cleanly.
     async fn incoming(
         &mut self,
         conn: &mut Conn,
         inc: codec::Incoming,
         to_router: &mut Vec<Packet>,
+        link: &mut Option<RouterLink>,
     ) -> Result<bool, DisconnectReasonCode> {
         match inc.packet {
             Packet::Publish(mut publish, mut props) => {
@@ -331,7 +412,22 @@ impl Session {
                 m.publishes_in.inc();
                 m.bytes_in.inc_by(publish.payload.len() as u64);
                 self.shared.cluster_route(&mut publish, &self.principal);
-                to_router.push(Packet::Publish(publish, props));
+                if inc.qos < 2 && matches!(self.principal, Principal::User(_)) {
+                    // through the shared publisher: acknowledged here, once
+                    // handed to the router (`hand_over` runs before the
+                    // client reads this PUBACK)
+                    self.to_shared.push(Packet::Publish(publish, props));
+                    if inc.qos == 1 {
+                        let ack = PubAck {
+                            pkid: inc.pkid,
+                            reason: PubAckReason::Success,
+                        };
+                        conn.push(Packet::PubAck(ack, None));
+                    }
+                } else {
+                    self.need_link(link).await?;
+                    to_router.push(Packet::Publish(publish, props));
+                }
             }
             Packet::Subscribe(sub, props) => {
                 let mut replaced = Vec::new();
@@ -350,10 +446,13 @@ impl Session {
                     ) {
                         Decision::Allow
                             if matches!(self.principal, Principal::User(_))
-                                && self.shared.direct.is_direct(&f.path) =>
+                                && (self.shared.direct.is_direct(&f.path)
+                                    || (!self.persistent
+                                        && self.shared.direct.is_room_stream(&f.path))) =>
                         {
-                            // a reply topic or inbox: delivered by the
-                            // broker, never a router filter (crate::direct)
+                            // a reply topic, inbox or room's stream:
+                            // delivered by the broker, never a router
+                            // filter (crate::direct)
                             let qos = match f.qos {
                                 QoS::AtMostOnce => QoS::AtMostOnce,
                                 _ => QoS::AtLeastOnce,
@@ -362,6 +461,10 @@ impl Session {
                                 .direct
                                 .add(&self.client_id, self.direct_id, &f.path, qos);
                             self.direct_topics.retain(|(t, _)| *t != f.path);
+                            self.direct_ids.retain(|(t, _)| *t != f.path);
+                            if let Some(id) = props.as_ref().and_then(|p| p.id) {
+                                self.direct_ids.push((f.path.clone(), id));
+                            }
                             self.direct_topics.push((f.path, qos));
                             codes.push(Some(match qos {
                                 QoS::AtMostOnce => SubscribeReasonCode::QoS0,
@@ -434,6 +537,7 @@ impl Session {
                         None,
                     ));
                 } else {
+                    self.need_link(link).await?;
                     self.shared
                         .metrics
                         .subscriptions
@@ -484,19 +588,35 @@ impl Session {
                 self.overlap = SubOpts::may_overlap(&self.subs);
                 // own publishes awaited for No Local may not come back now
                 self.own_recent = std::collections::VecDeque::new();
+                let mut reasons = Vec::with_capacity(unsub.filters.len());
                 for f in &unsub.filters {
                     if self.direct_topics.iter().any(|(t, _)| t == f) {
                         self.shared.direct.remove(&self.client_id, f);
                         self.direct_topics.retain(|(t, _)| t != f);
+                        self.direct_ids.retain(|(t, _)| t != f);
+                        reasons.push(UnsubAckReason::Success);
+                    } else {
+                        reasons.push(UnsubAckReason::NoSubscriptionExisted);
                     }
                 }
-                // the router answers (a filter it never had is fine)
-                to_router.push(Packet::Unsubscribe(unsub, props));
+                if link.is_some() {
+                    // the router answers (a filter it never had is fine)
+                    to_router.push(Packet::Unsubscribe(unsub, props));
+                } else {
+                    // no router link: nothing of this session is in the router
+                    let ack = UnsubAck {
+                        pkid: unsub.pkid,
+                        reasons,
+                    };
+                    conn.push(Packet::UnsubAck(ack, None));
+                }
             }
             Packet::PubComp(comp, props) => {
                 self.sent_unacked = self.sent_unacked.saturating_sub(1);
                 self.release_held(conn);
-                to_router.push(Packet::PubComp(comp, props));
+                if link.is_some() {
+                    to_router.push(Packet::PubComp(comp, props));
+                }
             }
             Packet::PingReq(_) => conn.push(Packet::PingResp(rumqttd::protocol::PingResp)),
             Packet::Disconnect(d, props) => {
@@ -506,7 +626,11 @@ impl Session {
                 return Ok(false);
             }
             Packet::Connect(..) => return Err(DisconnectReasonCode::ProtocolError),
-            other => to_router.push(other),
+            other => {
+                // PUBREL (of a QoS 2 publish, which opened the link)
+                self.need_link(link).await?;
+                to_router.push(other);
+            }
         }
         Ok(true)
     }
@@ -640,13 +764,29 @@ impl Session {
         &mut self,
         conn: &mut Conn,
         publish: Publish,
-        props: Option<rumqttd::protocol::PublishProperties>,
+        mut props: Option<rumqttd::protocol::PublishProperties>,
     ) {
         let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
         let Some((_, sub_qos)) = self.direct_topics.iter().find(|(t, _)| t == topic) else {
             return; // unsubscribed meanwhile
         };
+        if !self.shared.authz.may_deliver(&self.principal, topic) {
+            // left the room or was kicked since subscribing
+            self.shared
+                .metrics
+                .acl_denials
+                .with_label_values(&["deliver", "not_member"])
+                .inc();
+            return;
+        }
         let v5 = conn.version == Version::V5;
+        if let Some((_, id)) = self.direct_ids.iter().find(|(t, _)| t == topic) {
+            if v5 {
+                props
+                    .get_or_insert_with(Default::default)
+                    .subscription_identifiers = vec![*id];
+            }
+        }
         let size = publish_size(&publish, props.as_ref().filter(|_| v5));
         if self.client_max.is_some_and(|m| size > m) {
             return;
