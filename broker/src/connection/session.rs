@@ -232,14 +232,20 @@ impl Session {
                         return End::Unclean;
                     }
                 }
-                Some(first) = direct_rx.recv() => {
+                // while deliveries wait for the client's Receive Maximum,
+                // direct ones wait in their bounded queue, not here
+                Some(first) = direct_rx.recv(), if self.held.is_empty() => {
                     let mut next = Some(first);
                     while let Some(d) = next {
                         let (publish, props) = *d;
                         self.direct_bytes
                             .fetch_sub(publish.payload.len(), std::sync::atomic::Ordering::Relaxed);
                         self.direct_out(conn, publish, props);
-                        next = direct_rx.try_recv().ok();
+                        next = if self.held.is_empty() {
+                            direct_rx.try_recv().ok()
+                        } else {
+                            None
+                        };
                     }
                     if conn.flush().await.is_err() {
                         return End::Unclean;
@@ -707,6 +713,7 @@ impl Session {
                             props: f.properties,
                             pkid,
                             as_qos1: published == QoS::AtLeastOnce && fqos == 2,
+                            direct: false,
                         };
                         if self.held.is_empty() && self.sent_unacked < self.receive_max {
                             self.send_held(conn, held);
@@ -802,9 +809,18 @@ impl Session {
             conn.push(Packet::Publish(publish, props));
             return;
         }
-        let pkid = self.next_direct_pkid();
-        self.sent_unacked += 1;
-        conn.push_qos1(publish, props, pkid);
+        let held = Held {
+            publish,
+            props,
+            pkid: 0,
+            as_qos1: true,
+            direct: true,
+        };
+        if self.held.is_empty() && self.sent_unacked < self.receive_max {
+            self.send_held(conn, held);
+        } else {
+            self.held.push_back(held);
+        }
     }
 
     /// The packet id of the next QoS 1 publish the connection layer sends
@@ -932,10 +948,13 @@ impl Session {
         true
     }
 
-    /// Sends a QoS 1 or 2 router delivery.
+    /// Sends a QoS 1 or 2 router delivery, or a QoS 1 direct one.
     fn send_held(&mut self, conn: &mut Conn, h: Held) {
         self.sent_unacked += 1;
-        if h.as_qos1 {
+        if h.direct {
+            let pkid = self.next_direct_pkid();
+            conn.push_qos1(h.publish, h.props, pkid);
+        } else if h.as_qos1 {
             conn.push_qos1(h.publish, h.props, h.pkid);
         } else {
             conn.push(Packet::Publish(h.publish, h.props));
@@ -1156,6 +1175,8 @@ pub(super) struct Held {
     pkid: u16,
     /// Written as QoS 1 (a QoS 2 forward of a QoS 1 publish).
     as_qos1: bool,
+    /// A direct delivery: numbered when sent ([`Session::next_direct_pkid`]).
+    direct: bool,
 }
 
 /// PUBLISHes remembered while their other forwards come ([`Session::first_copy`]).
