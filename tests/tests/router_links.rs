@@ -161,3 +161,71 @@ async fn a_persistent_session_gets_what_its_rooms_missed() -> Result<()> {
     bob.recv_msg("p1", "alice", "away").await?;
     Ok(())
 }
+
+/// Receive Maximum (MQTT-3.3.4-9) holds for a room's events delivered by the
+/// broker as for the router's: at most that many unacknowledged, the rest in
+/// order as the client acknowledges.
+#[tokio::test(flavor = "multi_thread")]
+async fn room_events_respect_receive_maximum() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::{AsyncClient as A5, Event as E5, MqttOptions as O5};
+    let srv = TestServer::start().await?;
+    let mut alice = srv.user_v4("alice", "alice-1").await?;
+    group_room(&mut alice, "rm", &mut []).await?;
+
+    let mut o = O5::new("alice-slow", "127.0.0.1", srv.tcp_port());
+    o.set_credentials("alice", pw("alice"));
+    o.set_receive_maximum(Some(3));
+    o.set_manual_acks(true);
+    let (client, mut el) = A5::new(o, 100);
+    let (tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok(ev) = el.poll().await {
+            match ev {
+                E5::Incoming(P5::Publish(p)) => {
+                    let _ = tx.send(Some(p));
+                }
+                E5::Incoming(P5::SubAck(_)) => {
+                    let _ = tx.send(None);
+                }
+                _ => {}
+            }
+        }
+    });
+    client
+        .subscribe("chat/rooms/rm/events", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await?;
+    match tokio::time::timeout(TIMEOUT, got.recv()).await {
+        Ok(Some(None)) => {}
+        other => bail!("no SUBACK: {other:?}"),
+    }
+    for i in 0..10 {
+        alice.send("rm", &format!("m{i}"), "hi").await?;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        let mut batch = Vec::new();
+        while let Ok(Some(Some(p))) =
+            tokio::time::timeout(Duration::from_millis(700), got.recv()).await
+        {
+            batch.push(p);
+        }
+        if batch.is_empty() {
+            bail!("stalled after {} of 10: {seen:?}", seen.len());
+        }
+        assert!(
+            batch.len() <= 3,
+            "{} unacknowledged deliveries, the client allows 3",
+            batch.len()
+        );
+        for p in batch {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload)?;
+            seen.push(v["msg_id"].as_str().unwrap_or("?").to_owned());
+            client.ack(&p).await?;
+        }
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, want, "all of them, in order");
+    task.abort();
+    Ok(())
+}

@@ -194,10 +194,10 @@ impl Session {
                                     FrameError::TooLarge(_) => DisconnectReasonCode::PacketTooLarge,
                                     _ => DisconnectReasonCode::MalformedPacket,
                                 };
+                                // publishes accepted before the bad packet go on
+                                let _ = self.hand_over(link, &mut to_router).await;
                                 if conn.version == Version::V5 {
                                     conn.push(Packet::Disconnect(Disconnect { reason_code: reason }, None));
-                                    // PUBACKs already written: their publishes go on
-                                    let _ = self.hand_over(link, &mut to_router).await;
                                     let _ = conn.flush().await;
                                 }
                                 return End::Unclean;
@@ -226,8 +226,6 @@ impl Session {
                     if self.hand_over(link, &mut to_router).await.is_err() {
                         return End::RouterGone;
                     }
-                    // packets are ~400 bytes: an idle session keeps none
-                    to_router.shrink_to(0);
                     if conn.flush().await.is_err() {
                         return End::Unclean;
                     }
