@@ -120,12 +120,41 @@ pub fn targets(r: &Report) -> Vec<Target> {
         ),
         target(
             "server memory per idle connection",
-            "< 20 KiB",
+            "<= 16 KiB",
             below(
                 r.connections.as_ref().map(|c| c.rss_per_conn_kib),
-                20.0,
+                16.0 + 1e-9,
                 "KiB",
             ),
+        ),
+        target(
+            "reconnect storm: all caught up, 0 errors",
+            "<= 3 s",
+            r.connections.as_ref().map(|c| {
+                let s = &c.storm;
+                let (v, goal) = (s.all_caught_up_seconds, 3.0);
+                let complete = s.caught_up == s.clients && s.errors == 0;
+                (
+                    format!("{v:.2} s, {} errors", s.errors),
+                    complete && v <= goal,
+                    format!("{:.2} s over ({:.1}x the goal)", v - goal, v / goal),
+                )
+            }),
+        ),
+        target(
+            "reconnect storm rate vs Mosquitto's",
+            ">= 0.5x",
+            r.connections
+                .as_ref()
+                .and_then(|c| c.mosquitto_storm.as_ref())
+                .map(|m| {
+                    let v = m.chatmq_rate_ratio;
+                    (
+                        format!("{v:.2}x"),
+                        v >= 0.5,
+                        format!("{:.2}x short", 0.5 - v),
+                    )
+                }),
         ),
     ]
 }
