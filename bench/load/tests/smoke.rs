@@ -97,6 +97,6 @@ fn tiny_run_fills_every_section() {
         "{c}"
     );
     assert!(c["storm"]["caught_up"].as_u64().unwrap() > 0, "{c}");
-    assert_eq!(r["targets"].as_array().unwrap().len(), 5);
+    assert_eq!(r["targets"].as_array().unwrap().len(), 7);
     assert!(md.contains("| target | goal |"), "{md}");
 }
