@@ -10,10 +10,15 @@ use anyhow::{bail, Result};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use std::time::Duration;
-use tests::{assert_eventually, client_v4_with, group_room, metric, pw, TestServer, QUIET, TIMEOUT};
+use tests::{
+    assert_eventually, client_v4_with, group_room, metric, pw, TestServer, QUIET, TIMEOUT,
+};
 
 async fn links(srv: &TestServer) -> Result<f64> {
-    Ok(metric(&srv.http_get("/metrics").await?.1, "chatmq_router_links"))
+    Ok(metric(
+        &srv.http_get("/metrics").await?.1,
+        "chatmq_router_links",
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,16 +46,17 @@ async fn a_chat_client_needs_no_router_link() -> Result<()> {
         .await?;
     assert_eq!(receipt.json()["read"], ev["seq"], "{}", receipt.json());
     let h = carol.rpc("history", json!({"room": "r1"})).await?;
-    assert!(
-        h["events"].as_array().is_some_and(|e| !e.is_empty()),
-        "{h}"
-    );
+    assert!(h["events"].as_array().is_some_and(|e| !e.is_empty()), "{h}");
     assert_eq!(links(&srv).await?, 0.0, "no chat client has a router link");
 
     // typing is a router subscription (a wildcard): bob's session links
     // then, and typing published without a link reaches him
     bob.subscribe_ok("chat/rooms/r1/typing/+").await?;
-    assert_eq!(links(&srv).await?, 1.0, "bob's typing subscription linked him");
+    assert_eq!(
+        links(&srv).await?,
+        1.0,
+        "bob's typing subscription linked him"
+    );
     alice
         .publish_json("chat/rooms/r1/typing/alice", &json!({"typing": true}))
         .await?;
@@ -98,9 +104,11 @@ async fn unsubscribe_without_a_link_is_acknowledged_and_stops_deliveries() -> Re
     let mut o = MqttOptions::new("alice-raw", "127.0.0.1", srv.tcp_port());
     o.set_credentials("alice", pw("alice"));
     let (c, mut el) = AsyncClient::new(o, 10);
-    c.subscribe("chat/rooms/u1/events", QoS::AtLeastOnce).await?;
+    c.subscribe("chat/rooms/u1/events", QoS::AtLeastOnce)
+        .await?;
     c.unsubscribe("chat/rooms/u1/events").await?;
-    c.subscribe("chat/rooms/u1/receipts", QoS::AtLeastOnce).await?;
+    c.subscribe("chat/rooms/u1/receipts", QoS::AtLeastOnce)
+        .await?;
     let (mut subacks, mut unsuback) = (0, false);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while subacks < 2 || !unsuback {
@@ -147,7 +155,11 @@ async fn a_persistent_session_gets_what_its_rooms_missed() -> Result<()> {
     };
     let mut bob = client_v4_with(persistent(), "bob").await?;
     bob.subscribe_ok("chat/rooms/p1/events").await?;
-    assert_eq!(links(&srv).await?, 1.0, "a persistent session links at CONNECT");
+    assert_eq!(
+        links(&srv).await?,
+        1.0,
+        "a persistent session links at CONNECT"
+    );
     alice.send("p1", "live", "while connected").await?;
     bob.recv_msg("p1", "alice", "live").await?;
     drop(bob);
@@ -193,7 +205,10 @@ async fn room_events_respect_receive_maximum() -> Result<()> {
         }
     });
     client
-        .subscribe("chat/rooms/rm/events", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .subscribe(
+            "chat/rooms/rm/events",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
         .await?;
     match tokio::time::timeout(TIMEOUT, got.recv()).await {
         Ok(Some(None)) => {}
