@@ -16,12 +16,14 @@
 //! at QoS 1 with packet ids of their own. The router then holds O(rooms)
 //! filters, not O(clients).
 //!
-//! Rooms' streams are delivered the same way, from a link of their own
-//! (`crate::rooms`): rumqttd 0.20 preallocates ~18 KiB of queues per
-//! router link whatever it carries (`examples/link_memory.rs`), so a chat
-//! client whose subscriptions are all delivered here and whose publishes go
-//! through the broker's shared publisher needs no router link at all, and a
-//! connect or a reconnect storm never reaches the router's thread.
+//! Rooms' streams are delivered from here too, handed over as a service
+//! (the bridge) publishes them ([`deliver_room_stream`]), before the router
+//! gets them for its own subscribers: rumqttd 0.20 preallocates ~18 KiB of
+//! queues per router link whatever it carries (`examples/link_memory.rs`),
+//! so a chat client whose subscriptions are all delivered here and whose
+//! publishes go through the broker's shared publisher (`crate::publisher`)
+//! needs no router link at all, and a connect or a reconnect storm never
+//! reaches the router's thread.
 //! Persistent sessions keep their room subscriptions in the router, which
 //! keeps what they miss while away as a cursor into its log.
 //!
@@ -137,15 +139,6 @@ impl Direct {
         [
             format!("{}+/replies/+", self.root),
             format!("{}+/inbox", self.root),
-        ]
-    }
-
-    /// The filters of the rooms link (`crate::rooms`): every room's events
-    /// and receipts.
-    pub(crate) fn room_filters(&self) -> [String; 2] {
-        [
-            format!("{}+/events", self.rooms),
-            format!("{}+/receipts", self.rooms),
         ]
     }
 
@@ -291,6 +284,26 @@ impl Direct {
     }
 }
 
+/// A service (the bridge) publishes `publish`: if it is a room's stream,
+/// the sessions that subscribed to it here get it now, in the publisher's
+/// order; the router still gets it for its own subscribers.
+pub(crate) fn deliver_room_stream(
+    direct: &Direct,
+    metrics: &crate::metrics::BrokerMetrics,
+    publish: &Publish,
+    props: &Option<PublishProperties>,
+) {
+    let is_stream = std::str::from_utf8(&publish.topic).is_ok_and(|t| direct.is_room_stream(t));
+    if !is_stream {
+        return;
+    }
+    let (sent, full) = direct.deliver(publish, props);
+    metrics.direct_deliveries.inc_by(sent as u64);
+    if full > 0 {
+        metrics.direct_dropped.inc_by(full as u64);
+    }
+}
+
 /// Forgets `client_id` and its subscriptions.
 fn drop_client(st: &mut State, client_id: &str) {
     if let Some(c) = st.clients.remove(client_id) {
@@ -365,13 +378,6 @@ mod tests {
         ] {
             assert_eq!(d.is_room_stream(f), want, "{f}");
         }
-        assert_eq!(
-            d.room_filters(),
-            [
-                "chat/rooms/+/events".to_owned(),
-                "chat/rooms/+/receipts".to_owned()
-            ]
-        );
     }
 
     #[test]

@@ -63,7 +63,17 @@ pub struct LinkSender {
     tx: Mutex<LinkTx>,
     /// A QoS 1 PUBLISH to copy for each outgoing message (see [`qos1_publish`]).
     template: Publish,
+    /// Rooms' streams this service publishes go to the sessions the broker
+    /// delivers them to at once, not through the router and back
+    /// (`crate::direct`).
+    direct: Option<Direct>,
 }
+
+/// What a service link hands rooms' streams to.
+pub(crate) type Direct = (
+    Arc<crate::direct::Direct>,
+    Arc<crate::metrics::BrokerMetrics>,
+);
 
 /// The receiving half.
 pub struct LinkReceiver {
@@ -78,6 +88,7 @@ pub(crate) async fn open(
     router: &RouterHandle,
     client_id: &str,
     filters: Vec<String>,
+    direct: Option<Direct>,
 ) -> Result<(Arc<LinkSender>, LinkReceiver), String> {
     let (mut tx, rx, _) = router.link(client_id, true).await?;
     let subscribe = Subscribe {
@@ -93,9 +104,11 @@ pub(crate) async fn open(
             })
             .collect(),
     };
-    tx.send(Packet::Subscribe(subscribe, None))
-        .await
-        .map_err(|e| e.to_string())?;
+    if !subscribe.filters.is_empty() {
+        tx.send(Packet::Subscribe(subscribe, None))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let template = match qos1_publish("-", b"", None, 1) {
         Some(Packet::Publish(p, _)) => p,
         _ => return Err("cannot build the link's QoS 1 publish".into()),
@@ -103,6 +116,7 @@ pub(crate) async fn open(
     let tx = Arc::new(LinkSender {
         tx: Mutex::new(tx),
         template,
+        direct,
     });
     let rx = LinkReceiver {
         rx,
@@ -135,6 +149,9 @@ impl LinkSender {
                     correlation_data: Some(c),
                     ..Default::default()
                 });
+                if let Some((direct, metrics)) = &self.direct {
+                    crate::direct::deliver_room_stream(direct, metrics, &p, &props);
+                }
                 Packet::Publish(p, props)
             })
             .collect();
@@ -142,7 +159,7 @@ impl LinkSender {
     }
 
     /// Hands `packets` to the router as they are, in order; false when the
-    /// router dropped the link (the broker's shared publisher, `crate::rooms`).
+    /// router dropped the link (the broker's shared publisher, `crate::publisher`).
     pub(crate) async fn forward(&self, mut packets: Vec<Packet>) -> bool {
         let mut tx = self.tx.lock().await;
         send_all(&mut tx, &mut packets).await.is_ok()

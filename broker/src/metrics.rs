@@ -49,7 +49,7 @@ pub struct BrokerMetrics {
     /// Connections past CONNACK, now.
     pub connections: IntGauge,
     /// Connections with a router link of their own (a chat client's
-    /// connection has none: `crate::rooms`).
+    /// connection has none: `crate::publisher`).
     pub router_links: IntGauge,
     /// Persistent sessions kept, connected or not.
     pub sessions_kept: IntGauge,

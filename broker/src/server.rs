@@ -135,7 +135,7 @@ impl Broker {
         )
         .await
         .map_err(StartError::Router)?;
-        let publisher = crate::rooms::start(&router, direct.clone(), metrics.clone())
+        let publisher = crate::publisher::start(&router)
             .await
             .map_err(StartError::Router)?;
         let (closing_tx, closing) = watch::channel(false);
@@ -246,7 +246,8 @@ impl Broker {
         if !client_id.contains('@') {
             return Err(format!("service link id {client_id:?} lacks '@'"));
         }
-        crate::link::open(&self.shared.router, client_id, filters).await
+        let direct = (self.shared.direct.clone(), self.shared.metrics.clone());
+        crate::link::open(&self.shared.router, client_id, filters, Some(direct)).await
     }
 
     /// Whether a user has a connection to this broker now, as a function

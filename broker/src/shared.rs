@@ -67,7 +67,7 @@ pub(crate) struct Shared {
     /// connection) rooms' streams, delivered without router filters.
     pub(crate) direct: Arc<Direct>,
     /// The rooms link's sending half: users' QoS 0 and 1 publishes enter the
-    /// router through it, not through links of their own (`crate::rooms`).
+    /// router through it, not through links of their own (`crate::publisher`).
     pub(crate) publisher: Arc<crate::link::LinkSender>,
 }
 

@@ -6,7 +6,7 @@
 //! does not deliver itself (typing, presence, device topics), a QoS 2
 //! publish. Its QoS 0 and 1 publishes go through the broker's shared
 //! publisher and its reply topic, inbox and rooms' streams come from
-//! `crate::direct` (`crate::rooms`).
+//! `crate::direct` (`crate::publisher`).
 
 use super::{Conn, End};
 use crate::acl::{Decision, Ensured, LoadBudget};
@@ -415,6 +415,12 @@ impl Session {
                 let m = &self.shared.metrics;
                 m.publishes_in.inc();
                 m.bytes_in.inc_by(publish.payload.len() as u64);
+                if !matches!(self.principal, Principal::User(_)) {
+                    // a bridge run apart publishing a room's stream: the
+                    // broker's own subscribers get it now (crate::direct)
+                    let m = &self.shared.metrics;
+                    crate::direct::deliver_room_stream(&self.shared.direct, m, &publish, &props);
+                }
                 self.shared.cluster_route(&mut publish, &self.principal);
                 if inc.qos < 2 && matches!(self.principal, Principal::User(_)) {
                     // through the shared publisher: acknowledged here, once
