@@ -40,9 +40,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// A publish for one session (boxed: a session's queue then allocates a
-/// pointer per slot, not a whole publish with its properties).
-pub(crate) type Delivery = Box<(Publish, Option<PublishProperties>)>;
+/// A publish for the sessions subscribed to its topic: one allocation per
+/// publish shared by all of them (a session's queue then holds a pointer
+/// per slot, not a whole publish with its properties).
+pub(crate) type Delivery = Arc<(Publish, Option<PublishProperties>)>;
 
 /// Deliveries a session may have queued, and their payload bytes, before
 /// new ones are dropped (and counted). A client's own burst of requests
@@ -259,11 +260,12 @@ impl Direct {
             return (0, 0);
         };
         let (mut sent, mut dropped) = (0, 0);
+        let shared: Delivery = Arc::new((publish.clone(), props.clone()));
         for client_id in list {
             let Some(c) = clients.get_mut(client_id) else {
                 continue;
             };
-            let d = Box::new((publish.clone(), props.clone()));
+            let d = shared.clone();
             match &c.live {
                 Some((_, q)) => match q.offer(d) {
                     Ok(()) => sent += 1,

@@ -135,7 +135,7 @@ impl Session {
         // not when the next bytes arrive.
         let mut pending = !conn.rbuf.is_empty();
         for d in std::mem::take(&mut self.direct_kept) {
-            let (publish, props) = *d;
+            let (publish, props) = (d.0.clone(), d.1.clone());
             self.direct_out(conn, publish, props);
         }
         if conn.flush().await.is_err() {
@@ -235,7 +235,7 @@ impl Session {
                 Some(first) = direct_rx.recv(), if self.held.is_empty() => {
                     let mut next = Some(first);
                     while let Some(d) = next {
-                        let (publish, props) = *d;
+                        let (publish, props) = (d.0.clone(), d.1.clone());
                         self.direct_bytes
                             .fetch_sub(publish.payload.len(), std::sync::atomic::Ordering::Relaxed);
                         self.direct_out(conn, publish, props);
