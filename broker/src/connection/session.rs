@@ -233,6 +233,12 @@ impl Session {
                 // while deliveries wait for the client's Receive Maximum,
                 // direct ones wait in their bounded queue, not here
                 Some(first) = direct_rx.recv(), if self.held.is_empty() => {
+                    if direct_rx.is_empty() {
+                        // a publisher fanning out one batch wakes this task
+                        // at its first delivery: let the rest of the batch
+                        // come, so it goes out in one write, not one each
+                        tokio::task::yield_now().await;
+                    }
                     let mut next = Some(first);
                     while let Some(d) = next {
                         let (publish, props) = (d.0.clone(), d.1.clone());
