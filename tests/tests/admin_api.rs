@@ -73,6 +73,21 @@ async fn admin_api_flows() -> Result<()> {
     alice.send("adm1", "a1", "welcome").await?;
     bob.recv_msg("adm1", "alice", "a1").await?;
 
+    // the members list as sent is bounded (maxItems 1000), repeats included
+    // (found by schemathesis: 1001 copies of one user were accepted)
+    let (status, big) = admin(
+        &srv,
+        "POST",
+        "/admin/v1/rooms",
+        json!({"room": "adm-big", "owner": "alice", "members": vec!["bob"; 1001]}),
+    )
+    .await?;
+    assert_eq!(
+        (status, big["error"]["code"].clone()),
+        (400, json!("bad_request")),
+        "{big}"
+    );
+
     let (status, rooms) = admin(&srv, "GET", "/admin/v1/rooms?limit=1000", Value::Null).await?;
     assert_eq!(status, 200, "{rooms}");
     assert!(

@@ -234,17 +234,18 @@ impl Chat {
             ));
         }
         let mut members = p.members;
+        // the list as sent is bounded (the OpenAPI's maxItems), repeats included
+        if members.len() > CREATE_MAX {
+            return Err(Refusal::bad(format!(
+                "at most {CREATE_MAX} members at once"
+            )));
+        }
         if !members.iter().all(|m| crate::valid_id(m)) {
             return Err(Refusal::bad("members must be user ids"));
         }
         members.retain(|m| *m != owner);
         members.sort();
         members.dedup();
-        if members.len() > CREATE_MAX {
-            return Err(Refusal::bad(format!(
-                "at most {CREATE_MAX} members at once"
-            )));
-        }
         let created = self
             .create(
                 &owner,

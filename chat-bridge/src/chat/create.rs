@@ -25,15 +25,16 @@ impl Chat {
     ) -> Result<Box<RawValue>, Refusal> {
         let kind = p.kind.unwrap_or(RoomKind::Group);
         let mut members = p.members.unwrap_or_default();
+        // the list as sent is bounded, repeats included
+        if members.len() > 1000 {
+            return Err(Refusal::bad("at most 1000 members at creation"));
+        }
         if !members.iter().all(|m| crate::valid_id(m)) {
             return Err(Refusal::bad("members must be user ids"));
         }
         members.retain(|m| m != user);
         members.sort();
         members.dedup();
-        if members.len() > 1000 {
-            return Err(Refusal::bad("at most 1000 members at creation"));
-        }
         // nobody who blocks the creator (or whom the creator blocks) is
         // made a member: refused before anything is created
         for chunk in members.chunks(64) {
