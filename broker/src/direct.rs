@@ -242,6 +242,21 @@ impl Direct {
         }
     }
 
+    /// [`Direct::deliver`], counted in `chatmq_direct_deliveries_total` and
+    /// `chatmq_direct_dropped_total`.
+    pub(crate) fn deliver_counted(
+        &self,
+        publish: &Publish,
+        props: &Option<PublishProperties>,
+        metrics: &crate::metrics::BrokerMetrics,
+    ) {
+        let (sent, full) = self.deliver(publish, props);
+        metrics.direct_deliveries.inc_by(sent as u64);
+        if full > 0 {
+            metrics.direct_dropped.inc_by(full as u64);
+        }
+    }
+
     /// Hands `publish` to every client subscribed to its topic: a connected
     /// session's queue, or a persistent session's kept messages. Returns how
     /// many took it and how many were dropped (a full queue, or the oldest
@@ -299,11 +314,7 @@ pub(crate) fn deliver_room_stream(
     if !is_stream {
         return;
     }
-    let (sent, full) = direct.deliver(publish, props);
-    metrics.direct_deliveries.inc_by(sent as u64);
-    if full > 0 {
-        metrics.direct_dropped.inc_by(full as u64);
-    }
+    direct.deliver_counted(publish, props, metrics);
 }
 
 /// Forgets `client_id` and its subscriptions.

@@ -94,11 +94,7 @@ pub(crate) async fn start(
                     let _ = crate::marks::published_marks(false, &mut f.properties);
                     let topic = &f.publish.topic[..];
                     if topic.starts_with(users_root.as_bytes()) {
-                        let (sent, full) = direct.deliver(&f.publish, &f.properties);
-                        metrics.direct_deliveries.inc_by(sent as u64);
-                        if full > 0 {
-                            metrics.direct_dropped.inc_by(full as u64);
-                        }
+                        direct.deliver_counted(&f.publish, &f.properties, &metrics);
                     } else if topic == access_topic.as_bytes() {
                         apply_access_hook(&access, &f.publish.payload);
                     } else if topic == drained_topic.as_bytes() {

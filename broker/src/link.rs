@@ -127,9 +127,8 @@ pub(crate) async fn open(
 }
 
 impl LinkSender {
-    async fn send(&self, mut packets: Vec<Packet>) {
-        let mut tx = self.tx.lock().await;
-        if send_all(&mut tx, &mut packets).await.is_err() {
+    async fn send(&self, packets: Vec<Packet>) {
+        if !self.forward(packets).await {
             warn!("the router dropped a service link");
         }
     }
