@@ -50,12 +50,14 @@ impl Throttle {
         Throttle(RateLimiter::direct(quota(per_sec)))
     }
 
-    /// Returns at once within the budget, else once one publish is due.
-    pub(crate) async fn wait(&self) {
-        while let Err(later) = self.0.check() {
+    /// Takes one publish of the budget, or says how long until one is due
+    /// (nothing taken). The caller waits without blocking its other work:
+    /// a throttled session still delivers (`Session::pump`).
+    pub(crate) fn take(&self) -> Result<(), std::time::Duration> {
+        self.0.check().map_err(|later| {
             let clock = DefaultClock::default();
-            tokio::time::sleep(later.wait_time_from(clock.now())).await;
-        }
+            later.wait_time_from(clock.now())
+        })
     }
 }
 
@@ -117,20 +119,20 @@ mod tests {
         assert_eq!(r.len(), 2);
     }
 
-    #[tokio::test]
-    async fn the_throttle_slows_past_the_burst() {
-        let t = Throttle::new(100);
-        for _ in 0..200 {
-            t.wait().await;
-        }
-        // the burst is spent: two more need at least 10 ms more each
-        let t0 = std::time::Instant::now();
-        t.wait().await;
-        t.wait().await;
+    #[test]
+    fn the_throttle_says_how_long_past_the_burst() {
+        // one a second: the checks below take far less than that
+        let t = Throttle::new(1);
+        assert_eq!((0..5).filter(|_| t.take().is_ok()).count(), 2, "burst 2x");
+        // the burst is spent: the next is due within a second, and asking
+        // takes nothing
+        let wait = t.take().expect_err("past the burst");
         assert!(
-            t0.elapsed() >= Duration::from_millis(15),
-            "past the burst, one each 10 ms: {:?}",
-            t0.elapsed()
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
         );
+        assert!(t.take().is_err(), "still not due");
+        std::thread::sleep(wait + Duration::from_millis(5));
+        assert!(t.take().is_ok(), "due after the wait");
     }
 }

@@ -552,6 +552,8 @@ async fn accept(
             leave_at: None,
             persistent,
             to_shared: Vec::new(),
+            stalled: None,
+            stalled_until: None,
         },
         keep_alive: connect.keep_alive,
         will,

@@ -105,6 +105,11 @@ pub(super) struct Session {
     /// Publishes for the shared publisher, handed over before the client
     /// sees their PUBACKs (see [`Session::hand_over`]).
     pub(super) to_shared: Vec<Packet>,
+    /// A PUBLISH over the rate (`publishes`), read and waiting for its turn
+    /// until `stalled_until`. Meanwhile the socket is not read (the client
+    /// is slowed by TCP) but deliveries go on.
+    pub(super) stalled: Option<Box<codec::Incoming>>,
+    pub(super) stalled_until: Option<Instant>,
 }
 
 impl Session {
@@ -157,8 +162,15 @@ impl Session {
                 _ = stop.notified() => return End::Stopped(DisconnectReasonCode::SessionTakenOver),
                 // One timer for keep-alive and expiry: a second `Sleep`
                 // would be part of every idle session's task.
-                _ = sleep_until(self.wake_at(keep_alive, ka_deadline)), if keep_alive > 0 || self.expires.is_some() || self.leave_at.is_some() => {
+                _ = sleep_until(self.wake_at(keep_alive, ka_deadline)), if keep_alive > 0 || self.expires.is_some() || self.leave_at.is_some() || self.stalled_until.is_some() => {
                     let now = Instant::now();
+                    if self.stalled_until.is_some_and(|t| t <= now) {
+                        // the stalled publish's turn: read on (the client
+                        // was not silent, the broker was not reading)
+                        self.stalled_until = None;
+                        pending = true;
+                        ka_deadline = now + grace;
+                    }
                     if self.leave_at.is_some_and(|t| t <= now) {
                         return End::Stopped(DisconnectReasonCode::ServerShuttingDown);
                     }
@@ -174,18 +186,23 @@ impl Session {
                 }
                 r = async {
                     if std::mem::take(&mut pending) {
-                        Ok(conn.rbuf.len())
+                        // a stalled publish may be all there is
+                        Ok(conn.rbuf.len().max(1))
                     } else {
                         conn.read_more().await
                     }
-                } => {
+                }, if self.stalled_until.is_none() => {
                     match r {
                         Ok(0) | Err(_) => return End::Unclean,
                         Ok(_) => {}
                     }
                     ka_deadline = Instant::now() + grace;
                     loop {
-                        let inc = match codec::read(conn.version, &mut conn.rbuf, max_len) {
+                        let read = match self.stalled.take() {
+                            Some(inc) => Ok(Some(*inc)),
+                            None => codec::read(conn.version, &mut conn.rbuf, max_len),
+                        };
+                        let inc = match read {
                             Ok(Some(inc)) => inc,
                             Ok(None) => break,
                             Err(e) => {
@@ -203,6 +220,13 @@ impl Session {
                                 return End::Unclean;
                             }
                         };
+                        if let Some(wait) = self.over_rate(&inc) {
+                            // slowed, not refused: this publish waits, the
+                            // rest of the socket with it, deliveries do not
+                            self.stalled = Some(Box::new(inc));
+                            self.stalled_until = Some(Instant::now() + wait);
+                            break;
+                        }
                         // Boxed: handling a packet awaits with the packet
                         // in hand, and inline that state would be part of
                         // every idle session's task (~1.5 KiB).
@@ -299,18 +323,19 @@ impl Session {
     }
 
     /// When the session's one timer fires: the keep-alive deadline (if
-    /// keep-alive is on) or the credential's expiry, whichever comes first.
+    /// keep-alive is on), the credential's expiry, its turn to leave at a
+    /// shutdown or a stalled publish's turn, whichever comes first.
     fn wake_at(&self, keep_alive: u16, ka_deadline: Instant) -> Instant {
-        let at = match (keep_alive > 0, self.expires) {
-            (true, Some(e)) => e.min(ka_deadline),
-            (false, Some(e)) => e,
-            _ => ka_deadline,
-        };
-        match self.leave_at {
-            Some(t) if keep_alive == 0 && self.expires.is_none() => t,
-            Some(t) => t.min(at),
-            None => at,
-        }
+        [
+            (keep_alive > 0).then_some(ka_deadline),
+            self.expires,
+            self.leave_at,
+            self.stalled_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(ka_deadline)
     }
 
     /// Hands what the client sent to the router: its publishes through the
@@ -417,7 +442,6 @@ impl Session {
                     let t = Bytes::copy_from_slice(&publish.topic);
                     self.own_recent.push_back((p.as_ptr() as usize, p.len(), t));
                 }
-                self.throttle().await;
                 let m = &self.shared.metrics;
                 m.publishes_in.inc();
                 m.bytes_in.inc_by(publish.payload.len() as u64);
@@ -1109,12 +1133,15 @@ impl Session {
         }
     }
 
-    /// Rate of publishes: an over-eager client is slowed, not cut off.
-    async fn throttle(&mut self) {
-        if matches!(self.principal, Principal::Service { .. }) {
-            return;
+    /// Rate of publishes: an over-eager user is slowed, not cut off.
+    /// `Some(wait)`: `inc` is a PUBLISH over the rate, due in `wait`.
+    fn over_rate(&self, inc: &codec::Incoming) -> Option<Duration> {
+        if matches!(self.principal, Principal::Service { .. })
+            || !matches!(inc.packet, Packet::Publish(..))
+        {
+            return None;
         }
-        self.publishes.wait().await;
+        self.publishes.take().err()
     }
 }
 

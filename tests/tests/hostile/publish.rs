@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tests::*;
 
 #[path = "publish/raw.rs"]
@@ -437,4 +437,55 @@ async fn unknown_rooms_cost_bounded_store_loads() -> Result<()> {
         "{body}"
     );
     Ok(())
+}
+
+/// A user over `publishes_per_sec` is slowed, not cut off, and not deaf:
+/// while Bob's flood of typing waits its turn (a burst of 10, then 5 a
+/// second), Alice's message reaches him at once; Alice, watching his
+/// typing, has seen no more of it than the rate allows by then, and later
+/// sees the end of it. Before, a throttled session slept with what it had
+/// read of the flood (up to rumqttc's 100 in flight, ~18 s here) and
+/// delivered nothing meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_publisher_still_receives() -> Result<()> {
+    let srv = TestServer::builder()
+        .broker_toml("limits = { publishes_per_sec = 5 }")
+        .start()
+        .await?;
+    let (mut alice, mut bob) = room_r1(&srv).await?;
+    alice.subscribe_ok("chat/rooms/r1/typing/+").await?;
+    let flood = 110;
+    let t0 = Instant::now();
+    for n in 0..flood {
+        bob.publish_json("chat/rooms/r1/typing/bob", &json!({"typing": true, "n": n}))
+            .await?;
+    }
+    alice.send("r1", "m-throttled", "for the busy one").await?;
+    bob.recv_msg("r1", "alice", "m-throttled").await?;
+    // what of the flood Alice has by now, counted before the time is taken
+    let is_flood = |m: &Msg| m.topic == "chat/rooms/r1/typing/bob";
+    let mut seen = 0u32;
+    while alice
+        .recv_until("bob's typing", Duration::from_millis(20), is_flood)
+        .await
+        .is_ok()
+    {
+        seen += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(
+        f64::from(seen) <= 10.0 + 5.0 * secs.ceil(),
+        "{seen} of the flood passed in {secs:.1} s: not slowed"
+    );
+    assert!(
+        seen < flood,
+        "the message came before the flood was through"
+    );
+    // slowed, not dropped: the flood's last one arrives
+    alice
+        .recv_until("the flood's last typing", Duration::from_secs(90), |m| {
+            is_flood(m) && m.json()["n"] == flood - 1
+        })
+        .await?;
+    others_served(&srv, &alice, &mut bob, "m-after-flood").await
 }
