@@ -179,7 +179,9 @@ impl Session {
                         self.shared.metrics.credentials_expired.inc();
                         return End::Stopped(DisconnectReasonCode::MaximumConnectTime);
                     }
-                    if keep_alive > 0 && ka_deadline <= now {
+                    // a stalled session is not reading: its client is
+                    // not the one silent
+                    if keep_alive > 0 && ka_deadline <= now && self.stalled_until.is_none() {
                         debug!("keep-alive timeout");
                         return End::Unclean;
                     }
@@ -327,7 +329,8 @@ impl Session {
     /// shutdown or a stalled publish's turn, whichever comes first.
     fn wake_at(&self, keep_alive: u16, ka_deadline: Instant) -> Instant {
         [
-            (keep_alive > 0).then_some(ka_deadline),
+            // not while stalled: the broker is not reading then
+            (keep_alive > 0 && self.stalled_until.is_none()).then_some(ka_deadline),
             self.expires,
             self.leave_at,
             self.stalled_until,
