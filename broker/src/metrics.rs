@@ -81,6 +81,9 @@ pub struct BrokerMetrics {
     /// queue was full.
     pub direct_deliveries: IntCounter,
     pub direct_dropped: IntCounter,
+    /// Users' publishes over `limits.publishes_per_sec` that waited for
+    /// their turn (the connection unread meanwhile).
+    pub publishes_slowed: IntCounter,
     /// rumqttd cursor jumps: a subscriber fell behind its log and lost messages.
     pub cursor_jumps: IntCounter,
     /// rumqttd log events at WARN or ERROR, by level.
@@ -184,6 +187,11 @@ impl BrokerMetrics {
                 r,
                 "chatmq_direct_dropped_total",
                 "Reply-topic and inbox publishes dropped because the session's queue was full",
+            ),
+            publishes_slowed: counter(
+                r,
+                "chatmq_publishes_slowed_total",
+                "Users' publishes over limits.publishes_per_sec that waited for their turn",
             ),
             subscriptions: counter(
                 r,

@@ -200,6 +200,7 @@ impl Session {
                     }
                     ka_deadline = Instant::now() + grace;
                     loop {
+                        let again = self.stalled.is_some();
                         let read = match self.stalled.take() {
                             Some(inc) => Ok(Some(*inc)),
                             None => codec::read(conn.version, &mut conn.rbuf, max_len),
@@ -225,6 +226,9 @@ impl Session {
                         if let Some(wait) = self.over_rate(&inc) {
                             // slowed, not refused: this publish waits, the
                             // rest of the socket with it, deliveries do not
+                            if !again {
+                                self.shared.metrics.publishes_slowed.inc();
+                            }
                             self.stalled = Some(Box::new(inc));
                             self.stalled_until = Some(Instant::now() + wait);
                             break;

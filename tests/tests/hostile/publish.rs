@@ -487,5 +487,12 @@ async fn a_throttled_publisher_still_receives() -> Result<()> {
             is_flood(m) && m.json()["n"] == flood - 1
         })
         .await?;
+    // every publish past the burst waited once; Alice's few did not
+    let (_, body) = srv.http_get("/metrics").await?;
+    let slowed = metric(&body, "chatmq_publishes_slowed_total");
+    assert!(
+        (f64::from(flood) - 11.0..=f64::from(flood)).contains(&slowed),
+        "{slowed} publishes slowed: {body}"
+    );
     others_served(&srv, &alice, &mut bob, "m-after-flood").await
 }
