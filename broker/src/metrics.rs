@@ -339,7 +339,7 @@ mod tests {
         m.room_loads.with_label_values(&["missing"]).inc();
         m.secret_reloads.with_label_values(&["tls", "ok"]).inc();
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert_eq!(names.len(), 25, "{names:?}");
+        assert_eq!(names.len(), 26, "{names:?}");
     }
 
     #[test]
