@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
-/// glibc malloc, with large blocks (rumqttd's preallocated per-connection
+/// mimalloc, with large blocks (rumqttd's preallocated per-connection
 /// queues) mapped on their own so untouched pages cost nothing: see the
 /// `pagealloc` crate.
 #[global_allocator]
 static ALLOC: pagealloc::PageAlloc = pagealloc::PageAlloc;
 
 fn main() -> ExitCode {
+    pagealloc::configure();
     chatmq::cli::main()
 }
