@@ -221,7 +221,7 @@ impl Shared {
 
     /// Memory was freed in bulk (sessions expired): hands it back to the
     /// system a second later, once for all that were freed meanwhile
-    /// (`trim_memory`, set by the application; glibc keeps freed memory).
+    /// (`trim_memory`, set by the application; allocators keep freed memory).
     pub(crate) fn schedule_trim(self: &std::sync::Arc<Self>) {
         use std::sync::atomic::Ordering;
         let Some(trim) = self.config.trim_memory else {

@@ -85,8 +85,8 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 /// - no transparent huge pages in this process (`allow_thp` 0, and
 ///   `PR_SET_THP_DISABLE`, which is what mimalloc itself does when the
 ///   option is set before it starts): a fault on a huge page zeroes 2 MiB,
-///   and with them the chat path's p99 at a steady 5,000 sends/s doubled
-///   (README, Performance). The large blocks here are `MADV_NOHUGEPAGE`
+///   and with them the chat path's p99 at a steady 5,000 sends/s was
+///   1.5x-2.5x glibc's (docs/architecture.md, issue 13). The large blocks here are `MADV_NOHUGEPAGE`
 ///   anyway.
 ///
 /// Call it first thing in `main`, before any other thread starts
