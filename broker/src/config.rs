@@ -52,7 +52,8 @@ pub struct BrokerConfig {
     #[serde(skip)]
     pub partitions: u32,
     /// Gives memory freed in bulk back to the system (`chatmq` sets
-    /// `pagealloc::trim`), called a second after sessions expire. Set by the
+    /// `pagealloc::trim`), called on every worker thread a second after
+    /// connections end or sessions expire. Set by the
     /// application, which owns the allocator; `None`: never.
     #[serde(skip)]
     pub trim_memory: Option<fn()>,
