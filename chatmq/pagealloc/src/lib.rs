@@ -19,10 +19,10 @@
 //! Why mimalloc for the rest: nearly all of the hot path's blocks are
 //! small, and glibc's `malloc`/`free` (with its consolidation of free
 //! chunks) were ~0.8 µs of the ~13.7 µs of CPU each delivered chat message
-//! cost (docs/architecture.md, issue 13). [`configure`] makes mimalloc give
-//! freed pages back at once (`purge_delay` 0) rather than after a delay: in
-//! a server whose memory per idle connection is a goal, that is the
-//! measured better trade (README, Performance).
+//! cost (docs/architecture.md, issue 13). [`configure`] sets the two
+//! options a server wants; [`trim`] hands back what the calling thread's
+//! heap freed (mimalloc keeps memory per thread: the broker calls it on
+//! every worker).
 //!
 //! If the kernel refuses a mapping (`vm.max_map_count`, or memory), the
 //! block comes from mimalloc instead, placed [`FALLBACK_OFFSET`] bytes into
@@ -73,6 +73,9 @@ pub struct Stats {
 /// mimalloc 3's (`mi_option_e`); `libmimalloc-sys` names only the stable options.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// The `purge_delay` [`configure`] sets, in milliseconds.
+pub const PURGE_DELAY_MS: i32 = 10;
+
 /// mimalloc's `allow_thp` option (may its memory be transparent huge
 /// pages; mimalloc's default is yes).
 const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
@@ -80,8 +83,10 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 /// Sets mimalloc's options for a server, each unless the operator set it
 /// in the environment (`MIMALLOC_PURGE_DELAY`, `MIMALLOC_ALLOW_THP`):
 ///
-/// - freed pages go back to the kernel at once (`purge_delay` 0): memory
-///   per idle connection is a goal, and this measured no slower;
+/// - freed pages go back to the kernel after 10 ms (`purge_delay` 10;
+///   mimalloc 3's default is 1 s): memory per connection is a goal, and
+///   10 ms measured as fast as 1 s where 0 (a `madvise` per page freed)
+///   was slower on the chat path;
 /// - no transparent huge pages in this process (`allow_thp` 0, and
 ///   `PR_SET_THP_DISABLE`, which is what mimalloc itself does when the
 ///   option is set before it starts): a fault on a huge page zeroes 2 MiB,
@@ -94,7 +99,7 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 pub fn configure() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: takes no pointers; called before other threads exist.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS.into()) };
     }
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // SAFETY: takes no pointers; called before other threads exist.
