@@ -51,9 +51,8 @@ pub struct BrokerConfig {
     /// Set by `chatmq` from `[cluster]`.
     #[serde(skip)]
     pub partitions: u32,
-    /// Gives memory freed in bulk back to the system (`chatmq` sets
-    /// `pagealloc::trim`), called on every worker thread a second after
-    /// connections end or sessions expire. Set by the
+    /// Gives memory freed in bulk back to the system (glibc's
+    /// `malloc_trim`), called a second after sessions expire. Set by the
     /// application, which owns the allocator; `None`: never.
     #[serde(skip)]
     pub trim_memory: Option<fn()>,

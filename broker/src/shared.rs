@@ -219,10 +219,9 @@ impl Shared {
         }
     }
 
-    /// Memory was freed (a connection ended, a session expired): hands it
-    /// back to the system a second later, once for all that were freed
-    /// meanwhile, on every worker thread (`trim_memory`, set by the
-    /// application: allocators keep freed memory, mimalloc per thread).
+    /// Memory was freed in bulk (sessions expired): hands it back to the
+    /// system a second later, once for all that were freed meanwhile
+    /// (`trim_memory`, set by the application; glibc keeps freed memory).
     pub(crate) fn schedule_trim(self: &std::sync::Arc<Self>) {
         use std::sync::atomic::Ordering;
         let Some(trim) = self.config.trim_memory else {
@@ -235,7 +234,7 @@ impl Shared {
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             shared.trim_pending.store(false, Ordering::SeqCst);
-            on_every_worker(trim).await;
+            let _ = tokio::task::spawn_blocking(trim).await;
         });
     }
 
@@ -279,35 +278,4 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Runs `f` once on each of the runtime's worker threads, as far as it can
-/// tell: an allocator that keeps memory per thread (mimalloc) hands back
-/// only what the calling thread freed. One task per worker, each held at a
-/// gate until all have run `f` or 5 ms pass, so that no worker runs two
-/// of them (a held worker takes no other task). Best effort: on a busy
-/// runtime some worker may be missed, and the next trim gets it.
-async fn on_every_worker(f: fn()) {
-    use std::sync::{Arc, Condvar, Mutex};
-    use std::time::Duration;
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    let gate = Arc::new((Mutex::new(0usize), Condvar::new()));
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                f();
-                let (count, cv) = &*gate;
-                let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
-                *n += 1;
-                cv.notify_all();
-                let _ = cv
-                    .wait_timeout_while(n, Duration::from_millis(5), |n| *n < workers)
-                    .map_err(|e| e.into_inner());
-            })
-        })
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
 }

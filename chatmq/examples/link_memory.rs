@@ -34,7 +34,6 @@ fn rss_kib() -> u64 {
 }
 
 fn main() -> Result<(), String> {
-    pagealloc::configure();
     let n: usize = match std::env::args().nth(1) {
         Some(a) => a.parse().map_err(|e| format!("links: {e}"))?,
         None => 10_000,

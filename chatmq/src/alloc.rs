@@ -15,7 +15,7 @@ pub(crate) fn metrics(registry: &prometheus::Registry) {
     let fallback = gauge(
         registry,
         "chatmq_alloc_fallback_blocks",
-        "Large blocks served by mimalloc because the kernel refused a mapping (vm.max_map_count)",
+        "Large blocks served by glibc because the kernel refused a mapping (vm.max_map_count)",
     );
     let unmap_failed = gauge(
         registry,

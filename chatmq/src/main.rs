@@ -2,13 +2,12 @@
 
 use std::process::ExitCode;
 
-/// mimalloc, with large blocks (rumqttd's preallocated per-connection
+/// glibc malloc, with large blocks (rumqttd's preallocated per-connection
 /// queues) mapped on their own so untouched pages cost nothing: see the
 /// `pagealloc` crate.
 #[global_allocator]
 static ALLOC: pagealloc::PageAlloc = pagealloc::PageAlloc;
 
 fn main() -> ExitCode {
-    pagealloc::configure();
     chatmq::cli::main()
 }

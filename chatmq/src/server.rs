@@ -188,7 +188,7 @@ impl Server {
             );
         }
         cfg.broker.partitions = cfg.cluster.partitions;
-        // the allocator keeps some of what expired sessions freed unless asked
+        // glibc keeps what expired sessions freed unless asked
         cfg.broker.trim_memory = Some(pagealloc::trim);
         if role == Role::Broker && cfg.store.backend == crate::settings::Backend::Scylla {
             // a broker run apart reads a room's members from the shared

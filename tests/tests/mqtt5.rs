@@ -251,8 +251,7 @@ async fn expired_sessions_give_their_memory_back() -> Result<()> {
     // that many connections at once (allocator arenas, rumqttd's slabs) is
     // in the baseline; then 3.1.1 persistent sessions, which are kept.
     sessions(port, SESSIONS, true).await?;
-    // the broker hands back what ended connections held a second later
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid)?;
     sessions(port, SESSIONS, false).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -268,9 +268,6 @@ async fn run(shared: Arc<Shared>, kind: Kind, tcp: tokio::net::TcpStream) -> Res
         .sessions_kept
         .set(shared.registry.persistent_sessions() as i64);
     conn.io.close().await;
-    // what the connection held goes back to the system a second later,
-    // with that of every other connection ended meanwhile
-    shared.schedule_trim();
     Ok(())
 }
 

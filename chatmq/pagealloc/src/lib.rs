@@ -1,40 +1,34 @@
-//! `chatmq`'s global allocator: mimalloc for everything, except blocks of
-//! [`LARGE`] bytes or more, which get an anonymous mapping of their own.
+//! `chatmq`'s global allocator: the system allocator (glibc malloc) for
+//! everything, except blocks of [`LARGE`] bytes or more, which get an
+//! anonymous mapping of their own.
 //!
-//! Why the mappings: rumqttd sizes each connection's queues for their
-//! maximum up front (an incoming queue of 200 packets, an outgoing queue of
-//! 200 notifications, two ack logs of 100, a link cache of 100, and a
+//! Why: rumqttd sizes each connection's queues for their maximum up front
+//! (an incoming queue of 200 packets, an outgoing queue of 200
+//! notifications, two ack logs of 100, a link cache of 100, and a
 //! 1024-entry segment for every new filter: ~200 KB of capacity per
 //! connection plus ~240 KB per reply topic), and its public API cannot size
-//! them. A general-purpose allocator makes such blocks resident: glibc
-//! writes a chunk header at both ends of every block (one or two pages per
-//! untouched queue, ~50 KiB per idle connection, `bench/results/profile.md`
-//! finding 6), and mimalloc commits them whole (~590 KiB). A mapping of its
-//! own has no header: a page becomes resident only when something is
-//! written to it, and all of them go back to the kernel when the block is
-//! freed. rumqttd swaps its large queues between connections instead of
+//! them. glibc writes a chunk header at the start of every block and the
+//! next chunk's header at its end, so each of those untouched queues costs
+//! one or two resident pages: ~50 KiB per idle connection (see
+//! `bench/results/profile.md`, finding 6). A mapping of its own has no
+//! header: a page becomes resident only when something is written to it,
+//! and all of them go back to the kernel when the block is freed.
+//!
+//! Small blocks, which are nearly all of the hot path's, stay with glibc.
+//! rumqttd swaps its large queues between connections instead of
 //! reallocating them, so large blocks are made at connect and subscribe
 //! time, not per message.
 //!
-//! Why mimalloc for the rest: nearly all of the hot path's blocks are
-//! small, and glibc's `malloc`/`free` (with its consolidation of free
-//! chunks) were ~0.8 µs of the ~13.7 µs of CPU each delivered chat message
-//! cost (docs/architecture.md, issue 13). [`configure`] sets the two
-//! options a server wants; [`trim`] hands back what the calling thread's
-//! heap freed (mimalloc keeps memory per thread: the broker calls it on
-//! every worker).
-//!
 //! If the kernel refuses a mapping (`vm.max_map_count`, or memory), the
-//! block comes from mimalloc instead, placed [`FALLBACK_OFFSET`] bytes into
-//! a page-aligned block: a mapping always starts on a page boundary and a
-//! fallback block never does, so `dealloc` tells them apart by address
+//! block comes from glibc instead, placed [`FALLBACK_OFFSET`] bytes into a
+//! page-aligned glibc block: a mapping always starts on a page boundary and
+//! a fallback block never does, so `dealloc` tells them apart by address
 //! alone, with no table to fill up.
 //!
 //! This crate is the project's only `unsafe` code: a `GlobalAlloc` cannot
 //! be written without it. Everything else forbids `unsafe`.
 
-use mimalloc::MiMalloc as Small;
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -44,7 +38,7 @@ pub const LARGE: usize = 16 * 1024;
 /// The page size this relies on: mappings start on a multiple of it.
 const PAGE: usize = 4096;
 
-/// Where a fallback block starts inside its page-aligned mimalloc block: never
+/// Where a fallback block starts inside its page-aligned glibc block: never
 /// on a page boundary, and aligned for any alignment the large path takes.
 const FALLBACK_OFFSET: usize = PAGE / 2;
 
@@ -61,88 +55,19 @@ static UNMAP_FAILED: AtomicUsize = AtomicUsize::new(0);
 pub struct Stats {
     /// Large blocks currently mapped on their own.
     pub mapped: usize,
-    /// Large blocks currently in mimalloc because a mapping was refused.
+    /// Large blocks currently in glibc because a mapping was refused.
     pub fallback: usize,
     /// Frees whose `munmap` the kernel refused (the pages were released
     /// with `madvise` instead; the address range stays reserved).
     pub unmap_failed: usize,
 }
 
-/// mimalloc's `purge_delay` option (milliseconds before freed pages go
-/// back to the kernel; 1,000 by default in mimalloc 3.3). The index is
-/// mimalloc 3's (`mi_option_e`); `libmimalloc-sys` names only the stable options.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// The `purge_delay` [`configure`] sets, in milliseconds.
-pub const PURGE_DELAY_MS: i32 = 10;
-
-/// mimalloc's `allow_thp` option (may its memory be transparent huge
-/// pages; mimalloc's default is yes).
-const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
-
-/// Sets mimalloc's options for a server, each unless the operator set it
-/// in the environment (`MIMALLOC_PURGE_DELAY`, `MIMALLOC_ALLOW_THP`):
-///
-/// - freed pages go back to the kernel after 10 ms (`purge_delay` 10;
-///   mimalloc 3's default is 1 s): memory per connection is a goal, and
-///   10 ms measured as fast as 1 s where 0 (a `madvise` per page freed)
-///   was slower on the chat path;
-/// - no transparent huge pages in this process (`allow_thp` 0, and
-///   `PR_SET_THP_DISABLE`, which is what mimalloc itself does when the
-///   option is set before it starts): a fault on a huge page zeroes 2 MiB,
-///   and with them the chat path's p99 at a steady 5,000 sends/s was
-///   1.5x-2.5x glibc's (docs/architecture.md, issue 13). The large blocks here are `MADV_NOHUGEPAGE`
-///   anyway.
-///
-/// Call it first thing in `main`, before any other thread starts
-/// (mimalloc's options are not thread safe to set).
-pub fn configure() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: takes no pointers; called before other threads exist.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS.into()) };
-    }
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: takes no pointers; called before other threads exist.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0) };
-        // Advice only: on a kernel without it, nothing changes.
-        // SAFETY: PR_SET_THP_DISABLE takes no pointers.
-        #[cfg(target_os = "linux")]
-        unsafe {
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0)
-        };
-    }
-}
-
-/// Whether transparent huge pages are disabled for this process
-/// (`PR_GET_THP_DISABLE`), for tests.
-#[cfg(target_os = "linux")]
-pub fn thp_disabled() -> bool {
-    // SAFETY: PR_GET_THP_DISABLE takes no pointers.
-    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }
-}
-
-/// mimalloc's current `allow_thp`, for tests.
-#[allow(clippy::useless_conversion)] // `c_long` is 32 bits on some targets
-pub fn allow_thp() -> i64 {
-    // SAFETY: takes no pointers and only reads.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ALLOW_THP) })
-}
-
-/// mimalloc's current `purge_delay`, for tests.
-#[allow(clippy::useless_conversion)] // `c_long` is 32 bits on some targets
-pub fn purge_delay() -> i64 {
-    // SAFETY: takes no pointers and only reads.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) })
-}
-
-/// Hands freed memory back to the system: mimalloc's pages emptied but not
-/// yet purged (`mi_collect`), and glibc's free memory for whatever C code
-/// still calls `malloc` (`malloc_trim(0)`), so the memory of many sessions
-/// ending together does not stay resident.
+/// Hands the free memory at the top and inside glibc's heaps back to the
+/// system (`malloc_trim(0)`): glibc keeps what small blocks freed, so the
+/// memory of many sessions ending together would otherwise stay resident.
 pub fn trim() {
-    // SAFETY: neither takes pointers; both lock what they share themselves.
+    // SAFETY: malloc_trim takes no pointers; glibc locks its arenas itself.
     unsafe {
-        libmimalloc_sys::mi_collect(true);
         libc::malloc_trim(0);
     }
 }
@@ -156,7 +81,7 @@ pub fn stats() -> Stats {
 }
 
 /// Blocks that take the large path: big enough, and aligned at most to
-/// [`FALLBACK_OFFSET`] (larger alignments stay with mimalloc).
+/// [`FALLBACK_OFFSET`] (larger alignments stay with glibc).
 fn is_large(layout: &Layout) -> bool {
     layout.size() >= LARGE && layout.align() <= FALLBACK_OFFSET
 }
@@ -166,7 +91,7 @@ fn is_mapping(p: *mut u8) -> bool {
     (p as usize).is_multiple_of(PAGE)
 }
 
-/// The mimalloc layout behind a fallback block of `layout`.
+/// The glibc layout behind a fallback block of `layout`.
 fn fallback_layout(layout: &Layout) -> Option<Layout> {
     Layout::from_size_align(layout.size().checked_add(FALLBACK_OFFSET)?, PAGE).ok()
 }
@@ -212,7 +137,7 @@ fn unmap(p: *mut u8, size: usize) {
 }
 
 impl PageAlloc {
-    /// A large block from mimalloc, when the kernel refused a mapping.
+    /// A large block from glibc, when the kernel refused a mapping.
     ///
     /// # Safety
     /// `layout` is large (see [`is_large`]).
@@ -223,9 +148,9 @@ impl PageAlloc {
         // SAFETY: `outer` is non-zero sized.
         let base = unsafe {
             if zeroed {
-                Small.alloc_zeroed(outer)
+                System.alloc_zeroed(outer)
             } else {
-                Small.alloc(outer)
+                System.alloc(outer)
             }
         };
         if base.is_null() {
@@ -262,15 +187,15 @@ impl PageAlloc {
         if let Some(outer) = fallback_layout(&layout) {
             FALLBACK_LIVE.fetch_sub(1, Ordering::Relaxed);
             // SAFETY: `fallback` returned `base + FALLBACK_OFFSET` for a
-            // mimalloc block of `outer`.
-            unsafe { Small.dealloc(p.sub(FALLBACK_OFFSET), outer) };
+            // glibc block of `outer`.
+            unsafe { System.dealloc(p.sub(FALLBACK_OFFSET), outer) };
         }
     }
 }
 
-// SAFETY: a small block comes from mimalloc with the caller's layout. A
+// SAFETY: a small block comes from `System` with the caller's layout. A
 // large block is a fresh mapping of at least `layout.size()` bytes (page
-// aligned, so aligned for any large layout), or a fallback inside a mimalloc
+// aligned, so aligned for any large layout), or a fallback inside a glibc
 // block (aligned to `FALLBACK_OFFSET`, which bounds a large layout's
 // alignment). `dealloc` and `realloc` tell small from large by the layout,
 // and mapping from fallback by the address, and return each where it came
@@ -282,7 +207,7 @@ unsafe impl GlobalAlloc for PageAlloc {
             return unsafe { self.alloc_large(layout, false) };
         }
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { Small.alloc(layout) }
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -291,7 +216,7 @@ unsafe impl GlobalAlloc for PageAlloc {
             return unsafe { self.alloc_large(layout, true) };
         }
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { Small.alloc_zeroed(layout) }
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
@@ -300,8 +225,8 @@ unsafe impl GlobalAlloc for PageAlloc {
             unsafe { self.free_large(p, layout) };
             return;
         }
-        // SAFETY: small blocks all come from mimalloc with this layout.
-        unsafe { Small.dealloc(p, layout) }
+        // SAFETY: small blocks all come from `System` with this layout.
+        unsafe { System.dealloc(p, layout) }
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -309,8 +234,8 @@ unsafe impl GlobalAlloc for PageAlloc {
         // `layout.align()`, does not overflow, and `layout.align()` is valid.
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         match (is_large(&layout), is_large(&new)) {
-            // SAFETY: small blocks come from mimalloc with this layout.
-            (false, false) => unsafe { Small.realloc(p, layout, new_size) },
+            // SAFETY: small blocks come from `System` with this layout.
+            (false, false) => unsafe { System.realloc(p, layout, new_size) },
             #[cfg(target_os = "linux")]
             (true, true) if is_mapping(p) => {
                 // Both mapped: let the kernel move or grow the pages.
@@ -332,7 +257,7 @@ unsafe impl GlobalAlloc for PageAlloc {
 }
 
 impl PageAlloc {
-    /// Realloc by copy, for a block changing sides (mimalloc <-> mapping).
+    /// Realloc by copy, for a block changing sides (glibc <-> mapping).
     ///
     /// # Safety
     /// As for `GlobalAlloc::realloc`, with `new` the new layout.
@@ -363,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn small_blocks_come_from_mimalloc_and_large_ones_are_mapped() {
+    fn small_blocks_come_from_glibc_and_large_ones_are_mapped() {
         let small = layout(LARGE - 1, 8);
         let large = layout(LARGE, 8);
         // SAFETY: each block is used within its layout and freed once.
@@ -419,12 +344,12 @@ mod tests {
             let p = A.realloc(p, l, LARGE * 8);
             assert!(!p.is_null());
             assert!((0..l.size()).all(|i| *p.add(i) == (i % 251) as u8));
-            // mapped -> mimalloc
+            // mapped -> glibc
             let l8 = layout(LARGE * 8, 64);
             let p = A.realloc(p, l8, 100);
             assert!(!p.is_null());
             assert!((0..100).all(|i| *p.add(i) == (i % 251) as u8));
-            // mimalloc -> mapped
+            // glibc -> mapped
             let l100 = layout(100, 64);
             let p = A.realloc(p, l100, LARGE * 3);
             assert!(!p.is_null());
@@ -434,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_mapping_falls_back_to_mimalloc_and_is_freed_there() {
+    fn a_refused_mapping_falls_back_to_glibc_and_is_freed_there() {
         let l = layout(LARGE * 4, 64);
         // SAFETY: each block is used within its layout and freed once.
         unsafe {
@@ -471,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn large_alignments_stay_with_mimalloc() {
+    fn large_alignments_stay_with_glibc() {
         let l = layout(LARGE, 2 * 1024 * 1024);
         // SAFETY: each block is used within its layout and freed once.
         unsafe {
