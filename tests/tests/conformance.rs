@@ -168,7 +168,11 @@ fn start_chatmq(ip: &str, ca: &tests::pki::TestCa) -> Result<Broker> {
     );
     let config_path = dir.path().join("chat.toml");
     std::fs::write(&config_path, config)?;
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    // kept after the run (the temporary directory is not), for a failure
+    let log_path =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("conformance-chatmq-{ip}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    eprintln!("chatmq on {ip} logs to {}", log_path.display());
     let child = Command::new(tests::chatmq_bin()?)
         .arg("--config")
         .arg(&config_path)
