@@ -35,7 +35,7 @@
 
 use parking_lot::Mutex;
 use rumqttd::protocol::{Publish, PublishProperties, QoS};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -111,6 +111,17 @@ struct State {
     /// topic -> client ids subscribed
     subs: HashMap<String, Vec<String>>,
     clients: HashMap<String, Client>,
+    /// Room streams a router filter may match (see [`Direct::router_wants`]).
+    router: RouterStreams,
+}
+
+/// The room streams some router filter was ever made to match: exact
+/// topics, or any of them (a filter with a wildcard). Never shrinks, as
+/// rumqttd 0.20 keeps every filter it was given.
+#[derive(Default)]
+struct RouterStreams {
+    any: bool,
+    topics: HashSet<String>,
 }
 
 /// The registry of direct subscriptions, by client id (so that a takeover
@@ -153,6 +164,55 @@ impl Direct {
             return false;
         }
         matches!(rest.split_once('/'), Some((room, "events" | "receipts")) if !room.is_empty())
+    }
+
+    /// Whether `filter` matches at least one room's events or receipts
+    /// (a shared subscription's `$share/{group}/` left out).
+    fn may_match_stream(&self, filter: &str) -> bool {
+        let filter = match filter.strip_prefix("$share/") {
+            Some(rest) => rest.split_once('/').map_or("", |(_, f)| f),
+            None => filter,
+        };
+        // the stream topics' levels: the prefix's, `rooms`, a room, a kind
+        let base: Vec<&str> = self.rooms.trim_end_matches('/').split('/').collect();
+        let levels: Vec<&str> = filter.split('/').collect();
+        for (i, level) in levels.iter().enumerate() {
+            if *level == "#" {
+                return true;
+            }
+            let fits = match i {
+                i if i < base.len() => *level == "+" || *level == base[i],
+                i if i == base.len() => *level == "+" || !level.is_empty(),
+                i if i == base.len() + 1 => matches!(*level, "+" | "events" | "receipts"),
+                _ => false,
+            };
+            if !fits {
+                return false;
+            }
+        }
+        levels.len() == base.len() + 2
+    }
+
+    /// A router filter is made (a session's subscription that is not
+    /// delivered here, or a service link's): the room streams it matches
+    /// go to the router from now on (see [`deliver_room_stream`]).
+    pub(crate) fn note_router_filter(&self, filter: &str) {
+        if !self.may_match_stream(filter) {
+            return;
+        }
+        let mut st = self.state.lock();
+        if filter.contains(['+', '#']) || filter.starts_with("$share/") {
+            st.router.any = true;
+        } else {
+            st.router.topics.insert(filter.to_owned());
+        }
+    }
+
+    /// Whether a router filter may match the room stream `topic`: only
+    /// then does the router get a service's publish of it.
+    pub(crate) fn router_wants(&self, topic: &str) -> bool {
+        let st = self.state.lock();
+        st.router.any || st.router.topics.contains(topic)
     }
 
     /// Whether `filter` is a direct topic: exactly one reply topic or one
@@ -270,7 +330,7 @@ impl Direct {
             return (0, 0);
         };
         let mut st = self.state.lock();
-        let State { subs, clients } = &mut *st;
+        let State { subs, clients, .. } = &mut *st;
         let Some(list) = subs.get(topic) else {
             return (0, 0);
         };
@@ -303,18 +363,26 @@ impl Direct {
 
 /// A service (the bridge) publishes `publish`: if it is a room's stream,
 /// the sessions that subscribed to it here get it now, in the publisher's
-/// order; the router still gets it for its own subscribers.
+/// order. Returns whether the router needs it too: anything but a room's
+/// stream, and a room stream some router filter matches (a persistent
+/// session's, a service's wildcard). A topic no router filter matches
+/// would cost the router's thread a match against every filter it holds
+/// (rumqttd 0.20 caches only topics that match), and the publisher's link
+/// an acknowledgement, for nobody.
 pub(crate) fn deliver_room_stream(
     direct: &Direct,
     metrics: &crate::metrics::BrokerMetrics,
     publish: &Publish,
     props: &Option<PublishProperties>,
-) {
-    let is_stream = std::str::from_utf8(&publish.topic).is_ok_and(|t| direct.is_room_stream(t));
-    if !is_stream {
-        return;
+) -> bool {
+    let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+        return true;
+    };
+    if !direct.is_room_stream(topic) {
+        return true;
     }
     direct.deliver_counted(publish, props, metrics);
+    direct.router_wants(topic)
 }
 
 /// Forgets `client_id` and its subscriptions.

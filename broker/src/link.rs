@@ -91,6 +91,11 @@ pub(crate) async fn open(
     direct: Option<Direct>,
 ) -> Result<(Arc<LinkSender>, LinkReceiver), String> {
     let (mut tx, rx, _) = router.link(client_id, true).await?;
+    if let Some((direct, _)) = &direct {
+        for f in &filters {
+            direct.note_router_filter(f);
+        }
+    }
     let subscribe = Subscribe {
         pkid: 1,
         filters: filters
@@ -138,9 +143,9 @@ impl LinkSender {
     /// does not track the packet ids of QoS 1 publishes coming in (it acks
     /// them, and the link ignores those acks), so one id serves every one.
     pub async fn publish(&self, outs: impl IntoIterator<Item = Outgoing>) {
-        let packets = outs
+        let packets: Vec<Packet> = outs
             .into_iter()
-            .map(|o| {
+            .filter_map(|o| {
                 let mut p = self.template.clone();
                 p.topic = o.topic.into();
                 p.payload = o.payload;
@@ -148,13 +153,18 @@ impl LinkSender {
                     correlation_data: Some(c),
                     ..Default::default()
                 });
-                if let Some((direct, metrics)) = &self.direct {
-                    crate::direct::deliver_room_stream(direct, metrics, &p, &props);
-                }
-                Packet::Publish(p, props)
+                let to_router = match &self.direct {
+                    Some((direct, metrics)) => {
+                        crate::direct::deliver_room_stream(direct, metrics, &p, &props)
+                    }
+                    None => true,
+                };
+                to_router.then_some(Packet::Publish(p, props))
             })
             .collect();
-        self.send(packets).await;
+        if !packets.is_empty() {
+            self.send(packets).await;
+        }
     }
 
     /// Hands `packets` to the router as they are, in order; false when the

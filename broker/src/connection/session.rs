@@ -454,9 +454,16 @@ impl Session {
                 m.bytes_in.inc_by(publish.payload.len() as u64);
                 if !matches!(self.principal, Principal::User(_)) {
                     // a bridge run apart publishing a room's stream: the
-                    // broker's own subscribers get it now (crate::direct)
+                    // broker's own subscribers get it now (crate::direct);
+                    // the router gets it whatever its filters, as its
+                    // PUBACK is the one the bridge's session waits for
                     let m = &self.shared.metrics;
-                    crate::direct::deliver_room_stream(&self.shared.direct, m, &publish, &props);
+                    let _ = crate::direct::deliver_room_stream(
+                        &self.shared.direct,
+                        m,
+                        &publish,
+                        &props,
+                    );
                 }
                 self.shared.cluster_route(&mut publish, &self.principal);
                 if inc.qos < 2 && matches!(self.principal, Principal::User(_)) {
@@ -551,6 +558,7 @@ impl Session {
                                 }
                                 None => self.subs.push(opts),
                             }
+                            self.shared.direct.note_router_filter(&f.path);
                             codes.push(None);
                             allowed.push(f);
                         }
