@@ -462,6 +462,38 @@ mod tests {
     }
 
     #[test]
+    fn room_streams_go_to_the_router_only_where_a_router_filter_matches() {
+        let t1 = "a/chat/rooms/r1/events";
+        let t2 = "a/chat/rooms/r2/receipts";
+        // (router filter made, whether t1 and t2 then go to the router)
+        for (f, want) in [
+            ("a/chat/rooms/r1/events", [true, false]),
+            ("a/chat/rooms/r2/receipts", [false, true]),
+            ("a/chat/rooms/+/events", [true, true]),
+            ("a/chat/rooms/r2/+", [true, true]),
+            ("a/chat/rooms/#", [true, true]),
+            ("a/+/rooms/+/+", [true, true]),
+            ("#", [true, true]),
+            ("+/#", [true, true]),
+            ("$share/g/a/chat/rooms/+/events", [true, true]),
+            // a wildcard that matches one stream sends them all (a superset)
+            ("a/chat/+/r1/events", [true, true]),
+            ("a/chat/+/r1/x", [false, false]),
+            ("a/chat/rooms/r1/typing/+", [false, false]),
+            ("a/chat/rooms/+/send/+", [false, false]),
+            ("a/chat/rooms/r1/events/x", [false, false]),
+            ("a/chat/rooms/+", [false, false]),
+            ("a/chat/users/+/inbox", [false, false]),
+            ("b/chat/rooms/+/events", [false, false]),
+        ] {
+            let d = Direct::new("a/chat");
+            assert!(!d.router_wants(t1) && !d.router_wants(t2), "none at first");
+            d.note_router_filter(f);
+            assert_eq!([d.router_wants(t1), d.router_wants(t2)], want, "{f}");
+        }
+    }
+
+    #[test]
     fn deliveries_reach_subscribed_sessions_only() {
         let d = Direct::new("chat");
         let (tx1, mut rx1) = Queue::new();

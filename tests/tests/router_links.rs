@@ -244,3 +244,34 @@ async fn room_events_respect_receive_maximum() -> Result<()> {
     task.abort();
     Ok(())
 }
+
+/// A room's stream goes to the router only once a router filter matches it
+/// (`broker::direct::deliver_room_stream`): a service's wildcard, plain or
+/// shared, made after the rooms' first events gets every later event of
+/// every room, and the clients the broker delivers to get them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_router_filter_made_later_gets_the_room_streams() -> Result<()> {
+    for filter in ["chat/rooms/+/events", "$share/g/chat/rooms/+/events"] {
+        let srv = TestServer::start().await?;
+        let mut alice = srv.user_v4("alice", "alice-1").await?;
+        let mut bob = srv.user_v4("bob", "bob-1").await?;
+        group_room(&mut alice, "w1", &mut [&mut bob]).await?;
+        group_room(&mut alice, "w2", &mut [&mut bob]).await?;
+        bob.subscribe_ok("chat/rooms/w1/events").await?;
+        bob.subscribe_ok("chat/rooms/w2/events").await?;
+        // no router filter matches yet: the broker's subscribers only
+        alice.send("w1", "before", "one").await?;
+        bob.recv_msg("w1", "alice", "before").await?;
+
+        let mut svc = tests::client_v4(srv.tcp_port(), "ext-bridge", "pw-svc", "svc-1").await?;
+        svc.subscribe_ok(filter).await?;
+        alice.send("w1", "after-1", "two").await?;
+        alice.send("w2", "after-2", "three").await?;
+        for (room, id) in [("w1", "after-1"), ("w2", "after-2")] {
+            let got = svc.recv_msg(room, "alice", id).await;
+            got.map_err(|e| anyhow::anyhow!("{filter}: {e}"))?;
+            bob.recv_msg(room, "alice", id).await?;
+        }
+    }
+    Ok(())
+}
