@@ -17,8 +17,11 @@
 //! filters, not O(clients).
 //!
 //! Rooms' streams are delivered from here too, handed over as a service
-//! (the bridge) publishes them ([`deliver_room_stream`]), before the router
-//! gets them for its own subscribers: rumqttd 0.20 preallocates ~18 KiB of
+//! (the bridge) publishes them ([`deliver_room_stream`]); the router gets
+//! them only where one of its filters matches them (a persistent session's
+//! room, a service's wildcard: [`Direct::note_router_filter`]), as a topic
+//! no filter matches costs its one thread a match against every filter on
+//! each publish. rumqttd 0.20 preallocates ~18 KiB of
 //! queues per router link whatever it carries (`examples/link_memory.rs`),
 //! so a chat client whose subscriptions are all delivered here and whose
 //! publishes go through the broker's shared publisher (`crate::publisher`)
@@ -124,6 +127,12 @@ struct RouterStreams {
     topics: HashSet<String>,
 }
 
+impl RouterStreams {
+    fn wants(&self, topic: &str) -> bool {
+        self.any || self.topics.contains(topic)
+    }
+}
+
 /// The registry of direct subscriptions, by client id (so that a takeover
 /// and a persistent session behave as they do in the router).
 pub(crate) struct Direct {
@@ -209,10 +218,11 @@ impl Direct {
     }
 
     /// Whether a router filter may match the room stream `topic`: only
-    /// then does the router get a service's publish of it.
-    pub(crate) fn router_wants(&self, topic: &str) -> bool {
-        let st = self.state.lock();
-        st.router.any || st.router.topics.contains(topic)
+    /// then does the router get a service's publish of it
+    /// ([`deliver_room_stream`] asks with the registry locked once).
+    #[cfg(test)]
+    fn router_wants(&self, topic: &str) -> bool {
+        self.state.lock().router.wants(topic)
     }
 
     /// Whether `filter` is a direct topic: exactly one reply topic or one
@@ -329,36 +339,45 @@ impl Direct {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             return (0, 0);
         };
-        let mut st = self.state.lock();
-        let State { subs, clients, .. } = &mut *st;
-        let Some(list) = subs.get(topic) else {
-            return (0, 0);
+        deliver_in(&mut self.state.lock(), topic, publish, props)
+    }
+}
+
+/// [`Direct::deliver`] with the registry locked.
+fn deliver_in(
+    st: &mut State,
+    topic: &str,
+    publish: &Publish,
+    props: &Option<PublishProperties>,
+) -> (usize, usize) {
+    let State { subs, clients, .. } = st;
+    let Some(list) = subs.get(topic) else {
+        return (0, 0);
+    };
+    let (mut sent, mut dropped) = (0, 0);
+    let shared: Delivery = Arc::new((publish.clone(), props.clone()));
+    for client_id in list {
+        let Some(c) = clients.get_mut(client_id) else {
+            continue;
         };
-        let (mut sent, mut dropped) = (0, 0);
-        let shared: Delivery = Arc::new((publish.clone(), props.clone()));
-        for client_id in list {
-            let Some(c) = clients.get_mut(client_id) else {
-                continue;
-            };
-            let d = shared.clone();
-            match &c.live {
-                Some((_, q)) => match q.offer(d) {
-                    Ok(()) => sent += 1,
-                    Err(true) => dropped += 1,
-                    Err(false) => {}
-                },
-                None => {
-                    if c.kept.len() >= KEPT_MAX {
-                        c.kept.pop_front();
-                        dropped += 1;
-                    }
-                    c.kept.push_back(d);
-                    sent += 1;
+        let d = shared.clone();
+        match &c.live {
+            Some((_, q)) => match q.offer(d) {
+                Ok(()) => sent += 1,
+                Err(true) => dropped += 1,
+                Err(false) => {}
+            },
+            None => {
+                if c.kept.len() >= KEPT_MAX {
+                    c.kept.pop_front();
+                    dropped += 1;
                 }
+                c.kept.push_back(d);
+                sent += 1;
             }
         }
-        (sent, dropped)
     }
+    (sent, dropped)
 }
 
 /// A service (the bridge) publishes `publish`: if it is a room's stream,
@@ -381,8 +400,16 @@ pub(crate) fn deliver_room_stream(
     if !direct.is_room_stream(topic) {
         return true;
     }
-    direct.deliver_counted(publish, props, metrics);
-    direct.router_wants(topic)
+    let (sent, full, wanted) = {
+        let mut st = direct.state.lock();
+        let (sent, full) = deliver_in(&mut st, topic, publish, props);
+        (sent, full, st.router.wants(topic))
+    };
+    metrics.direct_deliveries.inc_by(sent as u64);
+    if full > 0 {
+        metrics.direct_dropped.inc_by(full as u64);
+    }
+    wanted
 }
 
 /// Forgets `client_id` and its subscriptions.
