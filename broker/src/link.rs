@@ -301,6 +301,49 @@ fn put_varint(out: &mut BytesMut, mut n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// Waits for the link's SUBACK, or for what it delivers.
+    async fn recv(rx: &mut LinkReceiver, what: &str) -> (Received, Vec<Delivery>) {
+        let mut got = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv(64, &mut got)).await {
+            Ok(seen) => (seen, got),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+
+    /// A service link's filters are noted before the router gets them
+    /// (`open`): a room stream another link publishes reaches a link whose
+    /// wildcard matches it, though no session subscribed to the room, and
+    /// is not handed to the router before any filter matches it.
+    #[tokio::test]
+    async fn a_service_links_filter_gets_room_streams_through_the_router() {
+        let router = crate::router::spawn(&crate::config::BrokerConfig::default());
+        let direct = Arc::new(crate::direct::Direct::new("chat"));
+        let metrics = crate::metrics::BrokerMetrics::unregistered();
+        let with = || Some((direct.clone(), metrics.clone()));
+        let (bridge, _bridge_rx) = open(&router, "t@bridge", Vec::new(), with())
+            .await
+            .expect("the bridge's link");
+        let event = |payload: &'static str| Outgoing {
+            topic: "chat/rooms/r1/events".into(),
+            payload: Bytes::from_static(payload.as_bytes()),
+            corr: None,
+        };
+        // no filter matches yet: not for the router
+        bridge.publish([event("before")]).await;
+
+        let filters = vec!["chat/rooms/+/events".to_owned()];
+        let (_watcher, mut rx) = open(&router, "t@watcher", filters, with())
+            .await
+            .expect("the watcher's link");
+        let (seen, _) = recv(&mut rx, "the SUBACK").await;
+        assert!(seen.subscribed, "subscribed");
+        bridge.publish([event("after")]).await;
+        let (_, got) = recv(&mut rx, "the room's event").await;
+        let payloads: Vec<&[u8]> = got.iter().map(|d| &d.payload[..]).collect();
+        assert_eq!(payloads, [&b"after"[..]], "only what was published after");
+    }
 
     #[test]
     fn qos1_publish_reads_back_with_its_fields() {
