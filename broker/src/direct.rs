@@ -114,7 +114,7 @@ struct State {
     /// topic -> client ids subscribed
     subs: HashMap<String, Vec<String>>,
     clients: HashMap<String, Client>,
-    /// Room streams a router filter may match (see [`Direct::router_wants`]).
+    /// Room streams a router filter may match (see [`deliver_room_stream`]).
     router: RouterStreams,
 }
 
