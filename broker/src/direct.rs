@@ -320,11 +320,7 @@ impl Direct {
         props: &Option<PublishProperties>,
         metrics: &crate::metrics::BrokerMetrics,
     ) {
-        let (sent, full) = self.deliver(publish, props);
-        metrics.direct_deliveries.inc_by(sent as u64);
-        if full > 0 {
-            metrics.direct_dropped.inc_by(full as u64);
-        }
+        count(metrics, self.deliver(publish, props));
     }
 
     /// Hands `publish` to every client subscribed to its topic: a connected
@@ -400,16 +396,22 @@ pub(crate) fn deliver_room_stream(
     if !direct.is_room_stream(topic) {
         return true;
     }
-    let (sent, full, wanted) = {
+    let (delivered, wanted) = {
         let mut st = direct.state.lock();
-        let (sent, full) = deliver_in(&mut st, topic, publish, props);
-        (sent, full, st.router.wants(topic))
+        let delivered = deliver_in(&mut st, topic, publish, props);
+        (delivered, st.router.wants(topic))
     };
-    metrics.direct_deliveries.inc_by(sent as u64);
-    if full > 0 {
-        metrics.direct_dropped.inc_by(full as u64);
-    }
+    count(metrics, delivered);
     wanted
+}
+
+/// Counts a delivery's `(sent, dropped)` in `chatmq_direct_deliveries_total`
+/// and `chatmq_direct_dropped_total`.
+fn count(metrics: &crate::metrics::BrokerMetrics, (sent, dropped): (usize, usize)) {
+    metrics.direct_deliveries.inc_by(sent as u64);
+    if dropped > 0 {
+        metrics.direct_dropped.inc_by(dropped as u64);
+    }
 }
 
 /// Forgets `client_id` and its subscriptions.
